@@ -1,0 +1,40 @@
+// Typed errors. Library code throws gritserve::Error; the server maps ErrorKind
+// to an HTTP status in exactly one place, the CLI to an exit code.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace gritserve {
+
+enum class ErrorKind {
+  kInvalidRequest,   // 400: malformed JSON, wrong types
+  kUnauthorized,     // 401
+  kNotFound,         // 404: unknown route, unknown document id
+  kMethodNotAllowed, // 405
+  kTooLarge,         // 413: body or batch over a limit
+  kUnprocessable,    // 422: well-formed but unusable values (bad UTF-8, too many tokens)
+  kQueueFull,        // 429
+  kUnavailable,      // 503: loading or shutting down
+  kLoad,             // checkpoint / tokenizer / config could not be loaded
+  kInternal,         // a bug; never expected
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  ErrorKind kind() const { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+inline Error LoadError(const std::string& m) { return Error(ErrorKind::kLoad, m); }
+inline Error InvalidRequest(const std::string& m) { return Error(ErrorKind::kInvalidRequest, m); }
+inline Error Unprocessable(const std::string& m) { return Error(ErrorKind::kUnprocessable, m); }
+inline Error NotFound(const std::string& m) { return Error(ErrorKind::kNotFound, m); }
+
+// Name of the kind, used as the "type" field of error responses.
+const char* ErrorKindName(ErrorKind kind);
+
+}  // namespace gritserve

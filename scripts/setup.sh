@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of gritserve from Debian packages
+# (and the npm registry for the OpenAI client test), then selects the OpenMP
+# build of OpenBLAS as the system BLAS. Idempotent; safe to re-run.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PKGS=(
+  build-essential cmake ninja-build pkg-config git curl ca-certificates
+  libtorch-dev
+  libopenblas0-openmp
+  libsentencepiece-dev sentencepiece
+  libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev
+  libpcre2-dev libutf8proc-dev libssl-dev
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# Node.js (for the OpenAI-client test) may already come from another source
+# whose nodejs package bundles npm; Debian's separate npm package conflicts there.
+if ! command -v node >/dev/null 2>&1; then missing+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# libtorch links libblas.so.3 through the alternatives system. The pthread
+# OpenBLAS (which wins by priority when installed) fights libtorch's own OpenMP
+# threads and runs 2-3x slower here; the reference BLAS is slower still.
+arch_triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+for lib in libblas.so.3 liblapack.so.3; do
+  target="/usr/lib/${arch_triplet}/openblas-openmp/${lib}"
+  if [ -e "$target" ]; then
+    $SUDO update-alternatives --set "${lib}-${arch_triplet}" "$target" >/dev/null
+  fi
+done
+echo "setup: BLAS -> $(readlink -f /usr/lib/${arch_triplet}/libblas.so.3)"
