@@ -1,0 +1,62 @@
+// Per-sequence key/value buffers, owned by the caller of Decoder::Forward and
+// passed in: the decoder itself keeps no request state.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace gritserve {
+
+// Keys are stored after RoPE at the positions they were computed for; a block of
+// keys can be moved to other positions exactly with RotateKeys (R(p+d) = R(d)R(p)).
+class KvCache {
+ public:
+  KvCache() = default;
+  KvCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_t head_dim,
+          at::ScalarType dtype, at::Device device);
+
+  int64_t length() const { return length_; }
+  int64_t batch() const { return batch_; }
+  int64_t num_layers() const { return static_cast<int64_t>(keys_.size()); }
+  bool empty() const { return length_ == 0; }
+
+  // Writes layer `layer`'s new keys/values at [length, length + T) and returns
+  // views of everything stored for that layer including them.
+  //   k, v: [B, Hkv, T, D]  ->  ([B, Hkv, length + T, D], [B, Hkv, length + T, D])
+  std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& k,
+                                           const at::Tensor& v);
+  // Records which of the T new tokens are real (not padding) and moves the length
+  // past them; called once per forward, after all layers appended.
+  //   valid: [B, T] bool
+  void Advance(const at::Tensor& valid);
+
+  // [B, length] bool: which stored keys are real tokens.
+  at::Tensor key_valid() const;
+  // Layer views of the stored part: [B, Hkv, length, D].
+  at::Tensor keys(int64_t layer) const;
+  at::Tensor values(int64_t layer) const;
+
+  // Appends already-computed keys/values for every layer (e.g. cached documents).
+  //   k[l], v[l]: [B, Hkv, T, D]; valid: [B, T] bool
+  void AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
+                 const at::Tensor& valid);
+
+  // Drops everything after the first `new_length` tokens (e.g. a rejected draft).
+  void Truncate(int64_t new_length);
+
+  int64_t ByteSize() const;
+
+ private:
+  void Reserve(int64_t capacity);
+
+  int64_t batch_ = 0, num_kv_heads_ = 0, head_dim_ = 0;
+  at::ScalarType dtype_ = at::kFloat;
+  at::Device device_ = at::kCPU;
+  int64_t length_ = 0;
+  int64_t capacity_ = 0;
+  std::vector<at::Tensor> keys_, values_;  // each [B, Hkv, capacity, D]
+  at::Tensor valid_;                       // [B, capacity] bool
+};
+
+}  // namespace gritserve

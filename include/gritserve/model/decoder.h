@@ -1,0 +1,86 @@
+// The decoder-only transformer shared by Qwen2, Llama and Mistral. Weights are
+// immutable after construction; request state (positions, attention layout, KV
+// cache) is passed into Forward. Returns hidden states; heads live elsewhere.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "gritserve/model/attention.h"
+#include "gritserve/model/config.h"
+#include "gritserve/model/weights.h"
+
+namespace gritserve {
+
+class KvCache;
+
+struct ForwardInput {
+  at::Tensor ids;        // [B, T] int64
+  at::Tensor positions;  // [B, T] int64 RoPE positions
+  at::Tensor valid;      // [B, T] bool, false = padding; undefined = all valid
+  AttentionSpec attention;
+  int64_t num_layers = -1;        // early exit: run only the first N layers (-1: all)
+  bool apply_final_norm = true;   // apply model.norm to the returned hidden states
+};
+
+class Decoder {
+ public:
+  // Takes the HF-named weights (see ExpectedTensors) and fuses q/k/v and
+  // gate/up so each layer runs two large matmuls instead of five.
+  Decoder(const ModelConfig& config, WeightMap weights);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+
+  // Runs the layers on the new tokens. When `cache` is given, the new keys and
+  // values are appended to it and the tokens attend to what it already holds.
+  // When `layer_outputs` is given it receives HF-style hidden states: the
+  // embeddings, then the residual stream after each layer that ran.
+  //   returns [B, T, H]
+  at::Tensor Forward(const ForwardInput& input, KvCache* cache,
+                     std::vector<at::Tensor>* layer_outputs = nullptr) const;
+
+  // LM head on selected hidden states only.  hidden: [N, H] -> [N, V] float32
+  at::Tensor Logits(const at::Tensor& hidden) const;
+
+  // Moves RoPE-rotated keys by `delta` positions (exact: R(p+d) = R(d)R(p)).
+  //   keys: [..., T, D] -> same shape
+  at::Tensor RotateKeys(const at::Tensor& keys, int64_t delta) const;
+
+  // A fresh cache sized for this model.
+  KvCache NewCache(int64_t batch) const;
+
+ private:
+  struct Layer {
+    at::Tensor input_layernorm;           // [H]
+    at::Tensor qkv_weight, qkv_bias;      // [(Hq + 2 Hkv) D, H], [(Hq + 2 Hkv) D] or undefined
+    at::Tensor o_weight, o_bias;          // [H, Hq D], [H] or undefined
+    at::Tensor post_attention_layernorm;  // [H]
+    at::Tensor gate_up_weight, gate_up_bias;  // [2 I, H], [2 I] or undefined
+    at::Tensor down_weight, down_bias;        // [H, I], [H] or undefined
+  };
+
+  at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
+                       const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                       int64_t layer_index) const;
+  at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // Additive mask [B, 1, 1, T, S] for T new tokens after `past` stored ones.
+  at::Tensor BuildMask(const ForwardInput& input, int64_t past, const at::Tensor& key_valid) const;
+  // cos, sin: [B, 1, T, D] for positions [B, T]
+  std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
+
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  at::Tensor embed_tokens_;  // [V, H]
+  at::Tensor norm_;          // [H]
+  at::Tensor lm_head_;       // [V, H] (the embedding matrix when tied)
+  at::Tensor inv_freq_;      // [D / 2] float32
+  std::vector<Layer> layers_;
+};
+
+}  // namespace gritserve

@@ -1,0 +1,93 @@
+#include "gritserve/cache/kv_cache.h"
+
+#include <algorithm>
+
+#include "gritserve/common/error.h"
+
+namespace gritserve {
+
+KvCache::KvCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_t head_dim,
+                 at::ScalarType dtype, at::Device device)
+    : batch_(batch),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      dtype_(dtype),
+      device_(device),
+      keys_(num_layers),
+      values_(num_layers) {}
+
+void KvCache::Reserve(int64_t capacity) {
+  if (capacity <= capacity_) return;
+  // Grow geometrically so that token-by-token decoding copies O(n) in total.
+  int64_t new_cap = std::max<int64_t>({capacity, capacity_ * 2, 64});
+  auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    at::Tensor k = at::empty({batch_, num_kv_heads_, new_cap, head_dim_}, opts);  // [B,Hkv,C,D]
+    at::Tensor v = at::empty({batch_, num_kv_heads_, new_cap, head_dim_}, opts);
+    if (length_ > 0) {
+      k.narrow(2, 0, length_).copy_(keys_[l].narrow(2, 0, length_));
+      v.narrow(2, 0, length_).copy_(values_[l].narrow(2, 0, length_));
+    }
+    keys_[l] = k;
+    values_[l] = v;
+  }
+  at::Tensor valid = at::zeros({batch_, new_cap}, opts.dtype(at::kBool));  // [B, C]
+  if (length_ > 0) valid.narrow(1, 0, length_).copy_(valid_.narrow(1, 0, length_));
+  valid_ = valid;
+  capacity_ = new_cap;
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tensor& k,
+                                                  const at::Tensor& v) {
+  if (layer < 0 || layer >= num_layers()) {
+    throw Error(ErrorKind::kInternal, "KvCache::Append: layer out of range");
+  }
+  const int64_t t = k.size(2);
+  Reserve(length_ + t);
+  keys_[layer].narrow(2, length_, t).copy_(k);
+  values_[layer].narrow(2, length_, t).copy_(v);
+  return {keys_[layer].narrow(2, 0, length_ + t), values_[layer].narrow(2, 0, length_ + t)};
+}
+
+void KvCache::Advance(const at::Tensor& valid) {
+  const int64_t t = valid.size(1);
+  Reserve(length_ + t);
+  valid_.narrow(1, length_, t).copy_(valid);
+  length_ += t;
+}
+
+void KvCache::AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
+                        const at::Tensor& valid) {
+  if (static_cast<int64_t>(k.size()) != num_layers() || k.size() != v.size()) {
+    throw Error(ErrorKind::kInternal, "KvCache::AppendAll: layer count mismatch");
+  }
+  for (int64_t l = 0; l < num_layers(); ++l) Append(l, k[l], v[l]);
+  Advance(valid);
+}
+
+at::Tensor KvCache::key_valid() const {
+  if (capacity_ == 0) return at::zeros({batch_, 0}, at::TensorOptions().dtype(at::kBool));
+  return valid_.narrow(1, 0, length_);
+}
+
+at::Tensor KvCache::keys(int64_t layer) const { return keys_.at(layer).narrow(2, 0, length_); }
+at::Tensor KvCache::values(int64_t layer) const {
+  return values_.at(layer).narrow(2, 0, length_);
+}
+
+void KvCache::Truncate(int64_t new_length) {
+  if (new_length < 0 || new_length > length_) {
+    throw Error(ErrorKind::kInternal, "KvCache::Truncate: bad length");
+  }
+  length_ = new_length;
+}
+
+int64_t KvCache::ByteSize() const {
+  int64_t bytes = 0;
+  for (const auto& k : keys_) {
+    if (k.defined()) bytes += 2 * k.numel() * static_cast<int64_t>(k.element_size());
+  }
+  return bytes;
+}
+
+}  // namespace gritserve

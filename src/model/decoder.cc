@@ -1,0 +1,268 @@
+#include "gritserve/model/decoder.h"
+
+#include <cmath>
+
+#include "gritserve/cache/kv_cache.h"
+#include "gritserve/common/error.h"
+
+namespace gritserve {
+namespace {
+
+// Large finite negative instead of -inf: a fully masked row (padding) then
+// yields a harmless uniform softmax rather than NaN.
+constexpr float kMasked = -1e30f;
+
+at::Tensor Take(WeightMap& w, const std::string& name) {
+  auto it = w.find(name);
+  if (it == w.end()) throw LoadError("missing tensor '" + name + "'");
+  at::Tensor t = std::move(it->second);
+  w.erase(it);
+  return t;
+}
+
+at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
+  return present ? Take(w, name) : at::Tensor();
+}
+
+at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
+  if (!parts[0].defined()) return at::Tensor();
+  return at::cat(parts, 0).contiguous();
+}
+
+// x: [N, in], w: [out, in], b: [out] or undefined -> [N, out]
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (x.size(0) == 1) {
+    // gemv streams the weight matrix once; for one row it is much faster than gemm.
+    at::Tensor row = x.select(0, 0);
+    return (b.defined() ? at::addmv(b, w, row) : at::mv(w, row)).unsqueeze(0);
+  }
+  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
+}
+
+// x: [..., D] -> [..., D]
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x * cos + RotateHalf(x) * sin;
+}
+
+// [D / 2] inverse frequencies, with the rope_scaling variants HF applies.
+at::Tensor InverseFrequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int64_t i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / c.head_dim);
+    if (c.rope_scaling) {
+      const RopeScaling& s = *c.rope_scaling;
+      if (s.type == "linear") {
+        f /= s.factor;
+      } else if (s.type == "llama3") {
+        const double old_len = static_cast<double>(s.original_max_position_embeddings);
+        const double low_wavelen = old_len / s.low_freq_factor;
+        const double high_wavelen = old_len / s.high_freq_factor;
+        const double wavelen = 2 * M_PI / f;
+        if (wavelen > low_wavelen) {
+          f /= s.factor;
+        } else if (wavelen >= high_wavelen) {
+          const double smooth =
+              (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+          f = (1 - smooth) * f / s.factor + smooth * f;
+        }
+      }
+    }
+    inv[i] = static_cast<float>(f);
+  }
+  return at::tensor(inv, at::TensorOptions().dtype(at::kFloat));
+}
+
+}  // namespace
+
+Decoder::Decoder(const ModelConfig& config, WeightMap weights)
+    : config_(config), dtype_(at::kFloat), device_(at::kCPU) {
+  embed_tokens_ = Take(weights, "model.embed_tokens.weight");
+  dtype_ = embed_tokens_.scalar_type();
+  device_ = embed_tokens_.device();
+  norm_ = Take(weights, "model.norm.weight");
+  lm_head_ = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
+  inv_freq_ = InverseFrequencies(config).to(device_);
+
+  layers_.resize(config.num_hidden_layers);
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    Layer& l = layers_[i];
+    l.input_layernorm = Take(weights, p + "input_layernorm.weight");
+    l.post_attention_layernorm = Take(weights, p + "post_attention_layernorm.weight");
+    const std::string a = p + "self_attn.";
+    l.qkv_weight = at::cat({Take(weights, a + "q_proj.weight"), Take(weights, a + "k_proj.weight"),
+                            Take(weights, a + "v_proj.weight")},
+                           0)
+                       .contiguous();
+    l.qkv_bias = CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
+                              TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
+                              TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)});
+    l.o_weight = Take(weights, a + "o_proj.weight");
+    l.o_bias = TakeOptional(weights, a + "o_proj.bias", config.o_bias);
+    const std::string m = p + "mlp.";
+    l.gate_up_weight =
+        at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0)
+            .contiguous();
+    l.gate_up_bias = CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
+                                  TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)});
+    l.down_weight = Take(weights, m + "down_proj.weight");
+    l.down_bias = TakeOptional(weights, m + "down_proj.bias", config.mlp_bias);
+  }
+}
+
+KvCache Decoder::NewCache(int64_t batch) const {
+  return KvCache(config_.num_hidden_layers, batch, config_.num_key_value_heads, config_.head_dim,
+                 dtype_, device_);
+}
+
+at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  // Statistics in float32 even when computing in half precision, as HF does.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + config_.rms_norm_eps);
+  return weight * y.to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> Decoder::RopeTables(const at::Tensor& positions) const {
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B, T, D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // [B, 1, T, D]
+  return {emb.cos().to(dtype_), emb.sin().to(dtype_)};
+}
+
+at::Tensor Decoder::RotateKeys(const at::Tensor& keys, int64_t delta) const {
+  if (delta == 0) return keys;
+  at::Tensor freqs = inv_freq_ * static_cast<float>(delta);  // [D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);               // [D]
+  // Angles are computed in float32 from the exact integer delta, so the
+  // rotation matches computing the keys at the new positions directly.
+  at::Tensor k = keys.to(at::kFloat);
+  return ApplyRope(k, emb.cos(), emb.sin()).to(keys.scalar_type());
+}
+
+at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
+                              const at::Tensor& key_valid) const {
+  const int64_t b = in.ids.size(0), t = in.ids.size(1), s = past + t;
+  auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
+  at::Tensor q_idx = at::arange(past, s, long_opts).unsqueeze(1);  // [T, 1]
+  at::Tensor k_idx = at::arange(0, s, long_opts).unsqueeze(0);     // [1, S]
+  at::Tensor allowed;                                              // [T, S] bool
+  switch (in.attention.mode) {
+    case AttentionMode::kCausal:
+      allowed = k_idx <= q_idx;
+      if (config_.sliding_window) allowed = allowed & ((q_idx - k_idx) < *config_.sliding_window);
+      break;
+    case AttentionMode::kBidirectional:
+      allowed = at::ones({t, s}, long_opts.dtype(at::kBool));
+      break;
+    case AttentionMode::kBlocks: {
+      std::vector<int64_t> block_of;
+      std::vector<uint8_t> bidir, sees_prev;
+      for (size_t i = 0; i < in.attention.blocks.size(); ++i) {
+        const AttentionBlock& blk = in.attention.blocks[i];
+        block_of.insert(block_of.end(), blk.length, static_cast<int64_t>(i));
+        bidir.push_back(blk.bidirectional);
+        sees_prev.push_back(blk.sees_previous);
+      }
+      if (static_cast<int64_t>(block_of.size()) != s) {
+        throw Error(ErrorKind::kInternal, "attention blocks cover " +
+                                              std::to_string(block_of.size()) +
+                                              " tokens, sequence has " + std::to_string(s));
+      }
+      at::Tensor blk = at::tensor(block_of, long_opts);  // [S]
+      at::Tensor bd = at::tensor(std::vector<int64_t>(bidir.begin(), bidir.end()), long_opts)
+                          .to(at::kBool);
+      at::Tensor sp = at::tensor(std::vector<int64_t>(sees_prev.begin(), sees_prev.end()),
+                                 long_opts)
+                          .to(at::kBool);
+      at::Tensor bq = blk.narrow(0, past, t).unsqueeze(1);  // [T, 1]
+      at::Tensor bk = blk.unsqueeze(0);                     // [1, S]
+      at::Tensor within = (bq == bk) & (bd.index_select(0, bq.squeeze(1)).unsqueeze(1) |
+                                        (k_idx <= q_idx));
+      at::Tensor previous = (bk < bq) & sp.index_select(0, bq.squeeze(1)).unsqueeze(1);
+      allowed = within | previous;
+      break;
+    }
+  }
+  at::Tensor allowed_b = allowed.unsqueeze(0) & key_valid.unsqueeze(1);  // [B, T, S]
+  at::Tensor mask = at::zeros({b, t, s}, at::TensorOptions().dtype(dtype_).device(device_));
+  mask.masked_fill_(allowed_b.logical_not(), kMasked);
+  return mask.view({b, 1, 1, t, s});
+}
+
+at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
+                              const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                              int64_t layer_index) const {
+  const int64_t b = cos.size(0), t = cos.size(2);
+  const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t d = config_.head_dim, g = hq / hkv;
+  at::Tensor qkv = Linear(x, layer.qkv_weight, layer.qkv_bias);  // [B*T, (Hq + 2 Hkv) D]
+  at::Tensor q = qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2);   // [B, Hq, T, D]
+  at::Tensor k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
+  at::Tensor v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
+  q = ApplyRope(q, cos, sin);  // [B, Hq, T, D]
+  k = ApplyRope(k, cos, sin);  // [B, Hkv, T, D]
+  if (cache != nullptr) std::tie(k, v) = cache->Append(layer_index, k, v);  // [B, Hkv, S, D]
+  const int64_t s = k.size(2);
+  // Grouped-query attention without copying K/V per query head: the G query
+  // heads that share a KV head are stacked along the token axis.
+  at::Tensor qg = q.reshape({b, hkv, g * t, d});                               // [B, Hkv, G T, D]
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));                     // [B, Hkv, G T, S]
+  scores = scores.mul_(1.0 / std::sqrt(static_cast<double>(d))).view({b, hkv, g, t, s});
+  scores.add_(mask);                                                           // [B, Hkv, G, T, S]
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
+  at::Tensor out = at::matmul(probs, v);                                       // [B, Hkv, G T, D]
+  out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});     // [B*T, Hq D]
+  return Linear(out, layer.o_weight, layer.o_bias);                            // [B*T, H]
+}
+
+at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
+  const int64_t inter = config_.intermediate_size;
+  at::Tensor gu = Linear(x, layer.gate_up_weight, layer.gate_up_bias);  // [N, 2 I]
+  at::Tensor h = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));  // [N, I]
+  return Linear(h, layer.down_weight, layer.down_bias);                 // [N, H]
+}
+
+at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
+                            std::vector<at::Tensor>* layer_outputs) const {
+  const int64_t b = in.ids.size(0), t = in.ids.size(1), h = config_.hidden_size;
+  const int64_t n_layers = in.num_layers < 0
+                               ? config_.num_hidden_layers
+                               : std::min<int64_t>(in.num_layers, config_.num_hidden_layers);
+  if (cache != nullptr && n_layers != config_.num_hidden_layers) {
+    throw Error(ErrorKind::kInternal, "early exit cannot fill a KV cache");
+  }
+  if (in.positions.sizes() != in.ids.sizes()) {
+    throw Error(ErrorKind::kInternal, "positions and ids differ in shape");
+  }
+  const int64_t past = cache != nullptr ? cache->length() : 0;
+  at::Tensor ids = in.ids.to(device_);
+  at::Tensor valid = in.valid.defined()
+                         ? in.valid.to(device_)
+                         : at::ones({b, t}, at::TensorOptions().dtype(at::kBool).device(device_));
+  at::Tensor key_valid = past > 0 ? at::cat({cache->key_valid(), valid}, 1) : valid;  // [B, S]
+  at::Tensor mask = BuildMask(in, past, key_valid);        // [B, 1, 1, T, S]
+  auto [cos, sin] = RopeTables(in.positions.to(device_));  // [B, 1, T, D]
+
+  at::Tensor x = at::embedding(embed_tokens_, ids).view({b * t, h});  // [B*T, H]
+  if (layer_outputs != nullptr) layer_outputs->push_back(x.view({b, t, h}));
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const Layer& layer = layers_[i];
+    x = x + Attention(layer, RmsNorm(x, layer.input_layernorm), cos, sin, mask, cache, i);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_attention_layernorm));
+    if (layer_outputs != nullptr) layer_outputs->push_back(x.view({b, t, h}));
+  }
+  if (cache != nullptr) cache->Advance(valid);
+  if (in.apply_final_norm) x = RmsNorm(x, norm_);
+  return x.view({b, t, h});
+}
+
+at::Tensor Decoder::Logits(const at::Tensor& hidden) const {
+  return Linear(hidden.to(dtype_), lm_head_, at::Tensor()).to(at::kFloat);  // [N, V]
+}
+
+}  // namespace gritserve

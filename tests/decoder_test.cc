@@ -1,0 +1,228 @@
+// Decoder numerics: the shared reference outputs, and the invariants that the
+// cache, batching and early-exit paths must keep.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "gritserve/cache/kv_cache.h"
+#include "gritserve/model/decoder.h"
+#include "test_util.h"
+
+namespace gritserve {
+namespace {
+
+using nlohmann::json;
+
+class DecoderTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    at::set_num_threads(2);
+    dir_ = testing::FixturesDir() + "/qwen2-tiny";
+    config_ = new ModelConfig(ModelConfig::FromDirectory(dir_));
+    decoder_ = new Decoder(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+    reference_ = new json(json::parse(testing::ReadFile(dir_ + "/reference.json")));
+  }
+  static void TearDownTestSuite() {
+    delete decoder_;
+    delete config_;
+    delete reference_;
+  }
+
+  static at::Tensor Ids(const std::vector<int64_t>& ids) {
+    return at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});  // [1, T]
+  }
+  static at::Tensor Positions(int64_t start, int64_t n) {
+    return at::arange(start, start + n, at::kLong).view({1, n});  // [1, T]
+  }
+  // Full forward of one sequence without a cache: [T, H]
+  static at::Tensor Run(const std::vector<int64_t>& ids, AttentionSpec spec,
+                        int64_t start_pos = 0) {
+    ForwardInput in;
+    in.ids = Ids(ids);
+    in.positions = Positions(start_pos, static_cast<int64_t>(ids.size()));
+    in.attention = spec;
+    return decoder_->Forward(in, nullptr)[0];
+  }
+  static at::Tensor FromJson(const json& j) {  // [T, H] or [H]
+    if (j[0].is_array()) {
+      std::vector<at::Tensor> rows;
+      for (const auto& r : j) rows.push_back(FromJson(r));
+      return at::stack(rows);
+    }
+    return at::tensor(j.get<std::vector<float>>(), at::kFloat);
+  }
+  static double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+    return (a - b).abs().max().item<double>();
+  }
+
+  c10::InferenceMode guard_;
+  static std::string dir_;
+  static ModelConfig* config_;
+  static Decoder* decoder_;
+  static json* reference_;
+};
+std::string DecoderTest::dir_;
+ModelConfig* DecoderTest::config_ = nullptr;
+Decoder* DecoderTest::decoder_ = nullptr;
+json* DecoderTest::reference_ = nullptr;
+
+TEST_F(DecoderTest, MatchesReferenceHiddenStates) {
+  ASSERT_GE((*reference_)["cases"].size(), 1u);
+  for (const auto& c : (*reference_)["cases"]) {
+    auto ids = c["ids"].get<std::vector<int64_t>>();
+    at::Tensor causal = Run(ids, AttentionSpec::Causal());
+    at::Tensor bidir = Run(ids, AttentionSpec::Bidirectional());
+    EXPECT_LE(MaxDiff(causal, FromJson(c["causal_hidden"])), 2e-4) << c["text"];
+    EXPECT_LE(MaxDiff(bidir, FromJson(c["bidirectional_hidden"])), 2e-4) << c["text"];
+    at::Tensor mean = bidir.mean(0);
+    double cos = at::cosine_similarity(mean, FromJson(c["bidirectional_mean"]), 0).item<double>();
+    EXPECT_GE(cos, 0.99999) << c["text"];
+  }
+}
+
+TEST_F(DecoderTest, GreedyContinuationMatchesReferenceWithKvCache) {
+  for (const auto& c : (*reference_)["cases"]) {
+    auto ids = c["ids"].get<std::vector<int64_t>>();
+    auto expected = c["greedy_tokens"].get<std::vector<int64_t>>();
+    KvCache cache = decoder_->NewCache(1);
+    std::vector<int64_t> feed = ids, got;
+    for (size_t step = 0; step < expected.size(); ++step) {
+      ForwardInput in;
+      in.ids = Ids(feed);
+      in.positions = Positions(cache.length(), static_cast<int64_t>(feed.size()));
+      at::Tensor h = decoder_->Forward(in, &cache)[0];  // [T, H]
+      at::Tensor logits = decoder_->Logits(h.narrow(0, h.size(0) - 1, 1))[0];
+      got.push_back(logits.argmax().item<int64_t>());
+      feed = {got.back()};
+    }
+    EXPECT_EQ(got, expected) << c["text"];
+  }
+}
+
+TEST_F(DecoderTest, IncrementalDecodeEqualsFullForward) {
+  std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525, 498, 3351, 30, 358, 1079, 1661, 13};
+  at::Tensor full = Run(ids, AttentionSpec::Causal());  // [T, H]
+  KvCache cache = decoder_->NewCache(1);
+  std::vector<at::Tensor> rows;
+  // Prefill a prefix in one go, then feed the rest one and two tokens at a time.
+  size_t i = 0;
+  for (size_t chunk : {5, 1, 2, 1, 3}) {
+    std::vector<int64_t> part(ids.begin() + i, ids.begin() + i + chunk);
+    ForwardInput in;
+    in.ids = Ids(part);
+    in.positions = Positions(static_cast<int64_t>(i), static_cast<int64_t>(chunk));
+    rows.push_back(decoder_->Forward(in, &cache)[0]);
+    i += chunk;
+  }
+  ASSERT_EQ(i, ids.size());
+  EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
+  EXPECT_LT(MaxDiff(at::cat(rows, 0), full), 1e-4);
+  at::Tensor l1 = decoder_->Logits(full.narrow(0, 11, 1));
+  at::Tensor l2 = decoder_->Logits(rows.back().narrow(0, 2, 1));
+  EXPECT_LT(MaxDiff(l1, l2), 1e-4);
+}
+
+TEST_F(DecoderTest, PaddedBatchEqualsOneAtATime) {
+  std::vector<std::vector<int64_t>> seqs = {{9707, 1879, 11, 1246, 525, 498, 3351},
+                                            {40, 1079},
+                                            {151644, 872, 198, 9707, 151645}};
+  for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
+    const int64_t b = 3, t = 7;
+    at::Tensor ids = at::full({b, t}, 151643, at::kLong);  // padding id, masked out below
+    at::Tensor valid = at::zeros({b, t}, at::kBool);
+    for (int64_t r = 0; r < b; ++r) {
+      for (size_t j = 0; j < seqs[r].size(); ++j) {
+        ids[r][j] = seqs[r][j];
+        valid[r][j] = true;
+      }
+    }
+    ForwardInput in;
+    in.ids = ids;
+    in.positions = at::arange(t, at::kLong).repeat({b, 1});
+    in.valid = valid;
+    in.attention = spec;
+    at::Tensor batched = decoder_->Forward(in, nullptr);  // [B, T, H]
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t n = static_cast<int64_t>(seqs[r].size());
+      at::Tensor single = Run(seqs[r], spec);
+      EXPECT_LT(MaxDiff(batched[r].narrow(0, 0, n), single), 1e-4)
+          << "row " << r << " mode " << static_cast<int>(spec.mode);
+    }
+  }
+}
+
+TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {
+  std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
+  ForwardInput in;
+  in.ids = Ids(ids);
+  in.positions = Positions(0, 5);
+  in.attention = AttentionSpec::Bidirectional();
+  std::vector<at::Tensor> layers;
+  at::Tensor full = decoder_->Forward(in, nullptr, &layers);
+  ASSERT_EQ(layers.size(), static_cast<size_t>(config_->num_hidden_layers + 1));
+  for (int64_t n = 1; n <= config_->num_hidden_layers; ++n) {
+    ForwardInput early = in;
+    early.num_layers = n;
+    early.apply_final_norm = false;
+    EXPECT_LT(MaxDiff(decoder_->Forward(early, nullptr), layers[n]), 1e-5) << "layer " << n;
+  }
+  // The layers really differ, so the comparison above can fail.
+  EXPECT_GT(MaxDiff(layers[1], layers[2]), 1e-2);
+  ForwardInput last = in;
+  last.num_layers = config_->num_hidden_layers;
+  EXPECT_LT(MaxDiff(decoder_->Forward(last, nullptr), full), 1e-6);
+}
+
+TEST_F(DecoderTest, CausalIgnoresTheFutureBidirectionalDoesNot) {
+  std::vector<int64_t> a = {9707, 1879, 11, 1246, 525, 498};
+  std::vector<int64_t> b = a;
+  b[4] = 3351;
+  b[5] = 30;
+  at::Tensor ca = Run(a, AttentionSpec::Causal()), cb = Run(b, AttentionSpec::Causal());
+  EXPECT_LT(MaxDiff(ca.narrow(0, 0, 4), cb.narrow(0, 0, 4)), 1e-6);
+  EXPECT_GT(MaxDiff(ca.narrow(0, 4, 2), cb.narrow(0, 4, 2)), 1e-3);
+  at::Tensor ba = Run(a, AttentionSpec::Bidirectional());
+  at::Tensor bb = Run(b, AttentionSpec::Bidirectional());
+  EXPECT_GT(MaxDiff(ba.narrow(0, 0, 4), bb.narrow(0, 0, 4)), 1e-3);
+}
+
+TEST_F(DecoderTest, BlocksLayoutIsolatesDocumentsAndMatchesSeparatePasses) {
+  std::vector<int64_t> d1 = {9707, 1879, 11}, d2 = {1246, 525, 498, 3351}, q = {30, 358};
+  std::vector<int64_t> all = d1;
+  all.insert(all.end(), d2.begin(), d2.end());
+  all.insert(all.end(), q.begin(), q.end());
+  AttentionSpec spec = AttentionSpec::Blocks({{3, true, false}, {4, true, false}, {2, false, true}});
+  at::Tensor h = Run(all, spec);  // [9, H]
+  // Each bidirectional document block equals a bidirectional pass over it alone
+  // at the same positions.
+  EXPECT_LT(MaxDiff(h.narrow(0, 0, 3), Run(d1, AttentionSpec::Bidirectional())), 1e-5);
+  EXPECT_LT(MaxDiff(h.narrow(0, 3, 4), Run(d2, AttentionSpec::Bidirectional(), 3)), 1e-5);
+  // A single causal block that sees nothing before it is plain causal attention.
+  AttentionSpec one = AttentionSpec::Blocks({{9, false, false}});
+  EXPECT_LT(MaxDiff(Run(all, one), Run(all, AttentionSpec::Causal())), 1e-6);
+  // The prompt sees the documents: it differs from the prompt alone.
+  EXPECT_GT(MaxDiff(h.narrow(0, 7, 2), Run(q, AttentionSpec::Causal(), 7)), 1e-3);
+}
+
+TEST_F(DecoderTest, RotatingCachedKeysEqualsComputingThemAtTheNewPositions) {
+  std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
+  const int64_t delta = 37;
+  KvCache at0 = decoder_->NewCache(1), at_delta = decoder_->NewCache(1);
+  ForwardInput in;
+  in.ids = Ids(ids);
+  in.positions = Positions(0, 5);
+  decoder_->Forward(in, &at0);
+  in.positions = Positions(delta, 5);
+  decoder_->Forward(in, &at_delta);
+  for (int64_t l = 0; l < config_->num_hidden_layers; ++l) {
+    at::Tensor moved = decoder_->RotateKeys(at0.keys(l), delta);
+    EXPECT_LT(MaxDiff(moved, at_delta.keys(l)), 1e-5) << "layer " << l;
+    EXPECT_GT(MaxDiff(at0.keys(l), at_delta.keys(l)), 1e-3);  // rotation matters
+    EXPECT_LT(MaxDiff(at0.values(l), at_delta.values(l)), 1e-5);  // values carry no position
+  }
+}
+
+}  // namespace
+}  // namespace gritserve
