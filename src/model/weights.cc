@@ -1,0 +1,200 @@
+#include "gritserve/model/weights.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "gritserve/common/error.h"
+#include "gritserve/model/safetensors.h"
+
+namespace gritserve {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The shard files named by the index, in a stable order.
+std::vector<std::string> ShardsFromIndex(const fs::path& dir) {
+  const std::string index_path = (dir / kIndexFile).string();
+  std::ifstream in(index_path, std::ios::binary);
+  if (!in) throw LoadError("cannot read " + index_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json index;
+  try {
+    index = json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw LoadError(index_path + ": not valid JSON: " + e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    throw LoadError(index_path + ": missing object 'weight_map'");
+  }
+  std::set<std::string> files;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    if (!file.is_string()) {
+      throw LoadError(index_path + ": weight_map entry for '" + name + "' is not a file name");
+    }
+    const std::string f = file.get<std::string>();
+    // The index is data from the checkpoint: keep it from naming files outside DIR.
+    if (f.empty() || f.find('/') != std::string::npos || f == "..") {
+      throw LoadError(index_path + ": weight_map names an invalid file '" + f + "'");
+    }
+    files.insert(f);
+  }
+  if (files.empty()) throw LoadError(index_path + ": 'weight_map' is empty");
+  std::vector<std::string> paths;
+  for (const std::string& f : files) paths.push_back((dir / f).string());
+  return paths;
+}
+
+std::vector<std::string> WeightFiles(const std::string& dir_str) {
+  const fs::path dir(dir_str);
+  if (!fs::is_directory(dir)) throw LoadError("checkpoint directory not found: " + dir_str);
+  if (fs::is_regular_file(dir / kSingleFile)) return {(dir / kSingleFile).string()};
+  if (fs::is_regular_file(dir / kIndexFile)) return ShardsFromIndex(dir);
+  std::vector<std::string> found;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") {
+      found.push_back(e.path().string());
+    }
+  }
+  if (found.empty()) throw LoadError("no .safetensors weights in " + dir_str);
+  if (found.size() > 1) {
+    throw LoadError("several .safetensors files in " + dir_str + " but no " + kIndexFile +
+                    " saying which to use");
+  }
+  return found;
+}
+
+at::ScalarType ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+  }
+  throw Error(ErrorKind::kInternal, "unknown DType");
+}
+
+// Copies a mapped tensor out of the file, converting on the way.
+// Returns a contiguous tensor of view.shape, `dtype`, on `device`, owning its memory.
+at::Tensor Materialize(const TensorView& view, at::ScalarType dtype, const at::Device& device) {
+  const at::ScalarType src_type = ToScalarType(view.dtype);
+  // from_blob needs element alignment; files padded as HF does always are, hand-made ones may
+  // not be, and a misaligned one is copied to an aligned buffer first.
+  const bool aligned = reinterpret_cast<uintptr_t>(view.data) % DTypeSize(view.dtype) == 0;
+  at::Tensor src;
+  if (aligned) {
+    src = at::from_blob(const_cast<void*>(view.data), view.shape, at::TensorOptions(src_type));
+  } else {
+    src = at::empty(view.shape, at::TensorOptions(src_type));
+    std::memcpy(src.data_ptr(), view.data, view.nbytes);
+  }
+  // copy=true: with matching dtype and device `to` would otherwise alias the mapping, which
+  // is unmapped when this function's caller returns. BF16 -> F32 goes through TensorIterator's
+  // vectorised, multi-threaded copy kernel.
+  return src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+}
+
+}  // namespace
+
+WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
+                      const at::Device& device) {
+  const auto start = std::chrono::steady_clock::now();
+
+  std::vector<std::unique_ptr<SafeTensorsFile>> files;
+  std::map<std::string, const TensorView*> found;  // sorted, so errors are deterministic
+  std::map<std::string, std::string> found_in;
+  for (const std::string& path : WeightFiles(dir)) {
+    if (!fs::is_regular_file(path)) throw LoadError("weight file not found: " + path);
+    files.push_back(SafeTensorsFile::Open(path));
+    for (const auto& [name, view] : files.back()->tensors()) {
+      auto [it, inserted] = found.emplace(name, &view);
+      if (!inserted) {
+        throw LoadError("tensor '" + name + "' appears in both " + found_in[name] + " and " + path);
+      }
+      found_in[name] = path;
+    }
+  }
+
+  const std::vector<TensorSpec> specs = ExpectedTensors(config);
+  std::vector<std::string> missing;
+  for (const TensorSpec& spec : specs) {
+    auto it = found.find(spec.name);
+    if (it == found.end()) {
+      missing.push_back(spec.name);
+    } else if (it->second->shape != spec.shape) {
+      throw LoadError("tensor '" + spec.name + "' has shape " + ShapeString(it->second->shape) +
+                      ", expected " + ShapeString(spec.shape) + " (in " + found_in[spec.name] +
+                      ")");
+    }
+  }
+  if (!missing.empty()) {
+    std::string more;
+    if (missing.size() > 1) more = " (and " + std::to_string(missing.size() - 1) + " more)";
+    throw LoadError("missing tensor '" + missing[0] + "'" + more + " in checkpoint " + dir);
+  }
+  std::set<std::string> expected_names;
+  for (const TensorSpec& spec : specs) expected_names.insert(spec.name);
+  for (const auto& [name, view] : found) {
+    if (expected_names.count(name)) continue;
+    // Old exports saved RoPE's inverse frequencies; they are recomputed from rope_theta.
+    if (EndsWith(name, ".rotary_emb.inv_freq") ||
+        (name == "lm_head.weight" && config.tie_word_embeddings)) {
+      spdlog::debug("ignoring tensor '{}' in {}", name, found_in[name]);
+      continue;
+    }
+    throw LoadError("unexpected tensor '" + name + "' in " + found_in[name] + " (not used by a " +
+                    config.architecture_name + " with this config)");
+  }
+
+  WeightMap weights;
+  weights.reserve(specs.size());
+  uint64_t file_bytes = 0;
+  int64_t params = 0;
+  for (const TensorSpec& spec : specs) {
+    const TensorView& view = *found.at(spec.name);
+    weights.emplace(spec.name, Materialize(view, dtype, device));
+    file_bytes += view.nbytes;
+    params += view.numel();
+  }
+
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info(
+      "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {} on {} "
+      "in {:.2f} s",
+      weights.size(), params, file_bytes / 1e6, files.size(), dir, c10::toString(dtype),
+      device.str(), seconds);
+  return weights;
+}
+
+}  // namespace gritserve
