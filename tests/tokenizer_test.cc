@@ -50,10 +50,11 @@ std::string Utf8(int32_t cp) {
 // whitespace, so normalisation, the split regex and byte merges all get exercised.
 std::string RandomText(std::mt19937& rng, int max_chars) {
   static const std::vector<std::pair<int32_t, int32_t>> ranges = {
-      {0x20, 0x7E},     {0x20, 0x7E},     {0x20, 0x7E},     {0x09, 0x0D},   {0xA0, 0xFF},
-      {0x100, 0x24F},   {0x300, 0x36F},   {0x370, 0x3FF},   {0x400, 0x4FF}, {0x590, 0x5FF},
-      {0x600, 0x6FF},   {0x900, 0x97F},   {0xE00, 0xE7F},   {0x1100, 0x11FF}, {0x2000, 0x206F},
-      {0x3000, 0x303F}, {0x3040, 0x30FF}, {0x4E00, 0x9FFF}, {0xAC00, 0xD7A3}, {0xFE00, 0xFE0F},
+      {0x20, 0x7E},       {0x20, 0x7E},       {0x20, 0x7E},       {0x09, 0x0D},
+      {0xA0, 0xFF},       {0x100, 0x24F},     {0x300, 0x36F},     {0x370, 0x3FF},
+      {0x400, 0x4FF},     {0x590, 0x5FF},     {0x600, 0x6FF},     {0x900, 0x97F},
+      {0xE00, 0xE7F},     {0x1100, 0x11FF},   {0x2000, 0x206F},   {0x3000, 0x303F},
+      {0x3040, 0x30FF},   {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3},   {0xFE00, 0xFE0F},
       {0x1F300, 0x1F64F}, {0x1F900, 0x1F9FF}, {0x20000, 0x2A6DF}, {0x200D, 0x200D},
   };
   std::uniform_int_distribution<int> n_dist(0, max_chars);
@@ -105,7 +106,8 @@ TEST_F(Qwen2TokenizerTest, Metadata) {
 // - one case encodes "</s>" as the single vocabulary token 128247, which HF does not:
 //   "</s>" is a plain vocabulary entry, not an added token, and the split regex cuts
 //   "}</s>\n" into "}</", "s", ">\n".
-constexpr char kSlashSCase[] = "<s><|user|>\n{instruction}\n<|assistant|>\n{response}</s>\n<|user|>...";
+constexpr char kSlashSCase[] =
+    "<s><|user|>\n{instruction}\n<|assistant|>\n{response}</s>\n<|user|>...";
 
 TEST_F(Qwen2TokenizerTest, FixtureCasesEncodeExactly) {
   std::ifstream in(testing::FixturesDir() + "/tokenizer/qwen2.jsonl");
@@ -133,8 +135,8 @@ TEST_F(Qwen2TokenizerTest, FixtureCasesEncodeExactly) {
     }
     if (text == kSlashSCase) {
       const std::vector<int32_t> slash_s = {92, 128247, 198};
-      ASSERT_EQ(std::search(want.begin(), want.end(), slash_s.begin(), slash_s.end()) -
-                    want.begin(), 16);
+      ASSERT_EQ(
+          std::search(want.begin(), want.end(), slash_s.begin(), slash_s.end()) - want.begin(), 16);
       std::vector<int32_t> hf = want;
       hf.erase(hf.begin() + 16, hf.begin() + 19);
       hf.insert(hf.begin() + 16, {5361, 82, 397});  // "}</", "s", ">\n"
@@ -175,9 +177,9 @@ TEST_F(Qwen2TokenizerTest, SpecialTokensParsedOnlyWhenAsked) {
 }
 
 TEST_F(Qwen2TokenizerTest, InvalidUtf8IsUnprocessable) {
-  for (const std::string& bad : {std::string("abc\xff"), std::string("\xc3"),
-                                std::string("\xed\xa0\x80"), std::string("\xc0\x80"),
-                                std::string("ok \xe2\x82 no")}) {
+  for (const std::string& bad :
+       {std::string("abc\xff"), std::string("\xc3"), std::string("\xed\xa0\x80"),
+        std::string("\xc0\x80"), std::string("ok \xe2\x82 no")}) {
     try {
       tok().Encode(bad);
       ADD_FAILURE() << "accepted invalid UTF-8";
@@ -213,8 +215,9 @@ TEST_F(Qwen2TokenizerTest, DecodeReplacesInvalidBytes) {
 
 TEST_F(Qwen2TokenizerTest, StreamDecoderMatchesDecode) {
   std::mt19937 rng(99);
-  std::vector<std::string> texts = {"🚀 (normal) 😶‍🌫️ 你好，世界！ 안녕하세요 🦙.cpp",
-                                    "<|im_start|>assistant\nÄpfel ½ 🤖<|im_end|>"};
+  std::vector<std::string> texts = {
+      "🚀 (normal) 😶‍🌫️ 你好，世界！ 안녕하세요 🦙.cpp",
+      "<|im_start|>assistant\nÄpfel ½ 🤖<|im_end|>"};
   for (int i = 0; i < 100; ++i) texts.push_back(RandomText(rng, 40));
   for (const auto& text : texts) {
     const auto ids = tok().Encode(text);

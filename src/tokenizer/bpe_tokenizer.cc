@@ -204,8 +204,8 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromJsonText(const std::string& json
         const json& pat = p.at("pattern");
         if (BoolOr(p, "invert", false)) throw LoadError("unsupported Split option invert=true");
         if (pat.contains("Regex")) {
-          step.regex = std::make_unique<ti::Regex>(
-              ti::AdaptRegexForPcre2(pat["Regex"].get<std::string>()));
+          step.regex =
+              std::make_unique<ti::Regex>(ti::AdaptRegexForPcre2(pat["Regex"].get<std::string>()));
         } else if (pat.contains("String")) {
           step.regex = std::make_unique<ti::Regex>(pat["String"].get<std::string>(), true);
         } else {
@@ -292,8 +292,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromJsonText(const std::string& json
         } else {
           throw LoadError("malformed merge entry " + m.dump());
         }
-        auto ia = tok->spelled_.find(a), ib = tok->spelled_.find(b),
-             im = tok->spelled_.find(a + b);
+        auto ia = tok->spelled_.find(a), ib = tok->spelled_.find(b), im = tok->spelled_.find(a + b);
         if (ia == tok->spelled_.end() || ib == tok->spelled_.end() || im == tok->spelled_.end()) {
           throw LoadError("merge '" + a + " " + b + "' refers to a token not in the vocabulary");
         }
@@ -597,9 +596,7 @@ BpeTokenizer::WordTokens BpeTokenizer::TokenizeWordUncached(const std::string& w
     int32_t left;
     int32_t left_id;
     int32_t right_id;
-    bool operator>(const Cand& o) const {
-      return rank != o.rank ? rank > o.rank : left > o.left;
-    }
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
   };
   std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
   auto try_push = [&](int32_t l) {
@@ -619,8 +616,9 @@ BpeTokenizer::WordTokens BpeTokenizer::TokenizeWordUncached(const std::string& w
     if (ids[l] != c.left_id) continue;  // stale: l was merged or removed since
     const int32_t r = next[l];
     if (r < 0 || ids[r] != c.right_id) continue;
-    ids[l] = merges_.find((static_cast<uint64_t>(static_cast<uint32_t>(c.left_id)) << 32) |
-                          static_cast<uint32_t>(c.right_id))
+    ids[l] = merges_
+                 .find((static_cast<uint64_t>(static_cast<uint32_t>(c.left_id)) << 32) |
+                       static_cast<uint32_t>(c.right_id))
                  ->second.second;
     ends[l] = ends[r];
     next[l] = next[r];

@@ -40,8 +40,8 @@ SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const std::string& path) {
   std::unique_ptr<SentencePieceTokenizer> tok(new SentencePieceTokenizer());
   const auto status = tok->sp_->Load(path);
-  if (!status.ok()) throw LoadError("cannot load sentencepiece model " + path + ": " +
-                                    status.ToString());
+  if (!status.ok())
+    throw LoadError("cannot load sentencepiece model " + path + ": " + status.ToString());
   const int n = tok->sp_->GetPieceSize();
   if (n <= 0) throw LoadError("sentencepiece model " + path + " has no pieces");
   tok->bytes_.resize(n);
@@ -51,7 +51,8 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const s
     const std::string& piece = tok->sp_->IdToPiece(id);
     if (tok->sp_->IsByte(id)) {
       // Byte pieces are spelled <0xXX>.
-      tok->bytes_[id] = std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+      tok->bytes_[id] =
+          std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
       tok->byte_piece_[id] = true;
     } else if (tok->sp_->IsControl(id) || tok->sp_->IsUnknown(id)) {
       // Shown as spelled (HF's convention) unless the caller skips special tokens.

@@ -134,10 +134,9 @@ std::string Normalize(std::string_view text, NormalForm form) {
   }
   if (ascii) return std::string(text);
   utf8proc_uint8_t* dst = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                   static_cast<utf8proc_ssize_t>(text.size()), &dst,
-                   static_cast<utf8proc_option_t>(options));
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                          static_cast<utf8proc_ssize_t>(text.size()), &dst,
+                                          static_cast<utf8proc_option_t>(options));
   if (n < 0) {
     throw Unprocessable(std::string("cannot normalize text: ") + utf8proc_errmsg(n));
   }
@@ -268,8 +267,8 @@ Regex::Regex(const std::string& pattern, bool literal) : impl_(std::make_unique<
   PCRE2_SIZE err_offset = 0;
   uint32_t options = PCRE2_UTF | PCRE2_UCP;
   if (literal) options |= PCRE2_LITERAL;
-  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                              options, &err, &err_offset, nullptr);
+  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
+                              &err, &err_offset, nullptr);
   if (impl_->code == nullptr) {
     throw LoadError("cannot compile pre-tokenizer regex '" + pattern + "' at offset " +
                     std::to_string(err_offset) + ": " + Pcre2Message(err));
@@ -291,8 +290,8 @@ std::vector<std::pair<size_t, size_t>> Regex::FindAll(std::string_view text) con
   while (pos <= text.size()) {
     // NO_UTF_CHECK: callers validated the text; without it PCRE2 re-scans the whole
     // subject on every call, which is quadratic over a long input.
-    const int rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md,
-                               state.context);
+    const int rc =
+        pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, state.context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       pcre2_match_data_free(md);

@@ -107,9 +107,12 @@ void Tokenizer::AppendDecoded(int32_t id, bool /*at_start*/, std::string* out) c
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
   std::string bytes;
+  bool at_start = true;
   for (int32_t id : ids) {
-    if (skip_special && IsSpecial(id)) continue;
-    AppendDecoded(id, bytes.empty(), &bytes);
+    const bool special = IsSpecial(id);
+    if (skip_special && special) continue;
+    AppendDecoded(id, at_start, &bytes);
+    at_start = at_start && special;
   }
   return tokenizer_internal::SanitizeUtf8(bytes);
 }
@@ -120,7 +123,7 @@ StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special)
 std::string StreamDecoder::Push(int32_t id) {
   if (skip_special_ && tok_.IsSpecial(id)) return {};
   tok_.AppendDecoded(id, !started_, &pending_);
-  started_ = started_ || !pending_.empty();
+  started_ = started_ || !tok_.IsSpecial(id);
   const size_t keep = tokenizer_internal::IncompleteUtf8Tail(pending_);
   std::string out = tokenizer_internal::SanitizeUtf8(
       std::string_view(pending_).substr(0, pending_.size() - keep));

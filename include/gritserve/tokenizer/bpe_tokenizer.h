@@ -75,8 +75,8 @@ class BpeTokenizer : public Tokenizer {
 
   std::vector<std::string> bytes_;  // decoded bytes per id
   std::vector<IdKind> kinds_;
-  std::unordered_map<std::string, int32_t> vocab_;     // model token bytes -> id
-  std::unordered_map<std::string, int32_t> spelled_;   // token as spelled in the file
+  std::unordered_map<std::string, int32_t> vocab_;    // model token bytes -> id
+  std::unordered_map<std::string, int32_t> spelled_;  // token as spelled in the file
   std::unordered_map<uint64_t, std::pair<uint32_t, int32_t>> merges_;  // pair -> rank, id
   std::vector<AddedToken> added_;
   std::array<std::vector<int>, 256> added_by_first_byte_;  // longest first

@@ -59,9 +59,9 @@ class Tokenizer {
  protected:
   friend class StreamDecoder;
 
-  // Appends the decoded bytes of `id`. `at_start` is true when nothing has been
-  // output before it, so sentencepiece can drop its dummy-prefix space only there
-  // and Decode() and StreamDecoder agree byte for byte.
+  // Appends the decoded bytes of `id`. `at_start` is true until the first non-special
+  // token, so sentencepiece can drop its one dummy-prefix space there, and Decode()
+  // and StreamDecoder agree byte for byte.
   virtual void AppendDecoded(int32_t id, bool at_start, std::string* out) const;
 
   // Applies DIR/tokenizer_config.json (bos/eos/pad tokens, add_bos_token) if present.
@@ -87,7 +87,7 @@ class StreamDecoder {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  bool started_ = false;  // some bytes have been produced (emitted or held)
+  bool started_ = false;  // a non-special token has been pushed
   std::string pending_;
 };
 
