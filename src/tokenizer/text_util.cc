@@ -5,7 +5,6 @@
 #include <utf8proc.h>
 
 #include <cstdlib>
-#include <unordered_map>
 
 #include "gritserve/common/error.h"
 
@@ -164,28 +163,35 @@ const std::array<std::string, 256>& ByteToUnicode() {
 }
 
 bool UnicodeToBytes(std::string_view token, std::string* bytes) {
-  static const std::unordered_map<int32_t, unsigned char> inverse = [] {
-    std::unordered_map<int32_t, unsigned char> m;
+  // Every mapped code point is below 0x144; a flat table keeps vocabulary loading
+  // (150k tokens) cheap.
+  static const std::array<int16_t, 0x144> inverse = [] {
+    std::array<int16_t, 0x144> m;
+    m.fill(-1);
     const auto& fwd = ByteToUnicode();
     for (int b = 0; b < 256; ++b) {
       utf8proc_int32_t cp;
       utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(fwd[b].data()),
                        static_cast<utf8proc_ssize_t>(fwd[b].size()), &cp);
-      m[cp] = static_cast<unsigned char>(b);
+      m[cp] = static_cast<int16_t>(b);
     }
     return m;
   }();
   bytes->clear();
-  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(token.data());
+  const auto* p = reinterpret_cast<const unsigned char*>(token.data());
   size_t i = 0;
   while (i < token.size()) {
-    utf8proc_int32_t cp;
-    const auto n = utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(token.size() - i), &cp);
-    if (n <= 0) return false;
-    auto it = inverse.find(cp);
-    if (it == inverse.end()) return false;
-    bytes->push_back(static_cast<char>(it->second));
-    i += static_cast<size_t>(n);
+    int32_t cp;
+    if (p[i] < 0x80) {
+      cp = p[i++];
+    } else if ((p[i] & 0xE0) == 0xC0 && i + 1 < token.size()) {
+      cp = ((p[i] & 0x1F) << 6) | (p[i + 1] & 0x3F);
+      i += 2;
+    } else {
+      return false;  // 3+ byte sequences are never mapped bytes
+    }
+    if (cp >= static_cast<int32_t>(inverse.size()) || inverse[cp] < 0) return false;
+    bytes->push_back(static_cast<char>(inverse[cp]));
   }
   return true;
 }
