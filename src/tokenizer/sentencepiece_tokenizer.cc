@@ -1,11 +1,10 @@
 #include "gritserve/tokenizer/sentencepiece_tokenizer.h"
 
-#include <sentencepiece_processor.h>
-
 #include <algorithm>
 
 #include "gritserve/common/error.h"
 #include "gritserve/tokenizer/text_util.h"
+#include "spm_api.h"
 
 namespace gritserve {
 
@@ -32,29 +31,34 @@ std::string ReplaceSpaceSymbol(const std::string& piece) {
 
 }  // namespace
 
-SentencePieceTokenizer::SentencePieceTokenizer()
-    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+SentencePieceTokenizer::SentencePieceTokenizer() = default;
 
-SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+SentencePieceTokenizer::~SentencePieceTokenizer() {
+  if (model_ != nullptr) Spm().destroy(model_);
+}
 
 std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const std::string& path) {
   std::unique_ptr<SentencePieceTokenizer> tok(new SentencePieceTokenizer());
-  const auto status = tok->sp_->Load(path);
-  if (!status.ok())
-    throw LoadError("cannot load sentencepiece model " + path + ": " + status.ToString());
-  const int n = tok->sp_->GetPieceSize();
+  const SpmApi& spm = Spm();
+  std::string error;
+  tok->model_ = spm.load(path, /*is_proto=*/false, &error);
+  if (tok->model_ == nullptr) {
+    throw LoadError("cannot load sentencepiece model " + path + ": " + error);
+  }
+  const int n = spm.piece_size(tok->model_);
   if (n <= 0) throw LoadError("sentencepiece model " + path + " has no pieces");
   tok->bytes_.resize(n);
   tok->special_.assign(n, false);
   tok->byte_piece_.assign(n, false);
   for (int id = 0; id < n; ++id) {
-    const std::string& piece = tok->sp_->IdToPiece(id);
-    if (tok->sp_->IsByte(id)) {
+    const std::string piece = spm.id_to_piece(tok->model_, id);
+    const SpmPieceKind kind = spm.piece_kind(tok->model_, id);
+    if (kind == SpmPieceKind::kByte) {
       // Byte pieces are spelled <0xXX>.
       tok->bytes_[id] =
           std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
       tok->byte_piece_[id] = true;
-    } else if (tok->sp_->IsControl(id) || tok->sp_->IsUnknown(id)) {
+    } else if (kind == SpmPieceKind::kControl || kind == SpmPieceKind::kUnknown) {
       // Shown as spelled (HF's convention) unless the caller skips special tokens.
       tok->bytes_[id] = piece;
       tok->special_[id] = true;
@@ -72,9 +76,14 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const s
   }
   // The normalizer spec is not reachable through the public API; probe it instead: with
   // add_dummy_prefix, a lone word comes back as "▁word".
-  const auto probe = tok->sp_->EncodeAsPieces("x");
-  tok->dummy_prefix_ = !probe.empty() && probe[0].compare(0, 3, kSpaceSymbol) == 0;
-  const int bos = tok->sp_->bos_id(), eos = tok->sp_->eos_id(), pad = tok->sp_->pad_id();
+  std::vector<SpmPiece> probe;
+  if (!spm.encode(tok->model_, "x", &probe, &error)) {
+    throw LoadError("sentencepiece model " + path + " cannot encode: " + error);
+  }
+  tok->dummy_prefix_ = !probe.empty() &&
+                       spm.id_to_piece(tok->model_, probe[0].id).compare(0, 3, kSpaceSymbol) == 0;
+  const int bos = spm.special_id(tok->model_, 0), eos = spm.special_id(tok->model_, 1),
+            pad = spm.special_id(tok->model_, 2);
   if (bos >= 0) tok->bos_id_ = bos;
   if (eos >= 0) tok->eos_id_ = eos;
   if (pad >= 0) tok->pad_id_ = pad;
@@ -126,10 +135,12 @@ std::vector<TokenSpan> SentencePieceTokenizer::EncodeWithOffsets(std::string_vie
 void SentencePieceTokenizer::EncodeSegment(std::string_view seg, size_t base,
                                            std::vector<TokenSpan>* out) const {
   if (seg.empty()) return;
-  const auto spt = sp_->EncodeAsImmutableProto(seg);
-  for (const auto& p : spt.pieces()) {
-    out->push_back({static_cast<int32_t>(p.id()), base + p.begin(), base + p.end()});
+  std::vector<SpmPiece> pieces;
+  std::string error;
+  if (!Spm().encode(model_, std::string(seg), &pieces, &error)) {
+    throw Unprocessable("sentencepiece could not encode the input: " + error);
   }
+  for (const auto& p : pieces) out->push_back({p.id, base + p.begin, base + p.end});
 }
 
 std::string SentencePieceTokenizer::TokenBytes(int32_t id) const {
@@ -138,9 +149,10 @@ std::string SentencePieceTokenizer::TokenBytes(int32_t id) const {
 }
 
 std::optional<int32_t> SentencePieceTokenizer::TokenToId(std::string_view token) const {
-  const int id = sp_->PieceToId(token);
+  const std::string piece(token);
+  const int id = Spm().piece_to_id(model_, piece);
   // PieceToId answers unk for anything it does not know.
-  if (id < 0 || sp_->IdToPiece(id) != token) return std::nullopt;
+  if (id < 0 || Spm().id_to_piece(model_, id) != piece) return std::nullopt;
   return id;
 }
 

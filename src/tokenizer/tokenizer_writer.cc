@@ -1,8 +1,5 @@
 #include "gritserve/tokenizer/tokenizer_writer.h"
 
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
-
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -14,6 +11,7 @@
 
 #include "gritserve/common/error.h"
 #include "gritserve/tokenizer/text_util.h"
+#include "spm_api.h"
 
 namespace gritserve {
 
@@ -235,36 +233,27 @@ int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
 
 namespace {
 
-class CorpusIterator : public sentencepiece::SentenceIterator {
- public:
-  // Keeps only lines of 1- and 2-byte UTF-8 (Latin, Greek, Cyrillic...): sentencepiece
-  // reserves a piece for every character it must cover (coverage >= 0.98), and the CJK
-  // and other scripts would not fit a few-hundred-piece vocabulary. They are still
-  // encodable through byte fallback.
-  explicit CorpusIterator(const std::string& text) {
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-      bool narrow = true;
-      for (unsigned char c : line) narrow = narrow && c < 0xE0;
-      if (!line.empty() && narrow) lines_.push_back(line);
-    }
+// Keeps only lines of 1- and 2-byte UTF-8 (Latin, Greek, Cyrillic...): sentencepiece
+// reserves a piece for every character it must cover (coverage >= 0.98), and the CJK
+// and other scripts would not fit a few-hundred-piece vocabulary. They are still
+// encodable through byte fallback.
+std::vector<std::string> NarrowLines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    bool narrow = true;
+    for (unsigned char c : line) narrow = narrow && c < 0xE0;
+    if (!line.empty() && narrow) lines.push_back(line);
   }
-  bool done() const override { return pos_ >= lines_.size(); }
-  void Next() override { ++pos_; }
-  const std::string& value() const override { return lines_[pos_]; }
-  sentencepiece::util::Status status() const override { return {}; }
-
- private:
-  std::vector<std::string> lines_;
-  size_t pos_ = 0;
-};
+  return lines;
+}
 
 }  // namespace
 
 int32_t WriteDemoSentencePieceTokenizer(const std::string& dir, int vocab_size) {
-  CorpusIterator it(DemoTokenizerCorpus());
-  std::string proto;
+  const std::vector<std::string> sentences = NarrowLines(DemoTokenizerCorpus());
+  std::string proto, error;
   const std::unordered_map<std::string, std::string> args = {
       {"model_type", "bpe"},
       {"vocab_size", std::to_string(vocab_size)},
@@ -286,18 +275,21 @@ int32_t WriteDemoSentencePieceTokenizer(const std::string& dir, int vocab_size) 
       {"split_digits", "true"},
       {"minloglevel", "2"},
   };
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &it, &proto);
-  if (!status.ok()) throw LoadError("sentencepiece training failed: " + status.ToString());
+  const SpmApi& spm = Spm();
+  if (!spm.train(args, sentences, &proto, &error)) {
+    throw LoadError("sentencepiece training failed: " + error);
+  }
   WriteFile(dir + "/tokenizer.model", proto);
   const ojson cfg = {{"add_bos_token", true}, {"add_eos_token", false},
                      {"bos_token", "<s>"},    {"eos_token", "</s>"},
                      {"unk_token", "<unk>"},  {"pad_token", nullptr},
                      {"legacy", true},        {"tokenizer_class", "LlamaTokenizer"}};
   WriteFile(dir + "/tokenizer_config.json", cfg.dump(2));
-  sentencepiece::SentencePieceProcessor sp;
-  if (!sp.LoadFromSerializedProto(proto).ok())
-    throw LoadError("trained sentencepiece model is unreadable");
-  return sp.GetPieceSize();
+  void* model = spm.load(proto, /*is_proto=*/true, &error);
+  if (model == nullptr) throw LoadError("trained sentencepiece model is unreadable: " + error);
+  const int size = spm.piece_size(model);
+  spm.destroy(model);
+  return size;
 }
 
 }  // namespace gritserve

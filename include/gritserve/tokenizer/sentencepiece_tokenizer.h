@@ -9,10 +9,6 @@
 
 #include "gritserve/tokenizer/tokenizer.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
-
 namespace gritserve {
 
 class SentencePieceTokenizer : public Tokenizer {
@@ -39,7 +35,7 @@ class SentencePieceTokenizer : public Tokenizer {
   SentencePieceTokenizer();
   void EncodeSegment(std::string_view seg, size_t base, std::vector<TokenSpan>* out) const;
 
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  void* model_ = nullptr;  // a sentencepiece processor inside the isolated module (spm_api.h)
   std::vector<std::string> bytes_;  // "▁" -> " ", <0xXX> -> the byte, control -> as spelled
   std::vector<bool> special_;       // control and unknown pieces
   std::vector<bool> byte_piece_;
