@@ -1,6 +1,7 @@
 // Decoder numerics: the shared reference outputs, and the invariants that the
 // cache, batching and early-exit paths must keep.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 

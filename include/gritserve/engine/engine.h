@@ -1,0 +1,122 @@
+// Library-level API: one loaded model with its tokenizer and prompt template.
+// Tokenisation entry points are const and thread-safe (HTTP threads call them);
+// everything that runs the model must be called from one inference thread.
+// Torch-free so that the server and CLI include it cheaply.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gritserve/model/config.h"
+#include "gritserve/tokenizer/template.h"
+#include "gritserve/tokenizer/tokenizer.h"
+
+namespace gritserve {
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string template_path;  // empty: the built-in default for the tokenizer
+  int threads = 0;            // 0: all cores
+  std::string device = "cpu";  // "cpu" or "cuda[:N]"
+  std::string dtype = "auto";  // auto: float32 on CPU, bfloat16 on CUDA; or float32|bfloat16|float16
+  int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
+};
+
+enum class Pooling { kMean, kLast };
+
+struct EmbedOptions {
+  std::string instruction;
+  Pooling pooling = Pooling::kMean;
+  int64_t layer = -1;      // early exit after this many layers (-1: all); the final norm still applies
+  bool normalize = true;   // L2-normalise (after truncation to `dimensions`)
+  int64_t dimensions = 0;  // keep the first N dimensions (Matryoshka); 0: all
+  bool raw = false;        // no template: pool over every token of the text as given
+};
+
+struct SamplingParams {
+  int64_t max_tokens = 16;
+  double temperature = 1.0;  // 0: greedy
+  int64_t top_k = 0;         // 0: off
+  double top_p = 1.0;        // 1: off
+  uint64_t seed = 0;
+  std::vector<std::string> stop;  // stop strings (not included in the output)
+  bool ignore_eos = false;
+};
+
+struct GenerateResult {
+  std::string text;
+  std::vector<int32_t> tokens;
+  std::string finish_reason;  // "stop" (EOS or stop string), "length", "cancelled"
+  int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;
+  int64_t completion_tokens = 0;
+  double prefill_ms = 0, decode_ms = 0, ttft_ms = 0;
+};
+
+// Receives text as it becomes final (never part of a possible stop string, never
+// an incomplete UTF-8 sequence). Returning false cancels the generation.
+using TextCallback = std::function<bool(const std::string& piece)>;
+
+class Generation;
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> Load(const EngineOptions& options);
+  ~Engine();
+
+  const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const;
+  const PromptTemplate& prompt_template() const;
+  std::string device_name() const;
+  std::string dtype_name() const;
+  int64_t max_context() const;
+
+  // --- thread-safe, tokenizer only ---
+  EncodedPrompt EncodeEmbed(const std::string& text, const EmbedOptions& options) const;
+  // Already-tokenised input: pooled over every token (the template is not applied).
+  EncodedPrompt EncodeEmbedIds(std::vector<int32_t> ids) const;
+  std::vector<int32_t> EncodeGenerate(const std::string& prompt, bool raw) const;
+  std::vector<int32_t> EncodeChat(const std::vector<ChatMessage>& messages) const;
+
+  // --- inference thread only ---
+  // One vector per prompt; prompts are batched (sorted by length, right padded)
+  // under max_batch_tokens.
+  std::vector<std::vector<float>> Embed(const std::vector<EncodedPrompt>& prompts,
+                                        const EmbedOptions& options);
+  // Convenience: EncodeEmbed + Embed.
+  std::vector<std::vector<float>> EmbedTexts(const std::vector<std::string>& texts,
+                                             const EmbedOptions& options);
+
+  // Starts a causal generation; the caller steps it (so a scheduler can
+  // interleave other work between tokens).
+  std::unique_ptr<Generation> StartGeneration(std::vector<int32_t> prompt_ids,
+                                              const SamplingParams& params,
+                                              TextCallback on_text = nullptr);
+  // Runs a generation to the end.
+  GenerateResult Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
+                          TextCallback on_text = nullptr);
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// One sequence being generated; owned and stepped by the inference thread.
+class Generation {
+ public:
+  virtual ~Generation() = default;
+  // Prefills on the first call, then produces one token per call. Returns false
+  // once finished (the result is then final).
+  virtual bool Step() = 0;
+  virtual bool finished() const = 0;
+  virtual void Cancel() = 0;
+  virtual const GenerateResult& result() const = 0;
+};
+
+}  // namespace gritserve

@@ -1,0 +1,106 @@
+// The one inference thread and its bounded queue. HTTP threads submit jobs and
+// wait on them; the inference thread owns the Engine, runs embedding jobs as
+// they come and steps every active generation one token at a time, so a long
+// generation never blocks embeddings (or other generations) for its length.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gritserve/engine/engine.h"
+
+namespace gritserve {
+
+// A generation in flight, shared between the inference thread (producer) and
+// the HTTP thread that waits for its text (consumer).
+class GenerationJob {
+ public:
+  GenerationJob(std::vector<int32_t> prompt, SamplingParams params)
+      : prompt(std::move(prompt)), params(std::move(params)) {}
+
+  // Consumer: waits up to `timeout` for new text or the end. Returns the text
+  // produced since the last call; `done` tells whether the result is final.
+  std::string WaitForText(std::chrono::milliseconds timeout, bool* done);
+  // Consumer: blocks until finished and returns the result (or rethrows the error).
+  GenerateResult Wait();
+  // Consumer: the client went away; the inference thread stops it before its next token.
+  void Cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  // Producer side.
+  void PushText(const std::string& text);
+  void Finish(GenerateResult result);
+  void Fail(std::exception_ptr error);
+
+  const std::vector<int32_t> prompt;
+  const SamplingParams params;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string unread_;
+  bool done_ = false;
+  GenerateResult result_;
+  std::exception_ptr error_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerStats {
+  int64_t queued = 0;             // jobs waiting to start
+  int64_t active_generations = 0;
+  int64_t embed_batches = 0;      // forward passes run for embeddings
+  int64_t embed_batch_inputs = 0; // inputs in those passes (sum)
+  int64_t prompt_tokens = 0;      // tokens in (embedding inputs and prompts)
+  int64_t generated_tokens = 0;   // tokens out
+};
+
+class Scheduler {
+ public:
+  // max_pending bounds queued + active jobs; past it Submit* throws kQueueFull.
+  Scheduler(Engine& engine, int64_t max_pending);
+  ~Scheduler();  // Stop()s
+
+  std::future<std::vector<std::vector<float>>> SubmitEmbed(std::vector<EncodedPrompt> prompts,
+                                                           EmbedOptions options);
+  std::shared_ptr<GenerationJob> SubmitGenerate(std::vector<int32_t> prompt,
+                                                SamplingParams params);
+  // Runs `fn` on the inference thread (for work that touches the model).
+  std::future<void> SubmitTask(std::function<void(Engine&)> fn);
+
+  // Refuses new jobs (kUnavailable) from now on; running ones continue.
+  void Drain() { draining_ = true; }
+  // Waits until no job is queued or active, up to `timeout`; true if idle.
+  bool WaitIdle(std::chrono::milliseconds timeout);
+  // Cancels what is left and joins the thread.
+  void Stop();
+
+  SchedulerStats stats() const;
+  int64_t pending() const;
+
+ private:
+  struct Job;
+  void Admit(std::unique_ptr<Job> job);
+  void Loop();
+
+  Engine& engine_;
+  const int64_t max_pending_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // wakes the inference thread
+  std::condition_variable idle_cv_;  // wakes WaitIdle
+  std::deque<std::unique_ptr<Job>> queue_;
+  int64_t active_ = 0;
+  bool stop_ = false;
+  std::atomic<bool> draining_{false};
+  SchedulerStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace gritserve

@@ -1,0 +1,213 @@
+#include "gritserve/engine/engine.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <thread>
+
+#include "engine_impl.h"
+#include "gritserve/common/error.h"
+#include "gritserve/model/weights.h"
+
+namespace gritserve {
+namespace {
+
+at::Device ParseDevice(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+    if (!at::hasCUDA()) {
+      throw LoadError("--device " + name + ": this build of LibTorch has no CUDA device");
+    }
+    return at::Device(name);
+  }
+  throw LoadError("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
+}
+
+at::ScalarType ParseDtype(const std::string& name, const at::Device& device) {
+  if (name == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
+  if (name == "float32" || name == "f32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "f16") return at::kHalf;
+  throw LoadError("unknown dtype '" + name + "' (expected auto, float32, bfloat16, float16)");
+}
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // LibTorch starts with one intra-op thread here; use the cores we were given.
+  at::set_num_threads(threads);
+
+  const at::Device device = ParseDevice(options.device);
+  const at::ScalarType dtype = ParseDtype(options.dtype, device);
+  if (device.is_cpu() && dtype != at::kFloat) {
+    spdlog::warn("{} compute on CPU is far slower than float32 here", options.dtype);
+  }
+  impl->config = ModelConfig::FromDirectory(options.model_dir);
+  impl->tokenizer = Tokenizer::FromDirectory(options.model_dir);
+  impl->prompt_template = options.template_path.empty()
+                              ? DefaultTemplateFor(*impl->tokenizer)
+                              : PromptTemplate::FromJsonFile(options.template_path);
+  {
+    c10::InferenceMode guard;
+    impl->decoder = std::make_unique<Decoder>(
+        impl->config, LoadWeights(options.model_dir, impl->config, dtype, device));
+  }
+
+  for (int64_t id : impl->config.eos_token_ids) impl->eos_ids.insert(static_cast<int32_t>(id));
+  if (auto eos = impl->tokenizer->eos_id()) impl->eos_ids.insert(*eos);
+  for (const std::string& s : impl->prompt_template.stop) {
+    if (auto id = impl->tokenizer->TokenToId(s)) impl->eos_ids.insert(*id);
+  }
+  impl->sampleable_vocab = std::min<int64_t>(impl->config.vocab_size, impl->tokenizer->VocabSize());
+
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info(
+      "loaded {} ({} layers, hidden {}, {:.1f}M parameters) on {} as {}, tokenizer {} "
+      "({} tokens), template '{}', {} threads, in {:.2f} s",
+      impl->config.architecture_name, impl->config.num_hidden_layers, impl->config.hidden_size,
+      impl->config.NumParameters() / 1e6, device.str(), c10::toString(dtype),
+      impl->tokenizer->Kind(), impl->tokenizer->VocabSize(), impl->prompt_template.name, threads,
+      secs);
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const ModelConfig& Engine::config() const { return impl_->config; }
+const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+const PromptTemplate& Engine::prompt_template() const { return impl_->prompt_template; }
+std::string Engine::device_name() const { return impl_->decoder->device().str(); }
+std::string Engine::dtype_name() const { return c10::toString(impl_->decoder->dtype()); }
+int64_t Engine::max_context() const { return impl_->config.max_position_embeddings; }
+
+EncodedPrompt Engine::EncodeEmbed(const std::string& text, const EmbedOptions& options) const {
+  if (options.raw) return EncodeEmbedIds(impl_->tokenizer->Encode(text));
+  return EncodeEmbedPrompt(*impl_->tokenizer, impl_->prompt_template, options.instruction, text);
+}
+
+EncodedPrompt Engine::EncodeEmbedIds(std::vector<int32_t> ids) const {
+  EncodedPrompt p;
+  p.ids = std::move(ids);
+  p.text_begin = 0;
+  p.text_end = p.ids.size();
+  return p;
+}
+
+std::vector<int32_t> Engine::EncodeGenerate(const std::string& prompt, bool raw) const {
+  if (raw) return impl_->tokenizer->Encode(prompt);
+  return EncodeGeneratePrompt(*impl_->tokenizer, impl_->prompt_template, prompt);
+}
+
+std::vector<int32_t> Engine::EncodeChat(const std::vector<ChatMessage>& messages) const {
+  return gritserve::EncodeChat(*impl_->tokenizer, impl_->prompt_template, messages);
+}
+
+std::vector<std::vector<float>> Engine::EmbedTexts(const std::vector<std::string>& texts,
+                                                   const EmbedOptions& options) {
+  std::vector<EncodedPrompt> prompts;
+  prompts.reserve(texts.size());
+  for (const auto& t : texts) prompts.push_back(EncodeEmbed(t, options));
+  return Embed(prompts, options);
+}
+
+std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& prompts,
+                                              const EmbedOptions& options) {
+  c10::InferenceMode guard;
+  const Decoder& decoder = *impl_->decoder;
+  const int64_t hidden = impl_->config.hidden_size;
+  if (options.dimensions < 0 || options.dimensions > hidden) {
+    throw Unprocessable("dimensions must be between 1 and " + std::to_string(hidden));
+  }
+  if (options.layer == 0 || options.layer > impl_->config.num_hidden_layers) {
+    throw Unprocessable("layer must be between 1 and " +
+                        std::to_string(impl_->config.num_hidden_layers));
+  }
+  for (const auto& p : prompts) {
+    if (p.text_end <= p.text_begin || p.text_end > p.ids.size()) {
+      throw Unprocessable("an input has no tokens to embed");
+    }
+    if (static_cast<int64_t>(p.ids.size()) > max_context()) {
+      throw Unprocessable("an input has " + std::to_string(p.ids.size()) +
+                          " tokens; the model's context is " + std::to_string(max_context()));
+    }
+  }
+  // Longest first, so each batch pads to its first member.
+  std::vector<size_t> order(prompts.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return prompts[a].ids.size() > prompts[b].ids.size();
+  });
+
+  std::vector<std::vector<float>> out(prompts.size());
+  const int64_t dims = options.dimensions > 0 ? options.dimensions : hidden;
+  size_t start = 0;
+  while (start < order.size()) {
+    const int64_t t = static_cast<int64_t>(prompts[order[start]].ids.size());
+    size_t end = start + 1;
+    while (end < order.size() &&
+           static_cast<int64_t>(end - start + 1) * t <= impl_->options.max_batch_tokens) {
+      ++end;
+    }
+    const int64_t b = static_cast<int64_t>(end - start);
+    at::Tensor ids = at::zeros({b, t}, at::kLong);      // [B, T]
+    at::Tensor valid = at::zeros({b, t}, at::kBool);    // [B, T]
+    auto ids_a = ids.accessor<int64_t, 2>();
+    auto valid_a = valid.accessor<bool, 2>();
+    for (int64_t i = 0; i < b; ++i) {
+      const auto& p = prompts[order[start + i]];
+      for (size_t j = 0; j < p.ids.size(); ++j) {
+        ids_a[i][j] = p.ids[j];
+        valid_a[i][j] = true;
+      }
+    }
+    ForwardInput in;
+    in.ids = ids;
+    in.positions = at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous();
+    in.valid = valid;
+    in.attention = AttentionSpec::Bidirectional();
+    in.num_layers = options.layer;
+    at::Tensor h = decoder.Forward(in, nullptr).to(at::kCPU).to(at::kFloat);  // [B, T, H]
+    for (int64_t i = 0; i < b; ++i) {
+      const auto& p = prompts[order[start + i]];
+      const int64_t tb = static_cast<int64_t>(p.text_begin);
+      const int64_t te = static_cast<int64_t>(p.text_end);
+      at::Tensor row = options.pooling == Pooling::kMean
+                           ? h[i].narrow(0, tb, te - tb).mean(0)
+                           : h[i][te - 1];  // [H]
+      row = row.narrow(0, 0, dims);
+      if (options.normalize) row = row / row.norm().clamp_min(1e-12);
+      row = row.contiguous();
+      out[order[start + i]].assign(row.data_ptr<float>(), row.data_ptr<float>() + dims);
+    }
+    start = end;
+  }
+  return out;
+}
+
+std::unique_ptr<Generation> Engine::StartGeneration(std::vector<int32_t> prompt_ids,
+                                                    const SamplingParams& params,
+                                                    TextCallback on_text) {
+  return MakeGeneration(*impl_, std::move(prompt_ids), params, std::move(on_text));
+}
+
+GenerateResult Engine::Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
+                                TextCallback on_text) {
+  auto gen = StartGeneration(std::move(prompt_ids), params, std::move(on_text));
+  while (gen->Step()) {
+  }
+  return gen->result();
+}
+
+}  // namespace gritserve

@@ -1,0 +1,44 @@
+// Engine internals shared by the engine's translation units (tensor code only).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <unordered_set>
+
+#include "gritserve/engine/engine.h"
+#include "gritserve/model/decoder.h"
+
+namespace gritserve {
+
+struct Engine::Impl {
+  EngineOptions options;
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  PromptTemplate prompt_template;
+  std::unique_ptr<Decoder> decoder;
+  // Token ids that end a generation: the model's EOS ids, the tokenizer's, and
+  // template stop strings that are single tokens (e.g. ChatML's <|im_end|>).
+  std::unordered_set<int32_t> eos_ids;
+  // Ids >= this are padding rows of the embedding matrix with no token text;
+  // sampling never picks them.
+  int64_t sampleable_vocab = 0;
+};
+
+// Picks the next token from float32 logits [V] on the CPU.
+class Sampler {
+ public:
+  Sampler(const SamplingParams& params, int64_t vocab_limit);
+  int32_t Sample(const at::Tensor& logits);
+
+ private:
+  SamplingParams params_;
+  int64_t vocab_limit_;
+  uint64_t state_;  // splitmix64 state: reproducible across platforms for a seed
+  double NextUniform();
+};
+
+std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
+                                           const SamplingParams& params, TextCallback on_text);
+
+}  // namespace gritserve

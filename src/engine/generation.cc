@@ -1,0 +1,244 @@
+// Causal generation of one sequence: prefill, then one token per Step, with
+// sampling, EOS, stop strings and streaming-safe text.
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "engine_impl.h"
+#include "gritserve/cache/kv_cache.h"
+#include "gritserve/common/error.h"
+
+namespace gritserve {
+
+Sampler::Sampler(const SamplingParams& params, int64_t vocab_limit)
+    : params_(params), vocab_limit_(vocab_limit), state_(params.seed) {}
+
+double Sampler::NextUniform() {
+  // splitmix64: tiny, fast, and the same sequence on every platform.
+  uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t Sampler::Sample(const at::Tensor& logits_in) {
+  at::Tensor logits = logits_in.narrow(0, 0, std::min(vocab_limit_, logits_in.size(0)));  // [V']
+  if (params_.temperature <= 0.0) return static_cast<int32_t>(logits.argmax().item<int64_t>());
+
+  at::Tensor values, indices;  // candidates, best first
+  const int64_t v = logits.size(0);
+  if (params_.top_k > 0 && params_.top_k < v) {
+    std::tie(values, indices) = logits.topk(params_.top_k);
+  } else if (params_.top_p < 1.0) {
+    std::tie(values, indices) = logits.sort(/*dim=*/0, /*descending=*/true);
+  } else {
+    values = logits;
+    indices = at::Tensor();
+  }
+  at::Tensor probs = at::softmax(values.to(at::kDouble) / params_.temperature, 0).contiguous();
+  const double* p = probs.data_ptr<double>();
+  int64_t n = probs.size(0);
+  if (params_.top_p < 1.0 && indices.defined()) {
+    // Smallest prefix whose mass reaches top_p (at least one token).
+    double mass = 0;
+    int64_t keep = 0;
+    while (keep < n && mass < params_.top_p) mass += p[keep++];
+    n = std::max<int64_t>(keep, 1);
+  }
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += p[i];
+  const double r = NextUniform() * total;
+  double acc = 0;
+  int64_t pick = n - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    acc += p[i];
+    if (r < acc) {
+      pick = i;
+      break;
+    }
+  }
+  return static_cast<int32_t>(indices.defined() ? indices[pick].item<int64_t>() : pick);
+}
+
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+class GenerationImpl : public Generation {
+ public:
+  GenerationImpl(Engine::Impl& engine, std::vector<int32_t> prompt, const SamplingParams& params,
+                 TextCallback on_text)
+      : e_(engine),
+        prompt_(std::move(prompt)),
+        params_(params),
+        on_text_(std::move(on_text)),
+        sampler_(params, engine.sampleable_vocab),
+        stream_(*engine.tokenizer, /*skip_special=*/true),
+        start_(std::chrono::steady_clock::now()) {
+    if (prompt_.empty()) throw Unprocessable("the prompt has no tokens");
+    const int64_t ctx = e_.config.max_position_embeddings;
+    if (static_cast<int64_t>(prompt_.size()) >= ctx) {
+      throw Unprocessable("the prompt has " + std::to_string(prompt_.size()) +
+                          " tokens; the model's context is " + std::to_string(ctx));
+    }
+    for (int32_t id : prompt_) {
+      if (id < 0 || id >= e_.config.vocab_size) {
+        throw Unprocessable("token id " + std::to_string(id) + " is outside the vocabulary");
+      }
+    }
+    for (const auto& s : params_.stop) {
+      if (s.empty()) continue;
+      // A stop string that is a special token never shows in the (special-free)
+      // text, so it is matched as a token instead.
+      if (auto id = e_.tokenizer->TokenToId(s); id && e_.tokenizer->IsSpecial(*id)) {
+        stop_ids_.push_back(*id);
+      } else {
+        stops_.push_back(s);
+      }
+    }
+    result_.prompt_tokens = static_cast<int64_t>(prompt_.size());
+  }
+
+  bool Step() override {
+    if (finished_) return false;
+    c10::InferenceMode guard;
+    if (params_.max_tokens <= 0) {
+      Finish("length");
+      return false;
+    }
+    at::Tensor logits;  // [V]
+    if (!prefilled_) {
+      const auto t0 = std::chrono::steady_clock::now();
+      cache_ = e_.decoder->NewCache(1);
+      logits = Run(prompt_, 0);
+      result_.prefill_ms = MsSince(t0);
+      prefilled_ = true;
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      logits = Run({result_.tokens.back()}, cache_.length());
+      result_.decode_ms += MsSince(t0);
+    }
+    const int32_t next = sampler_.Sample(logits);
+    if (result_.tokens.empty()) result_.ttft_ms = MsSince(start_);
+    Accept(next);
+    return !finished_;
+  }
+
+  bool finished() const override { return finished_; }
+  void Cancel() override {
+    if (!finished_) Finish("cancelled");
+  }
+  const GenerateResult& result() const override { return result_; }
+
+ private:
+  // Feeds tokens at positions [pos, pos + n) and returns the last position's logits.
+  at::Tensor Run(const std::vector<int32_t>& tokens, int64_t pos) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    ForwardInput in;
+    in.ids = at::tensor(ids, at::kLong).view({1, n});              // [1, T]
+    in.positions = at::arange(pos, pos + n, at::kLong).view({1, n});  // [1, T]
+    in.attention = AttentionSpec::Causal();
+    at::Tensor h = e_.decoder->Forward(in, &cache_);              // [1, T, H]
+    return e_.decoder->Logits(h[0].narrow(0, n - 1, 1))[0].to(at::kCPU);  // [V]
+  }
+
+  void Accept(int32_t token) {
+    const bool is_eos = e_.eos_ids.count(token) > 0 ||
+                        std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end();
+    if (is_eos && !(params_.ignore_eos && e_.eos_ids.count(token) > 0)) {
+      Finish("stop");
+      return;
+    }
+    result_.tokens.push_back(token);
+    result_.completion_tokens = static_cast<int64_t>(result_.tokens.size());
+    AddText(stream_.Push(token));
+    if (finished_) return;
+    if (result_.completion_tokens >= params_.max_tokens ||
+        cache_.length() + 1 >= e_.config.max_position_embeddings) {
+      Finish("length");
+    }
+  }
+
+  // Emits text that can no longer be part of a stop string; finishes on a stop.
+  void AddText(const std::string& piece) {
+    pending_ += piece;
+    size_t cut = std::string::npos;
+    for (const auto& s : stops_) cut = std::min(cut, pending_.find(s));
+    if (cut != std::string::npos) {
+      Emit(pending_.substr(0, cut));
+      pending_.clear();
+      Finish("stop");
+      return;
+    }
+    size_t hold = 0;
+    for (const auto& s : stops_) {
+      for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k) {
+        if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    Emit(pending_.substr(0, pending_.size() - hold));
+    pending_.erase(0, pending_.size() - hold);
+  }
+
+  void Emit(const std::string& text) {
+    if (text.empty()) return;
+    result_.text += text;
+    if (on_text_ && !on_text_(text)) Finish("cancelled");
+  }
+
+  void Finish(const std::string& reason) {
+    if (finished_) return;
+    if (reason != "cancelled") {
+      // Whatever the stream decoder held back is final now; a stop string may
+      // still complete inside it.
+      std::string tail = pending_ + stream_.Flush();
+      pending_.clear();
+      size_t cut = std::string::npos;
+      for (const auto& s : stops_) cut = std::min(cut, tail.find(s));
+      finished_ = true;  // set first so a cancelling callback cannot re-enter
+      result_.finish_reason = cut != std::string::npos ? "stop" : reason;
+      if (cut != std::string::npos) tail.resize(cut);
+      if (!tail.empty()) {
+        result_.text += tail;
+        if (on_text_) on_text_(tail);
+      }
+    } else {
+      finished_ = true;
+      result_.finish_reason = reason;
+    }
+    cache_ = KvCache();  // free the KV memory as soon as the sequence ends
+  }
+
+  Engine::Impl& e_;
+  std::vector<int32_t> prompt_;
+  SamplingParams params_;
+  TextCallback on_text_;
+  Sampler sampler_;
+  StreamDecoder stream_;
+  std::chrono::steady_clock::time_point start_;
+  KvCache cache_;
+  std::vector<std::string> stops_;
+  std::vector<int32_t> stop_ids_;
+  std::string pending_;
+  bool prefilled_ = false;
+  bool finished_ = false;
+  GenerateResult result_;
+};
+
+}  // namespace
+
+std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
+                                           const SamplingParams& params, TextCallback on_text) {
+  return std::make_unique<GenerationImpl>(engine, std::move(prompt), params, std::move(on_text));
+}
+
+}  // namespace gritserve

@@ -1,0 +1,237 @@
+#include "gritserve/engine/scheduler.h"
+
+#include <spdlog/spdlog.h>
+
+#include "gritserve/common/error.h"
+
+namespace gritserve {
+
+std::string GenerationJob::WaitForText(std::chrono::milliseconds timeout, bool* done) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !unread_.empty() || done_; });
+  std::string out;
+  out.swap(unread_);
+  *done = done_;
+  return out;
+}
+
+GenerateResult GenerationJob::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+  return result_;
+}
+
+void GenerationJob::PushText(const std::string& text) {
+  std::lock_guard<std::mutex> lock(mu_);
+  unread_ += text;
+  cv_.notify_all();
+}
+
+void GenerationJob::Finish(GenerateResult result) {
+  std::lock_guard<std::mutex> lock(mu_);
+  result_ = std::move(result);
+  done_ = true;
+  cv_.notify_all();
+}
+
+void GenerationJob::Fail(std::exception_ptr error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  error_ = error;
+  done_ = true;
+  cv_.notify_all();
+}
+
+struct Scheduler::Job {
+  enum class Kind { kEmbed, kGenerate, kTask } kind;
+  std::vector<EncodedPrompt> prompts;
+  EmbedOptions options;
+  std::promise<std::vector<std::vector<float>>> embed_result;
+  std::shared_ptr<GenerationJob> generation;
+  std::function<void(Engine&)> task;
+  std::promise<void> task_done;
+};
+
+Scheduler::Scheduler(Engine& engine, int64_t max_pending)
+    : engine_(engine), max_pending_(max_pending), thread_([this] { Loop(); }) {}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Admit(std::unique_ptr<Job> job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_ || draining_) throw Error(ErrorKind::kUnavailable, "the server is shutting down");
+  if (static_cast<int64_t>(queue_.size()) + active_ >= max_pending_) {
+    throw Error(ErrorKind::kQueueFull, "too many requests in flight (limit " +
+                                           std::to_string(max_pending_) + "); retry later");
+  }
+  queue_.push_back(std::move(job));
+  stats_.queued = static_cast<int64_t>(queue_.size());
+  cv_.notify_one();
+}
+
+std::future<std::vector<std::vector<float>>> Scheduler::SubmitEmbed(
+    std::vector<EncodedPrompt> prompts, EmbedOptions options) {
+  auto job = std::make_unique<Job>();
+  job->kind = Job::Kind::kEmbed;
+  job->prompts = std::move(prompts);
+  job->options = std::move(options);
+  auto f = job->embed_result.get_future();
+  Admit(std::move(job));
+  return f;
+}
+
+std::shared_ptr<GenerationJob> Scheduler::SubmitGenerate(std::vector<int32_t> prompt,
+                                                         SamplingParams params) {
+  auto job = std::make_unique<Job>();
+  job->kind = Job::Kind::kGenerate;
+  job->generation = std::make_shared<GenerationJob>(std::move(prompt), std::move(params));
+  auto g = job->generation;
+  Admit(std::move(job));
+  return g;
+}
+
+std::future<void> Scheduler::SubmitTask(std::function<void(Engine&)> fn) {
+  auto job = std::make_unique<Job>();
+  job->kind = Job::Kind::kTask;
+  job->task = std::move(fn);
+  auto f = job->task_done.get_future();
+  Admit(std::move(job));
+  return f;
+}
+
+bool Scheduler::WaitIdle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && active_ == 0; });
+}
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+int64_t Scheduler::pending() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(queue_.size()) + active_;
+}
+
+void Scheduler::Loop() {
+  struct Active {
+    std::shared_ptr<GenerationJob> job;
+    std::unique_ptr<Generation> gen;
+  };
+  std::vector<Active> active;
+  auto done_one = [&](int64_t generated) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --active_;
+    stats_.generated_tokens += generated;
+    stats_.active_generations = static_cast<int64_t>(active.size());
+    idle_cv_.notify_all();
+  };
+  const Error stopping(ErrorKind::kUnavailable, "the server stopped before this request ran");
+
+  while (true) {
+    std::unique_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty() || !active.empty(); });
+      if (stop_) break;
+      if (!queue_.empty()) {
+        job = std::move(queue_.front());
+        queue_.pop_front();
+        ++active_;
+        stats_.queued = static_cast<int64_t>(queue_.size());
+      }
+    }
+    // One queued job between rounds of generation steps.
+    if (job) {
+      switch (job->kind) {
+        case Job::Kind::kEmbed: {
+          int64_t tokens = 0;
+          for (const auto& p : job->prompts) tokens += static_cast<int64_t>(p.ids.size());
+          try {
+            job->embed_result.set_value(engine_.Embed(job->prompts, job->options));
+          } catch (...) {
+            job->embed_result.set_exception(std::current_exception());
+          }
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            stats_.embed_batches += 1;
+            stats_.embed_batch_inputs += static_cast<int64_t>(job->prompts.size());
+            stats_.prompt_tokens += tokens;
+          }
+          done_one(0);
+          break;
+        }
+        case Job::Kind::kTask:
+          try {
+            job->task(engine_);
+            job->task_done.set_value();
+          } catch (...) {
+            job->task_done.set_exception(std::current_exception());
+          }
+          done_one(0);
+          break;
+        case Job::Kind::kGenerate: {
+          auto g = job->generation;
+          try {
+            auto gen = engine_.StartGeneration(g->prompt, g->params, [g](const std::string& s) {
+              g->PushText(s);
+              return !g->cancelled();
+            });
+            active.push_back({g, std::move(gen)});
+            std::lock_guard<std::mutex> lock(mu_);
+            stats_.prompt_tokens += static_cast<int64_t>(g->prompt.size());
+            stats_.active_generations = static_cast<int64_t>(active.size());
+          } catch (...) {
+            g->Fail(std::current_exception());
+            done_one(0);
+          }
+          break;
+        }
+      }
+    }
+    for (size_t i = 0; i < active.size();) {
+      Active& a = active[i];
+      bool more = false, failed = false;
+      try {
+        if (a.job->cancelled()) a.gen->Cancel();
+        more = a.gen->Step();
+      } catch (...) {
+        a.job->Fail(std::current_exception());
+        failed = true;
+      }
+      if (more) {
+        ++i;
+        continue;
+      }
+      const int64_t generated = a.gen->result().completion_tokens;
+      if (!failed) a.job->Finish(a.gen->result());
+      active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
+      done_one(generated);
+    }
+  }
+  // Stopped: nothing left may wait forever.
+  for (auto& a : active) a.job->Fail(std::make_exception_ptr(stopping));
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& j : queue_) {
+    auto err = std::make_exception_ptr(stopping);
+    if (j->kind == Job::Kind::kEmbed) j->embed_result.set_exception(err);
+    if (j->kind == Job::Kind::kTask) j->task_done.set_exception(err);
+    if (j->kind == Job::Kind::kGenerate) j->generation->Fail(err);
+  }
+  queue_.clear();
+  active_ = 0;
+  idle_cv_.notify_all();
+}
+
+}  // namespace gritserve

@@ -1,0 +1,256 @@
+// Engine API on generated checkpoints: pooling, batching, early exit, and
+// generation (greedy, sampling, stop strings, streaming, cancellation).
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "gritserve/common/error.h"
+#include "gritserve/engine/checkpoint.h"
+#include "gritserve/engine/engine.h"
+#include "gritserve/model/decoder.h"
+#include "test_util.h"
+
+namespace gritserve {
+namespace {
+
+struct Loaded {
+  std::string dir;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Decoder> decoder;  // an independent copy of the weights
+};
+
+Loaded LoadPreset(const std::string& preset) {
+  Loaded l;
+  l.dir = testing::MakeTempDir(preset);
+  WriteCheckpoint(l.dir, CheckpointPreset(preset));
+  EngineOptions o;
+  o.model_dir = l.dir;
+  o.threads = 2;
+  l.engine = Engine::Load(o);
+  ModelConfig c = ModelConfig::FromDirectory(l.dir);
+  l.decoder = std::make_unique<Decoder>(c, LoadWeights(l.dir, c, at::kFloat, at::kCPU));
+  return l;
+}
+
+// Hidden states of one sequence through the independent decoder: [T, H]
+at::Tensor Hidden(const Decoder& d, const std::vector<int32_t>& ids, AttentionSpec spec,
+                  int64_t layers = -1) {
+  c10::InferenceMode guard;
+  std::vector<int64_t> v(ids.begin(), ids.end());
+  const int64_t n = static_cast<int64_t>(v.size());
+  ForwardInput in;
+  in.ids = at::tensor(v, at::kLong).view({1, n});
+  in.positions = at::arange(n, at::kLong).view({1, n});
+  in.attention = spec;
+  in.num_layers = layers;
+  return d.Forward(in, nullptr)[0];
+}
+
+at::Tensor Vec(const std::vector<float>& v) { return at::tensor(v, at::kFloat); }
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+// Greedy decoding by recomputing the whole sequence every step (no KV cache).
+std::vector<int32_t> NaiveGreedy(const Loaded& l, std::vector<int32_t> ids, int steps) {
+  c10::InferenceMode guard;
+  const int64_t limit = l.engine->tokenizer().VocabSize();
+  std::vector<int32_t> out;
+  for (int s = 0; s < steps; ++s) {
+    at::Tensor h = Hidden(*l.decoder, ids, AttentionSpec::Causal());
+    at::Tensor logits = l.decoder->Logits(h.narrow(0, h.size(0) - 1, 1))[0];
+    int32_t next = static_cast<int32_t>(logits.narrow(0, 0, limit).argmax().item<int64_t>());
+    out.push_back(next);
+    ids.push_back(next);
+  }
+  return out;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { tiny_ = new Loaded(LoadPreset("tiny")); }
+  static void TearDownTestSuite() { delete tiny_; }
+  static Loaded* tiny_;
+};
+Loaded* EngineTest::tiny_ = nullptr;
+
+TEST_F(EngineTest, MeanPoolsOverTextTokensOnly) {
+  Engine& e = *tiny_->engine;
+  EmbedOptions o;
+  o.instruction = "Represent this sentence for retrieval";
+  o.normalize = false;
+  EncodedPrompt p = e.EncodeEmbed("the cat sat on the mat", o);
+  ASSERT_GT(p.text_begin, 0u);
+  ASSERT_EQ(p.text_end, p.ids.size());
+  std::vector<float> emb = e.Embed({p}, o)[0];
+  at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional());
+  at::Tensor text_mean = h.narrow(0, p.text_begin, p.text_end - p.text_begin).mean(0);
+  EXPECT_LT(MaxDiff(Vec(emb), text_mean), 1e-5);
+  EXPECT_GT(MaxDiff(Vec(emb), h.mean(0)), 1e-3);  // including the instruction would differ
+}
+
+TEST_F(EngineTest, LastPoolingAndNormalisation) {
+  Engine& e = *tiny_->engine;
+  EmbedOptions o;
+  o.pooling = Pooling::kLast;
+  o.normalize = false;
+  EncodedPrompt p = e.EncodeEmbed("hello world", o);
+  at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional());
+  EXPECT_LT(MaxDiff(Vec(e.Embed({p}, o)[0]), h[p.text_end - 1]), 1e-5);
+  o.normalize = true;
+  at::Tensor n = Vec(e.Embed({p}, o)[0]);
+  EXPECT_NEAR(n.norm().item<double>(), 1.0, 1e-5);
+  o.dimensions = 16;
+  at::Tensor d = Vec(e.Embed({p}, o)[0]);
+  ASSERT_EQ(d.size(0), 16);
+  at::Tensor expect = h[p.text_end - 1].narrow(0, 0, 16);
+  EXPECT_LT(MaxDiff(d, expect / expect.norm()), 1e-5);
+}
+
+TEST_F(EngineTest, BatchedEmbeddingEqualsOneAtATime) {
+  Engine& e = *tiny_->engine;
+  std::vector<std::string> texts = {"a", "a much longer sentence about several different things",
+                                    "medium length text here", "x y z"};
+  EmbedOptions o;
+  o.instruction = "query";
+  auto batched = e.EmbedTexts(texts, o);
+  ASSERT_EQ(batched.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto single = e.EmbedTexts({texts[i]}, o);
+    EXPECT_LT(MaxDiff(Vec(batched[i]), Vec(single[0])), 1e-5) << texts[i];
+  }
+  EXPECT_GT(MaxDiff(Vec(batched[0]), Vec(batched[1])), 1e-3);
+}
+
+TEST_F(EngineTest, EarlyExitLayerUsesTheFirstLayersOnly) {
+  Engine& e = *tiny_->engine;
+  EmbedOptions o;
+  o.raw = true;
+  o.normalize = false;
+  o.layer = 1;
+  EncodedPrompt p = e.EncodeEmbed("early exit", o);
+  at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional(), 1);
+  at::Tensor got = Vec(e.Embed({p}, o)[0]);
+  EXPECT_LT(MaxDiff(got, h.mean(0)), 1e-5);
+  o.layer = -1;
+  EXPECT_GT(MaxDiff(got, Vec(e.Embed({p}, o)[0])), 1e-3);
+  o.layer = 99;
+  EXPECT_THROW(e.Embed({p}, o), Error);
+}
+
+TEST_F(EngineTest, GreedyGenerationEqualsRecomputingEveryStep) {
+  Engine& e = *tiny_->engine;
+  std::vector<int32_t> prompt = e.EncodeGenerate("Once upon a time", false);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 12;
+  p.ignore_eos = true;
+  GenerateResult r = e.Generate(prompt, p);
+  EXPECT_EQ(r.tokens, NaiveGreedy(*tiny_, prompt, 12));
+  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(r.completion_tokens, 12);
+  EXPECT_EQ(r.prompt_tokens, static_cast<int64_t>(prompt.size()));
+  EXPECT_EQ(r.text, e.tokenizer().Decode(r.tokens, true));
+}
+
+TEST_F(EngineTest, SamplingIsReproducibleForASeed) {
+  Engine& e = *tiny_->engine;
+  std::vector<int32_t> prompt = e.EncodeGenerate("Sample something", false);
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.max_tokens = 10;
+  p.ignore_eos = true;
+  p.seed = 7;
+  auto a = e.Generate(prompt, p).tokens;
+  EXPECT_EQ(a, e.Generate(prompt, p).tokens);
+  p.seed = 8;
+  EXPECT_NE(a, e.Generate(prompt, p).tokens);
+  p.top_k = 1;  // top-1 sampling is greedy whatever the seed
+  SamplingParams g = p;
+  g.temperature = 0;
+  EXPECT_EQ(e.Generate(prompt, p).tokens, e.Generate(prompt, g).tokens);
+  p.top_k = 0;
+  p.top_p = 1e-9;  // nucleus of one token: greedy as well
+  EXPECT_EQ(e.Generate(prompt, p).tokens, e.Generate(prompt, g).tokens);
+}
+
+TEST_F(EngineTest, StopStringsStreamingAndCancellation) {
+  Engine& e = *tiny_->engine;
+  std::vector<int32_t> prompt = e.EncodeGenerate("The weather today", false);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 24;
+  p.ignore_eos = true;
+  std::string streamed;
+  GenerateResult full = e.Generate(prompt, p, [&](const std::string& s) {
+    streamed += s;
+    return true;
+  });
+  EXPECT_EQ(streamed, full.text);
+  ASSERT_GE(full.text.size(), 6u);
+  // Stop on a piece of the greedy text: output ends just before its first occurrence.
+  const std::string stop = full.text.substr(full.text.size() / 2, 3);
+  p.stop = {stop};
+  streamed.clear();
+  GenerateResult stopped = e.Generate(prompt, p, [&](const std::string& s) {
+    streamed += s;
+    return true;
+  });
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  EXPECT_EQ(stopped.text, full.text.substr(0, full.text.find(stop)));
+  EXPECT_EQ(streamed, stopped.text);
+  // A callback that returns false cancels after the first piece.
+  p.stop.clear();
+  int calls = 0;
+  GenerateResult cancelled = e.Generate(prompt, p, [&](const std::string&) {
+    ++calls;
+    return false;
+  });
+  EXPECT_EQ(cancelled.finish_reason, "cancelled");
+  EXPECT_EQ(calls, 1);
+  EXPECT_LT(cancelled.completion_tokens, 24);
+}
+
+TEST_F(EngineTest, RejectsUnusableInput) {
+  Engine& e = *tiny_->engine;
+  SamplingParams p;
+  EXPECT_THROW(e.Generate({}, p), Error);
+  EXPECT_THROW(e.Generate({-1}, p), Error);
+  EXPECT_THROW(e.Embed({e.EncodeEmbedIds({})}, EmbedOptions{}), Error);
+  EmbedOptions o;
+  o.dimensions = 100000;
+  EXPECT_THROW(e.EmbedTexts({"x"}, o), Error);
+  EngineOptions bad;
+  bad.model_dir = tiny_->dir;
+  bad.device = "tpu";
+  EXPECT_THROW(Engine::Load(bad), Error);
+}
+
+// Llama (no biases, untied head, sentencepiece) and Mistral (sliding window) run
+// through the same decoder: they load, embed and generate like the naive loop.
+TEST(EngineArchitectures, LlamaAndMistralWithSentencepiece) {
+  for (const std::string preset : {"tiny-llama", "tiny-mistral"}) {
+    Loaded l = LoadPreset(preset);
+    Engine& e = *l.engine;
+    EXPECT_EQ(e.tokenizer().Kind(), "sentencepiece");
+    EXPECT_FALSE(e.config().qkv_bias);
+    EXPECT_FALSE(e.config().tie_word_embeddings);
+    auto emb = e.EmbedTexts({"hello there", "general kenobi"}, EmbedOptions{});
+    ASSERT_EQ(emb.size(), 2u);
+    EXPECT_NEAR(Vec(emb[0]).norm().item<double>(), 1.0, 1e-5);
+    EXPECT_GT(MaxDiff(Vec(emb[0]), Vec(emb[1])), 1e-3);
+    std::vector<int32_t> prompt = e.EncodeGenerate("Tell me a story", false);
+    ASSERT_TRUE(e.tokenizer().bos_id().has_value());
+    EXPECT_EQ(prompt[0], *e.tokenizer().bos_id());
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_tokens = 8;
+    p.ignore_eos = true;
+    EXPECT_EQ(e.Generate(prompt, p).tokens, NaiveGreedy(l, prompt, 8)) << preset;
+  }
+}
+
+}  // namespace
+}  // namespace gritserve
