@@ -1,0 +1,102 @@
+// Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
+// weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
+//   bench_engine [--model DIR] [--threads N] [--repeats N]
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include "gritserve/engine/checkpoint.h"
+#include "gritserve/engine/engine.h"
+
+using namespace gritserve;
+
+namespace {
+
+std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> ids(n);
+  uint64_t x = seed * 2654435761u + 1;
+  for (auto& id : ids) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    id = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+  }
+  return ids;
+}
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gritserve engine benchmark"};
+  std::string model;
+  int threads = 0, repeats = 3;
+  app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
+  app.add_option("--threads", threads, "compute threads (0: all cores)");
+  app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+
+  if (model.empty()) {
+    model = (std::filesystem::temp_directory_path() / "gritserve-bench-qwen2.5-0.5b").string();
+    if (!std::filesystem::exists(model + "/config.json")) {
+      std::cerr << "generating the Qwen2.5-0.5B-shape checkpoint in " << model << "\n";
+      WriteCheckpoint(model, CheckpointPreset("qwen2.5-0.5b"));
+    }
+  }
+  EngineOptions eo;
+  eo.model_dir = model;
+  eo.threads = threads;
+  auto engine = Engine::Load(eo);
+  const int64_t vocab = engine->tokenizer().VocabSize();
+
+  nlohmann::json out;
+  out["model"] = model;
+  out["parameters"] = engine->config().NumParameters();
+  for (int64_t n : {128, 512}) {
+    double best = 1e30;
+    for (int r = 0; r < repeats; ++r) {
+      SamplingParams p;
+      p.max_tokens = 1;
+      p.temperature = 0;
+      p.ignore_eos = true;
+      GenerateResult res = engine->Generate(RandomIds(n, vocab, r + 1), p);
+      best = std::min(best, res.prefill_ms / 1000.0);
+    }
+    out["prefill_" + std::to_string(n) + "_tokens_per_s"] = n / best;
+  }
+  {
+    std::vector<EncodedPrompt> prompts;
+    for (int i = 0; i < 8; ++i) prompts.push_back(engine->EncodeEmbedIds(RandomIds(128, vocab, i)));
+    double best = 1e30;
+    for (int r = 0; r < repeats; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      engine->Embed(prompts, EmbedOptions{});
+      best = std::min(best, Seconds(t0));
+    }
+    out["embed_8x128_tokens_per_s"] = 8 * 128 / best;
+    out["embed_8x128_sequences_per_s"] = 8 / best;
+  }
+  {
+    double best = 0;
+    for (int r = 0; r < std::max(1, repeats - 1); ++r) {
+      SamplingParams p;
+      p.max_tokens = 33;
+      p.temperature = 0;
+      p.ignore_eos = true;
+      GenerateResult res = engine->Generate(RandomIds(16, vocab, 99), p);
+      best = std::max(best, (res.completion_tokens - 1) / (res.decode_ms / 1000.0));
+    }
+    out["decode_batch1_tokens_per_s"] = best;
+  }
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}

@@ -1,0 +1,119 @@
+// gritserve: with a subcommand, a command-line tool; without one, the server.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "cli.h"
+#include "gritserve/common/error.h"
+#include "gritserve/server/server.h"
+
+namespace {
+
+// Applies a JSON config file whose keys are the flag names (with - or _):
+// values fill only the options not given on the command line, so flags win.
+void ApplyConfigFile(CLI::App& app, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw gritserve::LoadError("cannot read config file " + path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw gritserve::LoadError("config file " + path + ": " + e.what());
+  }
+  if (!j.is_object()) throw gritserve::LoadError("config file " + path + " must hold an object");
+  for (const auto& [key, value] : j.items()) {
+    std::string name = key;
+    std::replace(name.begin(), name.end(), '_', '-');
+    CLI::Option* opt = app.get_option_no_throw("--" + name);
+    if (opt == nullptr || name == "config") {
+      throw gritserve::LoadError("config file " + path + ": unknown key '" + key + "'");
+    }
+    if (opt->count() > 0) continue;
+    std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+    opt->clear();
+    opt->add_result(text);
+    opt->run_callback();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "gritserve: one decoder model for embeddings, reranking and generation.\n"
+      "Without a subcommand it runs the HTTP server."};
+  app.require_subcommand(0, 1);
+  std::function<void()> action;
+  gritserve::AddCliSubcommands(app, action);
+
+  gritserve::ServerOptions o;
+  std::string config_path, log_level = "info";
+  app.add_option("--model", o.model_dir,
+                 "model directory (Hugging Face layout); default: a generated demo checkpoint "
+                 "with RANDOM weights");
+  app.add_option("--config", config_path, "JSON file with any of these flags as keys");
+  app.add_option("--template", o.template_path, "prompt template JSON (see configs/)");
+  app.add_option("--host", o.host, "address to listen on")->capture_default_str();
+  app.add_option("--port", o.port, "port")->capture_default_str();
+  app.add_option("--threads", o.threads, "compute threads (0: all cores)");
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
+  app.add_option("--max-batch-tokens", o.max_batch_tokens, "padded tokens per embedding pass")
+      ->capture_default_str();
+  app.add_option("--max-concurrent-requests", o.max_concurrent_requests,
+                 "queued + running jobs before 429")
+      ->capture_default_str();
+  app.add_option("--cache-bytes", o.cache_bytes, "document KV store budget in bytes")
+      ->capture_default_str();
+  app.add_option("--cache-dir", o.cache_dir, "document KV disk tier directory");
+  app.add_option("--cache-dtype", o.cache_dtype, "document KV storage: float32, float16, bfloat16")
+      ->capture_default_str();
+  app.add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' (not on /health)");
+  app.add_option("--max-body-bytes", o.max_body_bytes, "request body limit (413 beyond)")
+      ->capture_default_str();
+  app.add_option("--max-inputs", o.max_inputs, "inputs per request (413 beyond)")
+      ->capture_default_str();
+  app.add_option("--max-input-tokens", o.max_input_tokens,
+                 "tokens per input (422 beyond unless truncated); 0: the model's context");
+  app.add_option("--max-tokens", o.max_tokens, "largest max_tokens a request may ask for")
+      ->capture_default_str();
+  app.add_option("--http-threads", o.http_threads, "HTTP worker threads (0: concurrency + 8)");
+  app.add_option("--grace-seconds", o.grace_seconds, "drain time on SIGTERM")
+      ->capture_default_str();
+  app.add_option("--model-name", o.model_name, "model id reported to clients");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+
+  // Logs go to stderr so that subcommands' JSON on stdout stays parseable.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("gritserve"));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (!config_path.empty()) ApplyConfigFile(app, config_path);
+    spdlog::set_level(spdlog::level::from_str(log_level));
+    if (action) {
+      action();
+      return 0;
+    }
+    return gritserve::RunServer(o);
+  } catch (const gritserve::Error& e) {
+    std::cerr << nlohmann::json({{"error",
+                                  {{"message", e.what()},
+                                   {"type", gritserve::ErrorKindName(e.kind())}}}})
+                     .dump()
+              << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << nlohmann::json({{"error", {{"message", e.what()}, {"type", "internal_error"}}}})
+                     .dump()
+              << "\n";
+    return 1;
+  }
+}
