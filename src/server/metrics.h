@@ -1,0 +1,30 @@
+// Request counters and latency histograms per route, rendered as Prometheus text.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace gritserve {
+
+class Metrics {
+ public:
+  void RecordRequest(const std::string& route, int status, double seconds);
+  // Extra gauge/counter lines appended verbatim (scheduler and cache state).
+  std::string Render(const std::vector<std::pair<std::string, double>>& gauges,
+                     const std::vector<std::pair<std::string, double>>& counters) const;
+
+ private:
+  struct Histogram {
+    std::vector<int64_t> buckets;  // cumulative counts per bound in kBounds
+    double sum = 0;
+    int64_t count = 0;
+  };
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, int>, int64_t> requests_;
+  std::map<std::string, Histogram> durations_;
+};
+
+}  // namespace gritserve

@@ -1,0 +1,261 @@
+// /embed, /v1/embeddings, /rerank, /v1/rerank, /tokenize, /detokenize.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "http_util.h"
+#include "server_context.h"
+
+namespace gritserve {
+namespace {
+
+using http::json;
+
+struct EmbedRequest {
+  EmbedOptions options;
+  bool truncate = false;
+  bool truncate_left = false;
+};
+
+// Fields shared by /embed, /v1/embeddings and the rerank routes.
+EmbedRequest ParseEmbedOptions(const json& body, const Engine& engine) {
+  EmbedRequest r;
+  EmbedOptions& o = r.options;
+  o.instruction = http::OptString(body, "instruction").value_or("");
+  const std::string pooling = http::OptString(body, "pooling").value_or("mean");
+  if (pooling != "mean" && pooling != "last") {
+    throw Unprocessable("'pooling' must be \"mean\" or \"last\"");
+  }
+  o.pooling = pooling == "last" ? Pooling::kLast : Pooling::kMean;
+  o.layer = http::OptInt(body, "layer", 1, engine.config().num_hidden_layers).value_or(-1);
+  o.normalize = http::OptBool(body, "normalize").value_or(true);
+  o.dimensions = http::OptInt(body, "dimensions", 1, engine.config().hidden_size).value_or(0);
+  o.raw = http::OptBool(body, "raw").value_or(false);
+  r.truncate = http::OptBool(body, "truncate").value_or(false);
+  std::string dir = http::OptString(body, "truncation_direction").value_or("right");
+  std::transform(dir.begin(), dir.end(), dir.begin(), ::tolower);
+  if (dir != "right" && dir != "left") {
+    throw Unprocessable("'truncation_direction' must be \"right\" or \"left\"");
+  }
+  r.truncate_left = dir == "left";
+  return r;
+}
+
+// Applies the token limit: truncates the {text} span when allowed, else 422.
+void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedRequest& r) {
+  const int64_t n = static_cast<int64_t>(p.ids.size());
+  if (n <= limit) return;
+  const std::string what = "input " + std::to_string(index) + " has " + std::to_string(n) +
+                           " tokens, more than the limit of " + std::to_string(limit);
+  if (!r.truncate) throw Unprocessable(what + " (set \"truncate\": true to cut it)");
+  const size_t excess = static_cast<size_t>(n - limit);
+  if (p.text_end - p.text_begin <= excess) throw Unprocessable(what + ", even without its text");
+  auto first = p.ids.begin() + static_cast<std::ptrdiff_t>(
+                                   r.truncate_left ? p.text_begin : p.text_end - excess);
+  p.ids.erase(first, first + static_cast<std::ptrdiff_t>(excess));
+  p.text_end -= excess;
+}
+
+std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& in,
+                                  const EmbedRequest& r) {
+  std::vector<EncodedPrompt> prompts;
+  prompts.reserve(in.size());
+  for (const auto& t : in.texts) prompts.push_back(ctx.engine->EncodeEmbed(t, r.options));
+  for (const auto& ids : in.ids) prompts.push_back(ctx.engine->EncodeEmbedIds(ids));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ApplyLimit(prompts[i], i, ctx.max_input_tokens(), r);
+  }
+  return prompts;
+}
+
+int64_t CountTokens(const std::vector<EncodedPrompt>& prompts) {
+  int64_t n = 0;
+  for (const auto& p : prompts) n += static_cast<int64_t>(p.ids.size());
+  return n;
+}
+
+std::vector<std::vector<float>> RunEmbed(ServerContext& ctx, std::vector<EncodedPrompt> prompts,
+                                         const EmbedOptions& o) {
+  return ctx.scheduler->SubmitEmbed(std::move(prompts), o).get();
+}
+
+float Dot(const std::vector<float>& a, const std::vector<float>& b) {
+  return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
+}
+
+// Cosine scores of documents against a query, GritLM style: the query carries
+// the instruction, the documents are embedded without one.
+std::vector<float> Rerank(ServerContext& ctx, const json& body, const std::string& query,
+                          const std::vector<std::string>& docs, int64_t* tokens) {
+  EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+  r.options.normalize = true;
+  r.options.dimensions = 0;
+  http::RequireUtf8(query, "query");
+  if (query.empty()) throw Unprocessable("'query' is empty");
+  http::Inputs in;
+  in.texts.push_back(query);
+  std::vector<EncodedPrompt> prompts = Encode(ctx, in, r);
+  EmbedRequest doc_req = r;
+  doc_req.options.instruction.clear();
+  in.texts = docs;
+  for (auto& p : Encode(ctx, in, doc_req)) prompts.push_back(std::move(p));
+  *tokens = CountTokens(prompts);
+  auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
+  std::vector<float> scores;
+  for (size_t i = 1; i < vecs.size(); ++i) scores.push_back(Dot(vecs[0], vecs[i]));
+  return scores;
+}
+
+std::vector<size_t> BestFirst(const std::vector<float>& scores) {
+  std::vector<size_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+  return order;
+}
+
+}  // namespace
+
+void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
+  server.Post("/embed", Guarded(ctx, "/embed", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+    auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
+                                ctx.engine->config().vocab_size);
+    http::SendJson(res, RunEmbed(ctx, Encode(ctx, in, r), r.options));
+  }));
+
+  server.Post("/v1/embeddings", Guarded(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    http::OptString(body, "model");  // any model name is accepted; type-checked only
+    const std::string format = http::OptString(body, "encoding_format").value_or("float");
+    if (format != "float" && format != "base64") {
+      throw Unprocessable("'encoding_format' must be \"float\" or \"base64\"");
+    }
+    EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+    auto in = http::ParseInputs(body, "input", ctx.options.max_inputs,
+                                ctx.engine->config().vocab_size);
+    auto prompts = Encode(ctx, in, r);
+    const int64_t tokens = CountTokens(prompts);
+    auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
+    json data = json::array();
+    for (size_t i = 0; i < vecs.size(); ++i) {
+      json e = {{"object", "embedding"}, {"index", i}};
+      if (format == "base64") {
+        e["embedding"] = http::Base64(vecs[i].data(), vecs[i].size() * sizeof(float));
+      } else {
+        e["embedding"] = vecs[i];
+      }
+      data.push_back(std::move(e));
+    }
+    http::SendJson(res, {{"object", "list"},
+                         {"data", data},
+                         {"model", ctx.model_id},
+                         {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
+  }));
+
+  server.Post("/rerank", Guarded(ctx, "/rerank", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    auto query = http::OptString(body, "query");
+    auto texts = http::OptStringList(body, "texts", ctx.options.max_inputs);
+    if (!query) throw InvalidRequest("'query' is required");
+    if (!texts || texts->empty()) throw InvalidRequest("'texts' must be a non-empty list");
+    const bool raw = http::OptBool(body, "raw_scores").value_or(false);
+    const bool return_text = http::OptBool(body, "return_text").value_or(false);
+    int64_t tokens = 0;
+    std::vector<float> scores = Rerank(ctx, body, *query, *texts, &tokens);
+    json out = json::array();
+    for (size_t i : BestFirst(scores)) {
+      // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
+      json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
+      if (return_text) e["text"] = (*texts)[i];
+      out.push_back(std::move(e));
+    }
+    http::SendJson(res, out);
+  }));
+
+  server.Post("/v1/rerank", Guarded(ctx, "/v1/rerank", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    http::OptString(body, "model");
+    auto query = http::OptString(body, "query");
+    if (!query) throw InvalidRequest("'query' is required");
+    auto it = body.find("documents");
+    if (it == body.end() || !it->is_array() || it->empty()) {
+      throw InvalidRequest("'documents' must be a non-empty list");
+    }
+    if (static_cast<int64_t>(it->size()) > ctx.options.max_inputs) {
+      throw Error(ErrorKind::kTooLarge, "'documents' has more than " +
+                                            std::to_string(ctx.options.max_inputs) + " items");
+    }
+    std::vector<std::string> docs;
+    for (const auto& d : *it) {
+      if (d.is_string()) {
+        docs.push_back(d.get<std::string>());
+      } else if (d.is_object() && d.contains("text") && d["text"].is_string()) {
+        docs.push_back(d["text"].get<std::string>());
+      } else {
+        throw InvalidRequest("each document must be a string or {\"text\": string}");
+      }
+      http::RequireUtf8(docs.back(), "documents");
+    }
+    const int64_t top_n =
+        http::OptInt(body, "top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
+            .value_or(static_cast<int64_t>(docs.size()));
+    const bool return_docs = http::OptBool(body, "return_documents").value_or(false);
+    int64_t tokens = 0;
+    std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
+    json results = json::array();
+    for (size_t i : BestFirst(scores)) {
+      if (static_cast<int64_t>(results.size()) >= top_n) break;
+      json e = {{"index", i}, {"relevance_score", scores[i]}};
+      if (return_docs) e["document"] = {{"text", docs[i]}};
+      results.push_back(std::move(e));
+    }
+    http::SendJson(res, {{"id", http::RandomId("rerank-")},
+                         {"model", ctx.model_id},
+                         {"results", results},
+                         {"usage", {{"total_tokens", tokens}}}});
+  }));
+
+  server.Post("/tokenize", Guarded(ctx, "/tokenize", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    auto texts = http::OptStringList(body, "inputs", ctx.options.max_inputs);
+    if (!texts) throw InvalidRequest("'inputs' is required");
+    const bool add_special = http::OptBool(body, "add_special_tokens").value_or(true);
+    const Tokenizer& tok = ctx.engine->tokenizer();
+    json out = json::array();
+    for (const auto& text : *texts) {
+      json tokens = json::array();
+      if (add_special && tok.add_bos() && tok.bos_id()) {
+        tokens.push_back({{"id", *tok.bos_id()},
+                          {"text", tok.Decode({*tok.bos_id()})},
+                          {"special", true},
+                          {"start", 0},
+                          {"stop", 0}});
+      }
+      for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
+        tokens.push_back({{"id", s.id},
+                          {"text", text.substr(s.start, s.stop - s.start)},
+                          {"special", tok.IsSpecial(s.id)},
+                          {"start", s.start},
+                          {"stop", s.stop}});
+      }
+      out.push_back(std::move(tokens));
+    }
+    http::SendJson(res, out);
+  }));
+
+  server.Post("/detokenize", Guarded(ctx, "/detokenize", [&](const auto& req, auto& res) {
+    json body = http::ParseBody(req.body);
+    const bool skip = http::OptBool(body, "skip_special_tokens").value_or(false);
+    auto in = http::ParseInputs(body, "ids", ctx.options.max_inputs,
+                                ctx.engine->tokenizer().VocabSize());
+    if (in.ids.empty()) throw InvalidRequest("'ids' must be a list of token ids");
+    const bool nested = body["ids"][0].is_array();
+    json out = json::array();
+    for (const auto& ids : in.ids) out.push_back(ctx.engine->tokenizer().Decode(ids, skip));
+    http::SendJson(res, nested ? out : out[0]);
+  }));
+}
+
+}  // namespace gritserve

@@ -1,0 +1,77 @@
+// /health, /info, /v1/models, /metrics and /openapi.json.
+#include "http_util.h"
+#include "openapi.h"
+#include "server_context.h"
+
+namespace gritserve {
+
+using http::json;
+
+void AddInfoRoutes(httplib::Server& server, ServerContext& ctx) {
+  server.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+    if (ctx.draining) {
+      http::SendError(res, 503, "shutting down", "unavailable");
+    } else if (!ctx.ready) {
+      http::SendError(res, 503, "loading the model", "unavailable");
+    } else {
+      http::SendJson(res, {{"status", "ok"}});
+    }
+  });
+
+  server.Get("/info", Guarded(ctx, "/info", [&](const auto&, auto& res) {
+    const ModelConfig& c = ctx.engine->config();
+    const ServerOptions& o = ctx.options;
+    http::SendJson(res, {{"model_id", ctx.model_id},
+                         {"model_dir", o.model_dir},
+                         {"architecture", c.architecture_name},
+                         {"parameters", c.NumParameters()},
+                         {"hidden_size", c.hidden_size},
+                         {"num_hidden_layers", c.num_hidden_layers},
+                         {"vocab_size", c.vocab_size},
+                         {"max_context", ctx.engine->max_context()},
+                         {"device", ctx.engine->device_name()},
+                         {"dtype", ctx.engine->dtype_name()},
+                         {"tokenizer", ctx.engine->tokenizer().Kind()},
+                         {"template", ctx.engine->prompt_template().name},
+                         {"limits",
+                          {{"max_body_bytes", o.max_body_bytes},
+                           {"max_inputs", o.max_inputs},
+                           {"max_input_tokens", ctx.max_input_tokens()},
+                           {"max_tokens", o.max_tokens},
+                           {"max_concurrent_requests", o.max_concurrent_requests},
+                           {"max_batch_tokens", o.max_batch_tokens}}},
+                         {"version", "0.1.0"}});
+  }));
+
+  server.Get("/v1/models", Guarded(ctx, "/v1/models", [&](const auto&, auto& res) {
+    http::SendJson(res, {{"object", "list"},
+                         {"data",
+                          {{{"id", ctx.model_id},
+                            {"object", "model"},
+                            {"created", 0},
+                            {"owned_by", "gritserve"}}}}});
+  }));
+
+  server.Get("/metrics", Guarded(ctx, "/metrics", [&](const auto&, auto& res) {
+    SchedulerStats s = ctx.scheduler->stats();
+    const double avg_batch =
+        s.embed_batches > 0 ? static_cast<double>(s.embed_batch_inputs) / s.embed_batches : 0.0;
+    res.set_content(
+        ctx.metrics.Render(
+            {{"gritserve_queue_size", static_cast<double>(s.queued)},
+             {"gritserve_active_generations", static_cast<double>(s.active_generations)},
+             {"gritserve_in_flight_requests", static_cast<double>(ctx.in_flight.load())},
+             {"gritserve_embed_batch_size_mean", avg_batch}},
+            {{"gritserve_prompt_tokens_total", static_cast<double>(s.prompt_tokens)},
+             {"gritserve_generated_tokens_total", static_cast<double>(s.generated_tokens)},
+             {"gritserve_embed_batches_total", static_cast<double>(s.embed_batches)},
+             {"gritserve_embed_batch_inputs_total", static_cast<double>(s.embed_batch_inputs)}}),
+        "text/plain; version=0.0.4");
+  }));
+
+  server.Get("/openapi.json", [&](const httplib::Request&, httplib::Response& res) {
+    http::SendJson(res, OpenApiSpec());
+  });
+}
+
+}  // namespace gritserve

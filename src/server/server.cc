@@ -1,0 +1,209 @@
+// Server start-up, middleware (auth, errors, metrics), and graceful shutdown.
+#include "gritserve/server/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "gritserve/engine/checkpoint.h"
+#include "http_util.h"
+#include "server_context.h"
+
+namespace gritserve {
+namespace {
+
+// Every route, for telling 405 (known path, other method) from 404.
+const std::set<std::string> kGetRoutes = {"/health", "/info", "/v1/models", "/metrics",
+                                          "/openapi.json", "/cache"};
+const std::set<std::string> kPostRoutes = {
+    "/embed",         "/v1/embeddings",  "/rerank",         "/v1/rerank",
+    "/generate",      "/v1/completions", "/v1/chat/completions",
+    "/tokenize",      "/detokenize"};
+
+std::string DemoCheckpointDir() {
+  const char* cache = std::getenv("XDG_CACHE_HOME");
+  std::filesystem::path base = cache != nullptr && *cache != '\0'
+                                   ? std::filesystem::path(cache)
+                                   : std::filesystem::temp_directory_path();
+  return (base / "gritserve-demo-checkpoint").string();
+}
+
+bool Authorized(const httplib::Request& req, const std::string& key) {
+  const std::string auth = req.get_header_value("Authorization");
+  if (auth == "Bearer " + key) return true;
+  return req.get_header_value("x-api-key") == key;
+}
+
+void LoadModel(ServerContext& ctx) {
+  ServerOptions& o = ctx.options;
+  if (o.model_dir.empty()) {
+    o.model_dir = DemoCheckpointDir();
+    spdlog::warn("==================================================================");
+    spdlog::warn("no --model given: serving a GENERATED DEMO CHECKPOINT with RANDOM");
+    spdlog::warn("WEIGHTS from {}; its outputs are meaningless.", o.model_dir);
+    spdlog::warn("Pass --model DIR with a Hugging Face checkpoint for real use.");
+    spdlog::warn("==================================================================");
+    if (!std::filesystem::exists(o.model_dir + "/config.json")) {
+      const std::string tmp = o.model_dir + ".tmp-" + std::to_string(::getpid());
+      WriteCheckpoint(tmp, CheckpointPreset("demo"));
+      std::filesystem::remove_all(o.model_dir);
+      std::filesystem::rename(tmp, o.model_dir);
+    }
+    if (ctx.model_id.empty()) ctx.model_id = "gritserve-demo-random";
+  }
+  if (ctx.model_id.empty()) {
+    ctx.model_id = std::filesystem::path(o.model_dir).lexically_normal().filename().string();
+    if (ctx.model_id.empty()) {
+      ctx.model_id = std::filesystem::path(o.model_dir).parent_path().filename().string();
+    }
+  }
+  EngineOptions eo;
+  eo.model_dir = o.model_dir;
+  eo.template_path = o.template_path;
+  eo.threads = o.threads;
+  eo.device = o.device;
+  eo.dtype = o.dtype;
+  eo.max_batch_tokens = o.max_batch_tokens;
+  ctx.engine = Engine::Load(eo);
+  ctx.scheduler = std::make_unique<Scheduler>(*ctx.engine, o.max_concurrent_requests);
+  ctx.ready = true;
+}
+
+}  // namespace
+
+httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
+                                 std::function<void(const httplib::Request&, httplib::Response&)> fn,
+                                 bool needs_model) {
+  return [&ctx, route, fn, needs_model](const httplib::Request& req, httplib::Response& res) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ctx.in_flight.fetch_add(1);
+    try {
+      if (ctx.draining) throw Error(ErrorKind::kUnavailable, "the server is shutting down");
+      if (needs_model && !ctx.ready) throw Error(ErrorKind::kUnavailable, "the model is loading");
+      fn(req, res);
+    } catch (const Error& e) {
+      http::SendError(res, e);
+    } catch (const std::exception& e) {
+      // Every expected failure is a typed Error; anything else is a bug worth a log line.
+      spdlog::error("{} {}: unexpected error: {}", req.method, req.path, e.what());
+      http::SendError(res, 500, std::string("internal error: ") + e.what(), "internal_error");
+    }
+    ctx.in_flight.fetch_sub(1);
+    ctx.metrics.RecordRequest(
+        route, res.status,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  };
+}
+
+int RunServer(const ServerOptions& options) {
+  // Signals are taken by one thread with sigwait, so no handler runs in an
+  // arbitrary thread; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  ServerContext ctx;
+  ctx.options = options;
+  ctx.model_id = options.model_name;
+  httplib::Server server;
+  const size_t http_threads = static_cast<size_t>(
+      options.http_threads > 0 ? options.http_threads : options.max_concurrent_requests + 8);
+  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
+  server.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  server.set_read_timeout(60, 0);
+  server.set_write_timeout(60, 0);
+
+  server.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    if (!options.api_key.empty() && req.path != "/health" &&
+        !Authorized(req, options.api_key)) {
+      http::SendError(res, 401, "missing or wrong API key (Authorization: Bearer KEY)",
+                      "authentication_error");
+      ctx.metrics.RecordRequest("unauthorized", 401, 0);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Errors that httplib produces itself (unknown route, body too large, bad
+  // request line) get the same JSON shape as ours.
+  server.set_error_handler(httplib::Server::HandlerWithResponse(
+      [&](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path);
+    if (res.status == 404 && known) {
+      res.status = 405;
+      http::SendError(res, 405, "method " + req.method + " is not allowed on " + req.path,
+                      "method_not_allowed");
+    } else if (res.status == 404) {
+      http::SendError(res, 404, "no route " + req.method + " " + req.path, "not_found_error");
+    } else if (res.status == 413) {
+      http::SendError(res, 413,
+                      "request body larger than " + std::to_string(options.max_body_bytes) +
+                          " bytes",
+                      "payload_too_large");
+    } else {
+      http::SendError(res, res.status, "HTTP error " + std::to_string(res.status), "http_error");
+    }
+    ctx.metrics.RecordRequest(known ? req.path : "other", res.status, 0);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
+  });
+
+  AddEmbedRoutes(server, ctx);
+  AddGenerateRoutes(server, ctx);
+  AddInfoRoutes(server, ctx);
+
+  if (!server.bind_to_port(options.host, options.port)) {
+    spdlog::error("cannot listen on {}:{}", options.host, options.port);
+    return 1;
+  }
+  std::thread http_thread([&] { server.listen_after_bind(); });
+  spdlog::info("listening on http://{}:{} (health: 503 until the model is loaded)", options.host,
+               options.port);
+
+  int exit_code = 0;
+  std::thread loader([&] {
+    try {
+      LoadModel(ctx);
+      spdlog::info("ready: model '{}' on http://{}:{}", ctx.model_id, options.host, options.port);
+    } catch (const std::exception& e) {
+      spdlog::error("failed to load the model: {}", e.what());
+      exit_code = 1;
+      kill(getpid(), SIGTERM);  // wakes the signal thread below to shut down
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  loader.join();
+  spdlog::info("signal {}: draining (new requests get 503, grace {} s)", sig,
+               options.grace_seconds);
+  ctx.draining = true;
+  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(options.grace_seconds * 1000));
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  if (ctx.scheduler) {
+    ctx.scheduler->Drain();
+    if (!ctx.scheduler->WaitIdle(grace)) spdlog::warn("grace period over: cancelling the rest");
+  }
+  // Let responses that are being written finish.
+  while (ctx.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server.stop();
+  http_thread.join();
+  if (ctx.scheduler) ctx.scheduler->Stop();
+  spdlog::info("stopped");
+  return exit_code;
+}
+
+}  // namespace gritserve
