@@ -50,6 +50,15 @@ json ParseBody(const std::string& body) {
       return true;
     });
   } catch (const json::exception& e) {
+    // nlohmann's lexer rejects invalid UTF-8 (and unpaired \u surrogates) inside
+    // strings as a parse error, but by the API contract that is a well-formed
+    // request with an unusable value (422), like invalid UTF-8 found later by
+    // RequireUtf8. Its messages are the only way to tell these apart.
+    const std::string what = e.what();
+    if (what.find("invalid string: ill-formed UTF-8") != std::string::npos ||
+        what.find("invalid string: surrogate") != std::string::npos) {
+      throw Unprocessable("a string in the request is not valid UTF-8: " + what);
+    }
     throw InvalidRequest(std::string("malformed JSON: ") + e.what());
   }
   if (!j.is_object()) throw InvalidRequest("the request body must be a JSON object");
