@@ -113,15 +113,21 @@ std::optional<int64_t> OptInt(const json& j, const char* key, int64_t lo, int64_
       v = f->get<int64_t>();
     }
   } else if (f->is_number_float() && std::isfinite(f->get<double>()) &&
-             std::floor(f->get<double>()) == f->get<double>() &&
-             std::fabs(f->get<double>()) < 9e15) {
-    v = static_cast<int64_t>(f->get<double>());  // 16.0 is an integer too
+             std::floor(f->get<double>()) == f->get<double>()) {
+    // 16.0 is an integer too, and so are 1e300 and 99999999999999999999 (which
+    // nlohmann stores as a double): those are out of range (422), not of the
+    // wrong type, so saturate them into the range check below.
+    const double d = f->get<double>();
+    constexpr double kLimit = 9.2e18;  // just inside int64_t
+    v = d >= kLimit    ? std::numeric_limits<int64_t>::max()
+        : d <= -kLimit ? std::numeric_limits<int64_t>::min()
+                       : static_cast<int64_t>(d);
   } else {
     throw InvalidRequest(std::string("'") + key + "' must be an integer");
   }
   if (v < lo || v > hi) {
     throw Unprocessable(std::string("'") + key + "' must be between " + std::to_string(lo) +
-                        " and " + std::to_string(hi) + ", got " + std::to_string(v));
+                        " and " + std::to_string(hi) + ", got " + f->dump());
   }
   return v;
 }
