@@ -86,6 +86,13 @@ httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
     try {
       if (ctx.draining) throw Error(ErrorKind::kUnavailable, "the server is shutting down");
       if (needs_model && !ctx.ready) throw Error(ErrorKind::kUnavailable, "the model is loading");
+      // httplib 0.11 enforces its payload limit only on Content-Length bodies; a
+      // chunked body of any size reaches the handler, so check it again here.
+      if (static_cast<int64_t>(req.body.size()) > ctx.options.max_body_bytes) {
+        throw Error(ErrorKind::kTooLarge, "request body larger than " +
+                                              std::to_string(ctx.options.max_body_bytes) +
+                                              " bytes");
+      }
       fn(req, res);
     } catch (const Error& e) {
       http::SendError(res, e);
