@@ -43,3 +43,9 @@ for lib in libblas.so.3 liblapack.so.3; do
   fi
 done
 echo "setup: BLAS -> $(readlink -f /usr/lib/${arch_triplet}/libblas.so.3)"
+
+# The OpenAI-client test (tests/http_openai_client_test.cc) runs the official
+# openai npm SDK pinned by tests/openai_client/package-lock.json; it fails
+# without this install. Located from this script so it works from any cwd.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+npm ci --prefix "${repo_root}/tests/openai_client" --no-audit --no-fund
