@@ -73,6 +73,14 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   }
   impl->sampleable_vocab = std::min<int64_t>(impl->config.vocab_size, impl->tokenizer->VocabSize());
 
+  DocKvStore::Options so;
+  so.budget_bytes = options.cache_bytes;
+  so.dir = options.cache_dir;
+  so.storage_dtype = ParseDtype(options.cache_dtype == "auto" ? "float32" : options.cache_dtype,
+                                at::Device(at::kCPU));
+  so.fingerprint = ModelFingerprint(options.model_dir);
+  impl->store = std::make_unique<DocKvStore>(so);
+
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info(
@@ -123,7 +131,8 @@ std::vector<std::vector<float>> Engine::EmbedTexts(const std::vector<std::string
 }
 
 std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& prompts,
-                                              const EmbedOptions& options) {
+                                              const EmbedOptions& options, EmbedStore store,
+                                              const std::vector<std::string>& store_ids) {
   c10::InferenceMode guard;
   const Decoder& decoder = *impl_->decoder;
   const int64_t hidden = impl_->config.hidden_size;
@@ -143,15 +152,49 @@ std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& 
                           " tokens; the model's context is " + std::to_string(max_context()));
     }
   }
+  if (store != EmbedStore::kNone && options.layer > 0 &&
+      options.layer != impl_->config.num_hidden_layers) {
+    throw Unprocessable("'layer' cannot be combined with the document cache");
+  }
+  if (!store_ids.empty() && store_ids.size() != prompts.size()) {
+    throw Unprocessable("'ids' must name every input");
+  }
+  auto finish = [&](at::Tensor pooled) {  // [H] float32 -> the response vector
+    at::Tensor row = pooled.narrow(0, 0, options.dimensions > 0 ? options.dimensions : hidden);
+    if (options.normalize) row = row / row.norm().clamp_min(1e-12);
+    row = row.contiguous();
+    return std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+  };
+  std::vector<std::vector<float>> out(prompts.size());
+  std::vector<DocKey> keys(prompts.size());
+  std::vector<size_t> todo;  // prompts that need a forward pass
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (store == EmbedStore::kNone) {
+      todo.push_back(i);
+      continue;
+    }
+    keys[i] = impl_->store->MakeKey(impl_->prompt_template.name, KvSource::kEmbed, prompts[i].ids);
+    auto entry = impl_->store->Get(keys[i]);
+    const std::vector<float>* pooled =
+        entry ? (options.pooling == Pooling::kMean ? &entry->mean : &entry->last) : nullptr;
+    if (pooled != nullptr && static_cast<int64_t>(pooled->size()) == hidden &&
+        entry->text_begin == prompts[i].text_begin && entry->text_end == prompts[i].text_end) {
+      out[i] = finish(at::tensor(*pooled, at::kFloat));
+    } else {
+      todo.push_back(i);
+    }
+    if (i < store_ids.size() && !store_ids[i].empty()) {
+      impl_->store->SetAlias(store_ids[i], {keys[i], KvSource::kEmbed, prompts[i].ids,
+                                            prompts[i].text_begin, prompts[i].text_end});
+    }
+  }
   // Longest first, so each batch pads to its first member.
-  std::vector<size_t> order(prompts.size());
-  std::iota(order.begin(), order.end(), 0);
+  std::vector<size_t> order = todo;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return prompts[a].ids.size() > prompts[b].ids.size();
   });
 
-  std::vector<std::vector<float>> out(prompts.size());
-  const int64_t dims = options.dimensions > 0 ? options.dimensions : hidden;
+  const bool keep = store == EmbedStore::kKeep;
   size_t start = 0;
   while (start < order.size()) {
     const int64_t t = static_cast<int64_t>(prompts[order[start]].ids.size());
@@ -177,19 +220,36 @@ std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& 
     in.positions = at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous();
     in.valid = valid;
     in.attention = AttentionSpec::Bidirectional();
-    in.num_layers = options.layer;
-    at::Tensor h = decoder.Forward(in, nullptr).to(at::kCPU).to(at::kFloat);  // [B, T, H]
+    in.num_layers = keep ? -1 : options.layer;
+    // With kKeep the same pass fills a KV cache whose rows become store entries.
+    KvCache cache = keep ? decoder.NewCache(b) : KvCache();
+    at::Tensor h = decoder.Forward(in, keep ? &cache : nullptr).to(at::kCPU).to(at::kFloat);  // [B, T, H]
     for (int64_t i = 0; i < b; ++i) {
-      const auto& p = prompts[order[start + i]];
+      const size_t idx = order[start + i];
+      const auto& p = prompts[idx];
       const int64_t tb = static_cast<int64_t>(p.text_begin);
       const int64_t te = static_cast<int64_t>(p.text_end);
-      at::Tensor row = options.pooling == Pooling::kMean
-                           ? h[i].narrow(0, tb, te - tb).mean(0)
-                           : h[i][te - 1];  // [H]
-      row = row.narrow(0, 0, dims);
-      if (options.normalize) row = row / row.norm().clamp_min(1e-12);
-      row = row.contiguous();
-      out[order[start + i]].assign(row.data_ptr<float>(), row.data_ptr<float>() + dims);
+      at::Tensor mean = h[i].narrow(0, tb, te - tb).mean(0);  // [H]
+      at::Tensor last = h[i][te - 1];                         // [H]
+      out[idx] = finish(options.pooling == Pooling::kMean ? mean : last);
+      if (keep) {
+        const int64_t n = static_cast<int64_t>(p.ids.size());
+        DocKvEntry e;
+        e.key = keys[idx];
+        e.source = KvSource::kEmbed;
+        e.ids = p.ids;
+        e.text_begin = p.text_begin;
+        e.text_end = p.text_end;
+        for (int64_t l = 0; l < cache.num_layers(); ++l) {
+          e.keys.push_back(cache.keys(l)[i].narrow(1, 0, n).clone());  // [Hkv, T, D]
+          e.values.push_back(cache.values(l)[i].narrow(1, 0, n).clone());
+        }
+        mean = mean.contiguous();
+        last = last.contiguous();
+        e.mean.assign(mean.data_ptr<float>(), mean.data_ptr<float>() + hidden);
+        e.last.assign(last.data_ptr<float>(), last.data_ptr<float>() + hidden);
+        impl_->store->Put(std::move(e));
+      }
     }
     start = end;
   }
@@ -198,13 +258,18 @@ std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& 
 
 std::unique_ptr<Generation> Engine::StartGeneration(std::vector<int32_t> prompt_ids,
                                                     const SamplingParams& params,
-                                                    TextCallback on_text) {
-  return MakeGeneration(*impl_, std::move(prompt_ids), params, std::move(on_text));
+                                                    TextCallback on_text,
+                                                    std::vector<ResolvedDocument> documents,
+                                                    DocPositions positions) {
+  return MakeGeneration(*impl_, std::move(prompt_ids), params, std::move(on_text),
+                        std::move(documents), positions);
 }
 
 GenerateResult Engine::Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
-                                TextCallback on_text) {
-  auto gen = StartGeneration(std::move(prompt_ids), params, std::move(on_text));
+                                TextCallback on_text, std::vector<ResolvedDocument> documents,
+                                DocPositions positions) {
+  auto gen = StartGeneration(std::move(prompt_ids), params, std::move(on_text),
+                             std::move(documents), positions);
   while (gen->Step()) {
   }
   return gen->result();

@@ -6,6 +6,8 @@
 #include <memory>
 #include <unordered_set>
 
+#include "gritserve/cache/doc_kv_store.h"
+#include "gritserve/cache/kv_cache.h"
 #include "gritserve/engine/engine.h"
 #include "gritserve/model/decoder.h"
 
@@ -23,7 +25,18 @@ struct Engine::Impl {
   // Ids >= this are padding rows of the embedding matrix with no token text;
   // sampling never picks them.
   int64_t sampleable_vocab = 0;
+  std::unique_ptr<DocKvStore> store;
 };
+
+// Document K/V for a generation: each document's entry (from the store, or
+// computed and stored), rotated to its place, in a fresh cache of batch 1.
+KvCache AssembleDocuments(Engine::Impl& engine, const std::vector<ResolvedDocument>& docs,
+                          DocPositions positions);
+// Runs one document through the model and returns its entry (not yet stored).
+DocKvEntry ComputeEntry(Engine::Impl& engine, const ResolvedDocument& doc);
+// A hash of config.json and the weight files' headers: part of every store key,
+// so entries never cross models.
+std::string ModelFingerprint(const std::string& model_dir);
 
 // Picks the next token from float32 logits [V] on the CPU.
 class Sampler {
@@ -39,6 +52,8 @@ class Sampler {
 };
 
 std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
-                                           const SamplingParams& params, TextCallback on_text);
+                                           const SamplingParams& params, TextCallback on_text,
+                                           std::vector<ResolvedDocument> documents,
+                                           DocPositions positions);
 
 }  // namespace gritserve

@@ -72,9 +72,12 @@ double MsSince(std::chrono::steady_clock::time_point t) {
 class GenerationImpl : public Generation {
  public:
   GenerationImpl(Engine::Impl& engine, std::vector<int32_t> prompt, const SamplingParams& params,
-                 TextCallback on_text)
+                 TextCallback on_text, std::vector<ResolvedDocument> documents,
+                 DocPositions positions)
       : e_(engine),
         prompt_(std::move(prompt)),
+        documents_(std::move(documents)),
+        positions_(positions),
         params_(params),
         on_text_(std::move(on_text)),
         sampler_(params, engine.sampleable_vocab),
@@ -82,8 +85,10 @@ class GenerationImpl : public Generation {
         start_(std::chrono::steady_clock::now()) {
     if (prompt_.empty()) throw Unprocessable("the prompt has no tokens");
     const int64_t ctx = e_.config.max_position_embeddings;
-    if (static_cast<int64_t>(prompt_.size()) >= ctx) {
-      throw Unprocessable("the prompt has " + std::to_string(prompt_.size()) +
+    int64_t total = static_cast<int64_t>(prompt_.size());
+    for (const auto& d : documents_) total += static_cast<int64_t>(d.ids.size());
+    if (total >= ctx) {
+      throw Unprocessable("the prompt (with its documents) has " + std::to_string(total) +
                           " tokens; the model's context is " + std::to_string(ctx));
     }
     for (int32_t id : prompt_) {
@@ -114,14 +119,22 @@ class GenerationImpl : public Generation {
     at::Tensor logits;  // [V]
     if (!prefilled_) {
       const auto t0 = std::chrono::steady_clock::now();
-      cache_ = e_.decoder->NewCache(1);
-      logits = Run(prompt_, 0);
+      // Documents come from the store (or are computed once and stored); only
+      // the prompt itself is prefilled, after them.
+      cache_ = documents_.empty() ? e_.decoder->NewCache(1)
+                                  : AssembleDocuments(e_, documents_, positions_);
+      result_.cached_tokens = cache_.length();
+      logits = Run(prompt_, cache_.length());
       result_.prefill_ms = MsSince(t0);
       prefilled_ = true;
     } else {
       const auto t0 = std::chrono::steady_clock::now();
       logits = Run({result_.tokens.back()}, cache_.length());
       result_.decode_ms += MsSince(t0);
+    }
+    if (params_.capture_logits) {
+      at::Tensor l = logits.to(at::kFloat).contiguous();
+      result_.step_logits.emplace_back(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
     }
     const int32_t next = sampler_.Sample(logits);
     if (result_.tokens.empty()) result_.ttft_ms = MsSince(start_);
@@ -220,6 +233,8 @@ class GenerationImpl : public Generation {
 
   Engine::Impl& e_;
   std::vector<int32_t> prompt_;
+  std::vector<ResolvedDocument> documents_;
+  DocPositions positions_;
   SamplingParams params_;
   TextCallback on_text_;
   Sampler sampler_;
@@ -237,8 +252,11 @@ class GenerationImpl : public Generation {
 }  // namespace
 
 std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
-                                           const SamplingParams& params, TextCallback on_text) {
-  return std::make_unique<GenerationImpl>(engine, std::move(prompt), params, std::move(on_text));
+                                           const SamplingParams& params, TextCallback on_text,
+                                           std::vector<ResolvedDocument> documents,
+                                           DocPositions positions) {
+  return std::make_unique<GenerationImpl>(engine, std::move(prompt), params, std::move(on_text),
+                                          std::move(documents), positions);
 }
 
 }  // namespace gritserve

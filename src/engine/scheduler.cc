@@ -46,6 +46,8 @@ struct Scheduler::Job {
   enum class Kind { kEmbed, kGenerate, kTask } kind;
   std::vector<EncodedPrompt> prompts;
   EmbedOptions options;
+  EmbedStore store = EmbedStore::kNone;
+  std::vector<std::string> ids;
   std::promise<std::vector<std::vector<float>>> embed_result;
   std::shared_ptr<GenerationJob> generation;
   std::function<void(Engine&)> task;
@@ -70,21 +72,27 @@ void Scheduler::Admit(std::unique_ptr<Job> job) {
 }
 
 std::future<std::vector<std::vector<float>>> Scheduler::SubmitEmbed(
-    std::vector<EncodedPrompt> prompts, EmbedOptions options) {
+    std::vector<EncodedPrompt> prompts, EmbedOptions options, EmbedStore store,
+    std::vector<std::string> ids) {
   auto job = std::make_unique<Job>();
   job->kind = Job::Kind::kEmbed;
   job->prompts = std::move(prompts);
   job->options = std::move(options);
+  job->store = store;
+  job->ids = std::move(ids);
   auto f = job->embed_result.get_future();
   Admit(std::move(job));
   return f;
 }
 
 std::shared_ptr<GenerationJob> Scheduler::SubmitGenerate(std::vector<int32_t> prompt,
-                                                         SamplingParams params) {
+                                                         SamplingParams params,
+                                                         std::vector<ResolvedDocument> documents,
+                                                         DocPositions positions) {
   auto job = std::make_unique<Job>();
   job->kind = Job::Kind::kGenerate;
-  job->generation = std::make_shared<GenerationJob>(std::move(prompt), std::move(params));
+  job->generation = std::make_shared<GenerationJob>(std::move(prompt), std::move(params),
+                                                    std::move(documents), positions);
   auto g = job->generation;
   Admit(std::move(job));
   return g;
@@ -159,7 +167,8 @@ void Scheduler::Loop() {
           int64_t tokens = 0;
           for (const auto& p : job->prompts) tokens += static_cast<int64_t>(p.ids.size());
           try {
-            job->embed_result.set_value(engine_.Embed(job->prompts, job->options));
+            job->embed_result.set_value(
+                engine_.Embed(job->prompts, job->options, job->store, job->ids));
           } catch (...) {
             job->embed_result.set_exception(std::current_exception());
           }
@@ -184,10 +193,13 @@ void Scheduler::Loop() {
         case Job::Kind::kGenerate: {
           auto g = job->generation;
           try {
-            auto gen = engine_.StartGeneration(g->prompt, g->params, [g](const std::string& s) {
-              g->PushText(s);
-              return !g->cancelled();
-            });
+            auto gen = engine_.StartGeneration(
+                g->prompt, g->params,
+                [g](const std::string& s) {
+                  g->PushText(s);
+                  return !g->cancelled();
+                },
+                g->documents, g->positions);
             active.push_back({g, std::move(gen)});
             std::lock_guard<std::mutex> lock(mu_);
             stats_.prompt_tokens += static_cast<int64_t>(g->prompt.size());

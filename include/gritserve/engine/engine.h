@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gritserve/cache/doc_types.h"
 #include "gritserve/model/config.h"
 #include "gritserve/tokenizer/template.h"
 #include "gritserve/tokenizer/tokenizer.h"
@@ -23,6 +24,10 @@ struct EngineOptions {
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
   std::string dtype = "auto";  // auto: float32 on CPU, bfloat16 on CUDA; or float32|bfloat16|float16
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
+  // Document KV store.
+  int64_t cache_bytes = 1LL << 30;
+  std::string cache_dir;               // empty: memory only
+  std::string cache_dtype = "float32";  // float32, float16 or bfloat16 storage
 };
 
 enum class Pooling { kMean, kLast };
@@ -36,6 +41,30 @@ struct EmbedOptions {
   bool raw = false;        // no template: pool over every token of the text as given
 };
 
+// How an embedding request uses the document KV store.
+enum class EmbedStore {
+  kNone,   // compute, keep nothing
+  kReuse,  // take pooled vectors of inputs already in the store, compute the rest
+  kKeep,   // kReuse, and keep every input's K/V (from the same forward pass) in the store
+};
+
+// A document to place before a generation's prompt: a cached id or a text.
+struct DocumentRef {
+  std::string id;    // client id given to /embed (or a store key in hex)
+  std::string text;  // used when id is empty
+};
+enum class DocPositions {
+  kSequential,  // documents one after another, then the prompt
+  kComposite,   // every document from position 0; the prompt after all of them (as GritLM did)
+};
+// A document resolved to the tokens whose K/V the generation needs.
+struct ResolvedDocument {
+  DocKey key;
+  KvSource source = KvSource::kCausal;
+  std::vector<int32_t> ids;
+  size_t text_begin = 0, text_end = 0;
+};
+
 struct SamplingParams {
   int64_t max_tokens = 16;
   double temperature = 1.0;  // 0: greedy
@@ -44,6 +73,7 @@ struct SamplingParams {
   uint64_t seed = 0;
   std::vector<std::string> stop;  // stop strings (not included in the output)
   bool ignore_eos = false;
+  bool capture_logits = false;  // keep each step's logits in the result (tests, debugging)
 };
 
 struct GenerateResult {
@@ -54,6 +84,7 @@ struct GenerateResult {
   int64_t cached_tokens = 0;
   int64_t completion_tokens = 0;
   double prefill_ms = 0, decode_ms = 0, ttft_ms = 0;
+  std::vector<std::vector<float>> step_logits;  // with capture_logits: [steps][V]
 };
 
 // Receives text as it becomes final (never part of a possible stop string, never
@@ -81,23 +112,43 @@ class Engine {
   std::vector<int32_t> EncodeGenerate(const std::string& prompt, bool raw) const;
   std::vector<int32_t> EncodeChat(const std::vector<ChatMessage>& messages) const;
 
+  // The template's default: GritLM-style templates reuse the embedding pass.
+  KvSource default_kv_source() const;
+  // Resolves documents for a generation (thread-safe): ids through the store's
+  // aliases (NotFound naming an unknown id), texts through the tokenizer.
+  std::vector<ResolvedDocument> ResolveDocuments(const std::vector<DocumentRef>& docs,
+                                                 KvSource source) const;
+  // The prompt of a stored id, for reusing its embedding (NotFound if unknown).
+  EncodedPrompt StoredPrompt(const std::string& id) const;
+  DocKvStats document_stats() const;
+  bool RemoveDocument(const std::string& id);
+
   // --- inference thread only ---
   // One vector per prompt; prompts are batched (sorted by length, right padded)
-  // under max_batch_tokens.
+  // under max_batch_tokens. `ids` (with kKeep) names the stored entries; empty
+  // strings store without a name.
   std::vector<std::vector<float>> Embed(const std::vector<EncodedPrompt>& prompts,
-                                        const EmbedOptions& options);
+                                        const EmbedOptions& options,
+                                        EmbedStore store = EmbedStore::kNone,
+                                        const std::vector<std::string>& ids = {});
   // Convenience: EncodeEmbed + Embed.
   std::vector<std::vector<float>> EmbedTexts(const std::vector<std::string>& texts,
                                              const EmbedOptions& options);
 
   // Starts a causal generation; the caller steps it (so a scheduler can
   // interleave other work between tokens).
+  // With documents, their K/V (from the store, or computed and stored) is
+  // placed before the prompt and only the prompt is prefilled.
   std::unique_ptr<Generation> StartGeneration(std::vector<int32_t> prompt_ids,
                                               const SamplingParams& params,
-                                              TextCallback on_text = nullptr);
+                                              TextCallback on_text = nullptr,
+                                              std::vector<ResolvedDocument> documents = {},
+                                              DocPositions positions = DocPositions::kSequential);
   // Runs a generation to the end.
   GenerateResult Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
-                          TextCallback on_text = nullptr);
+                          TextCallback on_text = nullptr,
+                          std::vector<ResolvedDocument> documents = {},
+                          DocPositions positions = DocPositions::kSequential);
 
   struct Impl;
   Impl& impl() { return *impl_; }

@@ -23,8 +23,13 @@ namespace gritserve {
 // the HTTP thread that waits for its text (consumer).
 class GenerationJob {
  public:
-  GenerationJob(std::vector<int32_t> prompt, SamplingParams params)
-      : prompt(std::move(prompt)), params(std::move(params)) {}
+  GenerationJob(std::vector<int32_t> prompt, SamplingParams params,
+                std::vector<ResolvedDocument> documents = {},
+                DocPositions positions = DocPositions::kSequential)
+      : prompt(std::move(prompt)),
+        params(std::move(params)),
+        documents(std::move(documents)),
+        positions(positions) {}
 
   // Consumer: waits up to `timeout` for new text or the end. Returns the text
   // produced since the last call; `done` tells whether the result is final.
@@ -42,6 +47,8 @@ class GenerationJob {
 
   const std::vector<int32_t> prompt;
   const SamplingParams params;
+  const std::vector<ResolvedDocument> documents;
+  const DocPositions positions;
 
  private:
   std::mutex mu_;
@@ -68,10 +75,13 @@ class Scheduler {
   Scheduler(Engine& engine, int64_t max_pending);
   ~Scheduler();  // Stop()s
 
-  std::future<std::vector<std::vector<float>>> SubmitEmbed(std::vector<EncodedPrompt> prompts,
-                                                           EmbedOptions options);
-  std::shared_ptr<GenerationJob> SubmitGenerate(std::vector<int32_t> prompt,
-                                                SamplingParams params);
+  std::future<std::vector<std::vector<float>>> SubmitEmbed(
+      std::vector<EncodedPrompt> prompts, EmbedOptions options,
+      EmbedStore store = EmbedStore::kNone, std::vector<std::string> ids = {});
+  std::shared_ptr<GenerationJob> SubmitGenerate(
+      std::vector<int32_t> prompt, SamplingParams params,
+      std::vector<ResolvedDocument> documents = {},
+      DocPositions positions = DocPositions::kSequential);
   // Runs `fn` on the inference thread (for work that touches the model).
   std::future<void> SubmitTask(std::function<void(Engine&)> fn);
 
