@@ -85,8 +85,53 @@ float Dot(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Cosine scores of documents against a query, GritLM style: the query carries
 // the instruction, the documents are embedded without one.
+// A rerank document: a text, or the id of an entry cached by /embed.
+struct Doc {
+  std::string value;
+  bool is_id = false;
+};
+
+Doc ParseDoc(const json& d, const char* field) {
+  if (d.is_string()) return {d.get<std::string>(), false};
+  if (d.is_object() && d.contains("text") && d["text"].is_string()) {
+    return {d["text"].get<std::string>(), false};
+  }
+  if (d.is_object() && d.contains("id") && d["id"].is_string()) {
+    return {d["id"].get<std::string>(), true};
+  }
+  throw InvalidRequest(std::string("each of '") + field +
+                       "' must be a string, {\"text\": string} or {\"id\": cached id}");
+}
+
+std::vector<Doc> ParseDocs(const json& body, const char* field, int64_t max_items) {
+  auto it = body.find(field);
+  if (it == body.end() || it->is_null()) throw InvalidRequest(std::string("'") + field + "' is required");
+  if (!it->is_array() || it->empty()) {
+    throw InvalidRequest(std::string("'") + field + "' must be a non-empty list");
+  }
+  if (static_cast<int64_t>(it->size()) > max_items) {
+    throw Error(ErrorKind::kTooLarge, std::string("'") + field + "' has more than " +
+                                          std::to_string(max_items) + " items");
+  }
+  std::vector<Doc> docs;
+  for (const auto& d : *it) {
+    docs.push_back(ParseDoc(d, field));
+    http::RequireUtf8(docs.back().value, field);
+  }
+  return docs;
+}
+
+std::string DocText(const ServerContext& ctx, const Doc& d) {
+  if (!d.is_id) return d.value;
+  EncodedPrompt p = ctx.engine->StoredPrompt(d.value);
+  return ctx.engine->tokenizer().Decode(
+      std::vector<int32_t>(p.ids.begin() + static_cast<std::ptrdiff_t>(p.text_begin),
+                           p.ids.begin() + static_cast<std::ptrdiff_t>(p.text_end)),
+      /*skip_special=*/true);
+}
+
 std::vector<float> Rerank(ServerContext& ctx, const json& body, const std::string& query,
-                          const std::vector<std::string>& docs, int64_t* tokens) {
+                          const std::vector<Doc>& docs, int64_t* tokens) {
   EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
   r.options.normalize = true;
   r.options.dimensions = 0;
@@ -97,10 +142,23 @@ std::vector<float> Rerank(ServerContext& ctx, const json& body, const std::strin
   std::vector<EncodedPrompt> prompts = Encode(ctx, in, r);
   EmbedRequest doc_req = r;
   doc_req.options.instruction.clear();
-  in.texts = docs;
-  for (auto& p : Encode(ctx, in, doc_req)) prompts.push_back(std::move(p));
+  bool any_id = false;
+  for (const Doc& d : docs) {
+    if (d.is_id) {
+      // A cached id: its stored embedding is reused, nothing is re-encoded.
+      prompts.push_back(ctx.engine->StoredPrompt(d.value));
+      any_id = true;
+    } else {
+      http::Inputs one;
+      one.texts.push_back(d.value);
+      prompts.push_back(std::move(Encode(ctx, one, doc_req)[0]));
+    }
+  }
   *tokens = CountTokens(prompts);
-  auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
+  auto vecs = ctx.scheduler
+                  ->SubmitEmbed(std::move(prompts), r.options,
+                                any_id ? EmbedStore::kReuse : EmbedStore::kNone)
+                  .get();
   std::vector<float> scores;
   for (size_t i = 1; i < vecs.size(); ++i) scores.push_back(Dot(vecs[0], vecs[i]));
   return scores;
@@ -122,7 +180,28 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
     EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
     auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
                                 ctx.engine->config().vocab_size);
-    http::SendJson(res, RunEmbed(ctx, Encode(ctx, in, r), r.options));
+    // "cache": true (or "ids") keeps each input's K/V from this same pass in the
+    // document store; "ids" names the entries for later /generate documents.
+    std::vector<std::string> ids;
+    if (auto list = http::OptStringList(body, "ids", ctx.options.max_inputs)) {
+      ids = *list;
+      if (ids.size() != in.size()) {
+        throw Unprocessable("'ids' has " + std::to_string(ids.size()) + " entries for " +
+                            std::to_string(in.size()) + " inputs");
+      }
+      for (const auto& id : ids) {
+        if (id.empty() || id.size() > 256) throw Unprocessable("each id must be 1-256 bytes");
+      }
+    }
+    const bool cache = http::OptBool(body, "cache").value_or(!ids.empty());
+    if (!cache && !ids.empty()) throw Unprocessable("'ids' needs \"cache\": true (the default)");
+    if (cache && r.options.layer > 0) {
+      throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
+    }
+    http::SendJson(res, ctx.scheduler
+                            ->SubmitEmbed(Encode(ctx, in, r), r.options,
+                                          cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
+                            .get());
   }));
 
   server.Post("/v1/embeddings", Guarded(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
@@ -157,18 +236,17 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
   server.Post("/rerank", Guarded(ctx, "/rerank", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     auto query = http::OptString(body, "query");
-    auto texts = http::OptStringList(body, "texts", ctx.options.max_inputs);
     if (!query) throw InvalidRequest("'query' is required");
-    if (!texts || texts->empty()) throw InvalidRequest("'texts' must be a non-empty list");
+    const std::vector<Doc> docs = ParseDocs(body, "texts", ctx.options.max_inputs);
     const bool raw = http::OptBool(body, "raw_scores").value_or(false);
     const bool return_text = http::OptBool(body, "return_text").value_or(false);
     int64_t tokens = 0;
-    std::vector<float> scores = Rerank(ctx, body, *query, *texts, &tokens);
+    std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
     json out = json::array();
     for (size_t i : BestFirst(scores)) {
       // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
       json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
-      if (return_text) e["text"] = (*texts)[i];
+      if (return_text) e["text"] = DocText(ctx, docs[i]);
       out.push_back(std::move(e));
     }
     http::SendJson(res, out);
@@ -179,25 +257,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
     http::OptString(body, "model");
     auto query = http::OptString(body, "query");
     if (!query) throw InvalidRequest("'query' is required");
-    auto it = body.find("documents");
-    if (it == body.end() || !it->is_array() || it->empty()) {
-      throw InvalidRequest("'documents' must be a non-empty list");
-    }
-    if (static_cast<int64_t>(it->size()) > ctx.options.max_inputs) {
-      throw Error(ErrorKind::kTooLarge, "'documents' has more than " +
-                                            std::to_string(ctx.options.max_inputs) + " items");
-    }
-    std::vector<std::string> docs;
-    for (const auto& d : *it) {
-      if (d.is_string()) {
-        docs.push_back(d.get<std::string>());
-      } else if (d.is_object() && d.contains("text") && d["text"].is_string()) {
-        docs.push_back(d["text"].get<std::string>());
-      } else {
-        throw InvalidRequest("each document must be a string or {\"text\": string}");
-      }
-      http::RequireUtf8(docs.back(), "documents");
-    }
+    const std::vector<Doc> docs = ParseDocs(body, "documents", ctx.options.max_inputs);
     const int64_t top_n =
         http::OptInt(body, "top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
             .value_or(static_cast<int64_t>(docs.size()));
@@ -208,7 +268,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
     for (size_t i : BestFirst(scores)) {
       if (static_cast<int64_t>(results.size()) >= top_n) break;
       json e = {{"index", i}, {"relevance_score", scores[i]}};
-      if (return_docs) e["document"] = {{"text", docs[i]}};
+      if (return_docs) e["document"] = {{"text", DocText(ctx, docs[i])}};
       results.push_back(std::move(e));
     }
     http::SendJson(res, {{"id", http::RandomId("rerank-")},

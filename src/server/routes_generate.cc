@@ -12,6 +12,8 @@ using namespace std::chrono_literals;
 
 struct GenRequest {
   std::vector<int32_t> prompt;
+  std::vector<ResolvedDocument> documents;
+  DocPositions positions = DocPositions::kSequential;
   SamplingParams params;
   bool stream = false;
   bool return_tokens = false;
@@ -48,6 +50,46 @@ void ParseSampling(const json& body, const ServerContext& ctx, int64_t default_m
     if (!so->is_object()) throw InvalidRequest("'stream_options' must be an object");
     r.include_usage = http::OptBool(*so, "include_usage").value_or(false);
   }
+}
+
+// "documents": cached ids (strings or {"id"}) or {"text"} placed before the
+// prompt; "kv_source" and "positions" say how. Unknown ids are a 404 naming them.
+void ParseDocuments(const json& body, const ServerContext& ctx, GenRequest& r) {
+  auto it = body.find("documents");
+  const std::string source = http::OptString(body, "kv_source").value_or(
+      KvSourceName(ctx.default_kv_source()));
+  if (source != "embed" && source != "causal") {
+    throw Unprocessable("'kv_source' must be \"embed\" or \"causal\"");
+  }
+  const std::string positions = http::OptString(body, "positions").value_or("sequential");
+  if (positions != "sequential" && positions != "composite") {
+    throw Unprocessable("'positions' must be \"sequential\" or \"composite\"");
+  }
+  if (it == body.end() || it->is_null()) return;
+  if (!it->is_array()) throw InvalidRequest("'documents' must be a list");
+  if (static_cast<int64_t>(it->size()) > ctx.options.max_inputs) {
+    throw Error(ErrorKind::kTooLarge, "'documents' has more than " +
+                                          std::to_string(ctx.options.max_inputs) + " items");
+  }
+  std::vector<DocumentRef> refs;
+  for (const auto& d : *it) {
+    DocumentRef ref;
+    if (d.is_string()) {
+      ref.id = d.get<std::string>();
+    } else if (d.is_object() && d.contains("id") && d["id"].is_string()) {
+      ref.id = d["id"].get<std::string>();
+    } else if (d.is_object() && d.contains("text") && d["text"].is_string()) {
+      ref.text = d["text"].get<std::string>();
+      http::RequireUtf8(ref.text, "documents");
+    } else {
+      throw InvalidRequest("each document must be an id, {\"id\": id} or {\"text\": string}");
+    }
+    if (ref.id.empty() && ref.text.empty()) throw Unprocessable("a document is empty");
+    refs.push_back(std::move(ref));
+  }
+  r.documents = ctx.engine->ResolveDocuments(
+      refs, source == "embed" ? KvSource::kEmbed : KvSource::kCausal);
+  r.positions = positions == "composite" ? DocPositions::kComposite : DocPositions::kSequential;
 }
 
 void CheckPrompt(const ServerContext& ctx, const std::vector<int32_t>& prompt) {
@@ -190,7 +232,8 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
       r.prompt = PromptFrom(body, ctx, "prompt", raw);
     }
     CheckPrompt(ctx, r.prompt);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params);
+    ParseDocuments(body, ctx, r);
+    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
     auto final_json = [return_tokens = r.return_tokens](const GenerateResult& g) {
       json out = {{"text", g.text},
                   {"finish_reason", g.finish_reason},
@@ -226,7 +269,8 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
     // OpenAI completions take the prompt as given (no chat or GritLM wrapping).
     r.prompt = PromptFrom(body, ctx, "prompt", /*raw=*/true);
     CheckPrompt(ctx, r.prompt);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params);
+    ParseDocuments(body, ctx, r);
+    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
     const std::string id = http::RandomId("cmpl-");
     const int64_t created = http::UnixTime();
     auto chunk = [id, created, model = ctx.model_id](const std::string& text, json finish) {
@@ -268,7 +312,8 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
     ParseSampling(body, ctx, 512, r);
     r.prompt = ctx.engine->EncodeChat(ParseMessages(body));
     CheckPrompt(ctx, r.prompt);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params);
+    ParseDocuments(body, ctx, r);
+    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
     const std::string id = http::RandomId("chatcmpl-");
     const int64_t created = http::UnixTime();
     const std::string model = ctx.model_id;

@@ -70,6 +70,9 @@ void LoadModel(ServerContext& ctx) {
   eo.device = o.device;
   eo.dtype = o.dtype;
   eo.max_batch_tokens = o.max_batch_tokens;
+  eo.cache_bytes = o.cache_bytes;
+  eo.cache_dir = o.cache_dir;
+  eo.cache_dtype = o.cache_dtype;
   ctx.engine = Engine::Load(eo);
   ctx.scheduler = std::make_unique<Scheduler>(*ctx.engine, o.max_concurrent_requests);
   ctx.ready = true;

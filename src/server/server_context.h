@@ -26,6 +26,7 @@ struct ServerContext {
   std::atomic<int64_t> in_flight{0};
   Metrics metrics;
 
+  KvSource default_kv_source() const { return engine->default_kv_source(); }
   int64_t max_input_tokens() const {
     const int64_t ctx = engine->max_context();
     return options.max_input_tokens > 0 ? std::min(options.max_input_tokens, ctx) : ctx;
