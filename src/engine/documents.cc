@@ -92,8 +92,16 @@ std::vector<ResolvedDocument> Engine::ResolveDocuments(const std::vector<Documen
         r.text_begin = p.text_begin;
         r.text_end = p.text_end;
       }
+    } else if (d.text.empty()) {
+      r.ids = d.ids;
+      r.text_end = r.ids.size();
+      for (int32_t id : r.ids) {
+        if (id < 0 || id >= e.config.vocab_size) {
+          throw Unprocessable("document token id " + std::to_string(id) +
+                              " is outside the vocabulary");
+        }
+      }
     } else {
-      if (d.text.empty()) throw Unprocessable("a document has neither an id nor text");
       if (source == KvSource::kEmbed) {
         EncodedPrompt p = EncodeEmbedPrompt(*e.tokenizer, e.prompt_template, "", d.text);
         r.ids = std::move(p.ids);

@@ -81,10 +81,17 @@ void ParseDocuments(const json& body, const ServerContext& ctx, GenRequest& r) {
     } else if (d.is_object() && d.contains("text") && d["text"].is_string()) {
       ref.text = d["text"].get<std::string>();
       http::RequireUtf8(ref.text, "documents");
+    } else if (d.is_object() && d.contains("tokens")) {
+      http::Inputs in = http::ParseInputs(d, "tokens", 1, ctx.engine->config().vocab_size);
+      if (in.ids.size() != 1) throw InvalidRequest("'tokens' must be a list of token ids");
+      ref.ids = std::move(in.ids[0]);
     } else {
-      throw InvalidRequest("each document must be an id, {\"id\": id} or {\"text\": string}");
+      throw InvalidRequest(
+          "each document must be an id, {\"id\": id}, {\"text\": string} or {\"tokens\": [ids]}");
     }
-    if (ref.id.empty() && ref.text.empty()) throw Unprocessable("a document is empty");
+    if (ref.id.empty() && ref.text.empty() && ref.ids.empty()) {
+      throw Unprocessable("a document is empty");
+    }
     refs.push_back(std::move(ref));
   }
   r.documents = ctx.engine->ResolveDocuments(

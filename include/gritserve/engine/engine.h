@@ -50,8 +50,9 @@ enum class EmbedStore {
 
 // A document to place before a generation's prompt: a cached id or a text.
 struct DocumentRef {
-  std::string id;    // client id given to /embed (or a store key in hex)
-  std::string text;  // used when id is empty
+  std::string id;            // client id given to /embed
+  std::string text;          // used when id is empty
+  std::vector<int32_t> ids;  // token ids, used as given when id and text are empty
 };
 enum class DocPositions {
   kSequential,  // documents one after another, then the prompt
