@@ -155,6 +155,18 @@ TEST_F(EngineTest, GreedyGenerationEqualsRecomputingEveryStep) {
   EXPECT_EQ(r.text, e.tokenizer().Decode(r.tokens, true));
 }
 
+TEST_F(EngineTest, LongPromptsArePrefilledInChunksExactly) {
+  Engine& e = *tiny_->engine;
+  // Longer than the 256-token prefill chunk, so the prompt spans three chunks.
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 600; ++i) prompt.push_back((i * 37 + 11) % e.tokenizer().VocabSize());
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 4;
+  p.ignore_eos = true;
+  EXPECT_EQ(e.Generate(prompt, p).tokens, NaiveGreedy(*tiny_, prompt, 4));
+}
+
 TEST_F(EngineTest, SamplingIsReproducibleForASeed) {
   Engine& e = *tiny_->engine;
   std::vector<int32_t> prompt = e.EncodeGenerate("Sample something", false);

@@ -150,15 +150,23 @@ class GenerationImpl : public Generation {
 
  private:
   // Feeds tokens at positions [pos, pos + n) and returns the last position's logits.
+  // Long prompts go in chunks: causal attention over the cache makes that exact,
+  // and it keeps activations small (glibc hands allocations over 32 MB back to
+  // the OS each time, so one huge pass spends its time page-faulting).
   at::Tensor Run(const std::vector<int32_t>& tokens, int64_t pos) {
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    std::vector<int64_t> ids(tokens.begin(), tokens.end());
-    ForwardInput in;
-    in.ids = at::tensor(ids, at::kLong).view({1, n});              // [1, T]
-    in.positions = at::arange(pos, pos + n, at::kLong).view({1, n});  // [1, T]
-    in.attention = AttentionSpec::Causal();
-    at::Tensor h = e_.decoder->Forward(in, &cache_);              // [1, T, H]
-    return e_.decoder->Logits(h[0].narrow(0, n - 1, 1))[0].to(at::kCPU);  // [V]
+    constexpr int64_t kChunk = 256;
+    const int64_t total = static_cast<int64_t>(tokens.size());
+    at::Tensor h;  // [1, T, H] of the last chunk
+    for (int64_t begin = 0; begin < total; begin += kChunk) {
+      const int64_t n = std::min(kChunk, total - begin);
+      std::vector<int64_t> ids(tokens.begin() + begin, tokens.begin() + begin + n);
+      ForwardInput in;
+      in.ids = at::tensor(ids, at::kLong).view({1, n});                              // [1, T]
+      in.positions = at::arange(pos + begin, pos + begin + n, at::kLong).view({1, n});  // [1, T]
+      in.attention = AttentionSpec::Causal();
+      h = e_.decoder->Forward(in, &cache_);
+    }
+    return e_.decoder->Logits(h[0].narrow(0, h.size(1) - 1, 1))[0].to(at::kCPU);  // [V]
   }
 
   void Accept(int32_t token) {
