@@ -42,6 +42,10 @@ void GenerationJob::Fail(std::exception_ptr error) {
   cv_.notify_all();
 }
 
+namespace {
+constexpr size_t kMaxMergedInputs = 256;
+}  // namespace
+
 struct Scheduler::Job {
   enum class Kind { kEmbed, kGenerate, kTask } kind;
   std::vector<EncodedPrompt> prompts;
@@ -132,6 +136,55 @@ int64_t Scheduler::pending() const {
   return static_cast<int64_t>(queue_.size()) + active_;
 }
 
+bool Scheduler::Mergeable(const Job& a, const Job& b) {
+  const EmbedOptions &x = a.options, &y = b.options;
+  // Templates and instructions are already applied to the prompts; what is left
+  // must agree for one Embed call to serve both.
+  return a.store == EmbedStore::kNone && b.store == EmbedStore::kNone &&
+         x.pooling == y.pooling && x.layer == y.layer && x.normalize == y.normalize &&
+         x.dimensions == y.dimensions;
+}
+
+void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
+  std::vector<EncodedPrompt> prompts;
+  int64_t tokens = 0;
+  for (const auto& j : batch) {
+    for (const auto& p : j->prompts) {
+      prompts.push_back(p);
+      tokens += static_cast<int64_t>(p.ids.size());
+    }
+  }
+  bool ok = false;
+  if (batch.size() > 1) {
+    try {
+      auto vecs = engine_.Embed(prompts, batch[0]->options);
+      size_t at = 0;
+      for (auto& j : batch) {
+        std::vector<std::vector<float>> mine(vecs.begin() + static_cast<std::ptrdiff_t>(at),
+                                             vecs.begin() + static_cast<std::ptrdiff_t>(at + j->prompts.size()));
+        at += j->prompts.size();
+        j->embed_result.set_value(std::move(mine));
+      }
+      ok = true;
+    } catch (...) {
+      // One job's bad input must not fail the others: fall back to one by one.
+    }
+  }
+  if (!ok) {
+    for (auto& j : batch) {
+      try {
+        j->embed_result.set_value(engine_.Embed(j->prompts, j->options, j->store, j->ids));
+      } catch (...) {
+        j->embed_result.set_exception(std::current_exception());
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.embed_batches += 1;
+  stats_.embed_batch_inputs += static_cast<int64_t>(prompts.size());
+  stats_.prompt_tokens += tokens;
+}
+
 void Scheduler::Loop() {
   struct Active {
     std::shared_ptr<GenerationJob> job;
@@ -164,21 +217,27 @@ void Scheduler::Loop() {
     if (job) {
       switch (job->kind) {
         case Job::Kind::kEmbed: {
-          int64_t tokens = 0;
-          for (const auto& p : job->prompts) tokens += static_cast<int64_t>(p.ids.size());
-          try {
-            job->embed_result.set_value(
-                engine_.Embed(job->prompts, job->options, job->store, job->ids));
-          } catch (...) {
-            job->embed_result.set_exception(std::current_exception());
-          }
+          // Other queued embedding jobs with the same options join this one's
+          // forward passes: many small requests become one padded batch.
+          std::vector<std::unique_ptr<Job>> batch;
+          batch.push_back(std::move(job));
           {
             std::lock_guard<std::mutex> lock(mu_);
-            stats_.embed_batches += 1;
-            stats_.embed_batch_inputs += static_cast<int64_t>(job->prompts.size());
-            stats_.prompt_tokens += tokens;
+            size_t inputs = batch[0]->prompts.size();
+            for (auto it = queue_.begin(); it != queue_.end() && inputs < kMaxMergedInputs;) {
+              if ((*it)->kind == Job::Kind::kEmbed && Mergeable(*batch[0], **it)) {
+                inputs += (*it)->prompts.size();
+                batch.push_back(std::move(*it));
+                it = queue_.erase(it);
+                ++active_;
+              } else {
+                ++it;
+              }
+            }
+            stats_.queued = static_cast<int64_t>(queue_.size());
           }
-          done_one(0);
+          RunEmbedBatch(batch);
+          for (size_t i = 0; i < batch.size(); ++i) done_one(0);
           break;
         }
         case Job::Kind::kTask:

@@ -99,6 +99,8 @@ class Scheduler {
   struct Job;
   void Admit(std::unique_ptr<Job> job);
   void Loop();
+  static bool Mergeable(const Job& a, const Job& b);
+  void RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch);
 
   Engine& engine_;
   const int64_t max_pending_;

@@ -1,0 +1,115 @@
+// The scheduler: queued embedding jobs are merged into one batch without
+// changing their answers, a bad job does not fail its neighbours, the queue is
+// bounded, and draining refuses new work.
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "gritserve/common/error.h"
+#include "gritserve/engine/checkpoint.h"
+#include "gritserve/engine/scheduler.h"
+#include "test_util.h"
+
+namespace gritserve {
+namespace {
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string dir = testing::MakeTempDir("sched");
+    WriteCheckpoint(dir, CheckpointPreset("tiny"));
+    EngineOptions o;
+    o.model_dir = dir;
+    o.threads = 1;
+    engine_ = Engine::Load(o).release();
+  }
+  static void TearDownTestSuite() { delete engine_; }
+  static Engine* engine_;
+};
+Engine* SchedulerTest::engine_ = nullptr;
+
+// Occupies the inference thread until the returned promise is set.
+std::promise<void> Block(Scheduler& s, std::future<void>* done) {
+  std::promise<void> release;
+  auto gate = std::make_shared<std::shared_future<void>>(release.get_future().share());
+  *done = s.SubmitTask([gate](Engine&) { gate->wait(); });
+  return release;
+}
+
+TEST_F(SchedulerTest, QueuedEmbeddingsAreMergedWithUnchangedResults) {
+  Scheduler s(*engine_, 64);
+  const std::vector<std::string> texts = {"one", "two words", "three words here", "four",
+                                          "five five"};
+  std::vector<std::vector<float>> expected;
+  for (const auto& t : texts) expected.push_back(engine_->EmbedTexts({t}, EmbedOptions{})[0]);
+  EmbedOptions other;
+  other.dimensions = 8;  // different options: must not share the batch
+
+  std::future<void> blocked;
+  std::promise<void> release = Block(s, &blocked);
+  std::vector<std::future<std::vector<std::vector<float>>>> futures;
+  for (const auto& t : texts) {
+    futures.push_back(s.SubmitEmbed({engine_->EncodeEmbed(t, {})}, EmbedOptions{}));
+  }
+  auto odd = s.SubmitEmbed({engine_->EncodeEmbed("one", other)}, other);
+  auto bad = s.SubmitEmbed({engine_->EncodeEmbedIds({})}, EmbedOptions{});  // no tokens
+  const int64_t batches_before = s.stats().embed_batches;
+  release.set_value();
+  blocked.get();
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto got = futures[i].get();
+    ASSERT_EQ(got.size(), 1u);
+    for (size_t k = 0; k < got[0].size(); ++k) EXPECT_NEAR(got[0][k], expected[i][k], 1e-5);
+  }
+  EXPECT_EQ(odd.get()[0].size(), 8u);
+  EXPECT_THROW(bad.get(), Error);
+  // Seven jobs, but the six with equal options shared one pass.
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.embed_batches - batches_before, 2);
+  EXPECT_EQ(st.embed_batch_inputs, 7);
+}
+
+TEST_F(SchedulerTest, BoundedQueueAndDraining) {
+  Scheduler s(*engine_, 2);
+  std::future<void> blocked;
+  std::promise<void> release = Block(s, &blocked);
+  auto a = s.SubmitEmbed({engine_->EncodeEmbed("a", {})}, EmbedOptions{});
+  try {
+    s.SubmitEmbed({engine_->EncodeEmbed("b", {})}, EmbedOptions{});
+    ADD_FAILURE() << "a third job was admitted past the limit of 2";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kQueueFull);
+  }
+  release.set_value();
+  blocked.get();
+  EXPECT_EQ(a.get().size(), 1u);
+  EXPECT_TRUE(s.WaitIdle(std::chrono::seconds(10)));
+  s.Drain();
+  try {
+    s.SubmitEmbed({engine_->EncodeEmbed("c", {})}, EmbedOptions{});
+    ADD_FAILURE() << "a drained scheduler admitted a job";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnavailable);
+  }
+}
+
+TEST_F(SchedulerTest, GenerationsInterleaveWithEmbeddings) {
+  Scheduler s(*engine_, 8);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 3000;  // long enough (~0.5 s) that the embedding lands mid-way
+  p.ignore_eos = true;
+  auto gen = s.SubmitGenerate(engine_->EncodeGenerate("a long story", false), p);
+  // An embedding submitted after the generation started finishes before it.
+  bool done = false;
+  std::string first = gen->WaitForText(std::chrono::seconds(30), &done);
+  ASSERT_FALSE(done);
+  auto emb = s.SubmitEmbed({engine_->EncodeEmbed("quick", {})}, EmbedOptions{});
+  emb.get();
+  EXPECT_GT(s.stats().active_generations, 0);
+  GenerateResult r = gen->Wait();
+  EXPECT_EQ(r.completion_tokens, 3000);
+}
+
+}  // namespace
+}  // namespace gritserve
