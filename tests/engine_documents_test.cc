@@ -112,7 +112,7 @@ class DocumentsTest : public ::testing::Test {
 
   static std::vector<DocumentRef> Texts(size_t n) {
     std::vector<DocumentRef> refs;
-    for (size_t i = 0; i < n; ++i) refs.push_back({"", kDocs[i]});
+    for (size_t i = 0; i < n; ++i) refs.push_back({"", kDocs[i], {}});
     return refs;
   }
 
@@ -183,7 +183,7 @@ TEST_F(DocumentsTest, EmbedEntriesAreReusedByIdWithoutRecomputing) {
   EXPECT_EQ(again, first);
   EXPECT_EQ(engine_->document_stats().hits - before.hits, 2);
   // Generation over the ids uses the embedding pass's K/V as is.
-  auto docs = engine_->ResolveDocuments({{"doc-a", ""}, {"doc-b", ""}}, KvSource::kEmbed);
+  auto docs = engine_->ResolveDocuments({{"doc-a", "", {}}, {"doc-b", "", {}}}, KvSource::kEmbed);
   std::vector<int32_t> prompt = engine_->EncodeGenerate("Where is Paris?", false);
   const int64_t computed_before = engine_->document_stats().computed;
   GenerateResult cached = engine_->Generate(prompt, Greedy(), nullptr, docs);
@@ -191,7 +191,7 @@ TEST_F(DocumentsTest, EmbedEntriesAreReusedByIdWithoutRecomputing) {
   GenerateResult ref = Reference(docs, prompt, DocPositions::kSequential);
   EXPECT_EQ(cached.tokens, ref.tokens);
   EXPECT_LT(MaxLogitDiff(cached, ref), 1e-4);
-  EXPECT_THROW(engine_->ResolveDocuments({{"no-such-doc", ""}}, KvSource::kEmbed), Error);
+  EXPECT_THROW(engine_->ResolveDocuments({{"no-such-doc", "", {}}}, KvSource::kEmbed), Error);
 }
 
 }  // namespace

@@ -154,6 +154,13 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
       tokens += static_cast<int64_t>(p.ids.size());
     }
   }
+  {
+    // Counted before the answers go out, so a client's next /metrics read sees them.
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.embed_batches += 1;
+    stats_.embed_batch_inputs += static_cast<int64_t>(prompts.size());
+    stats_.prompt_tokens += tokens;
+  }
   bool ok = false;
   if (batch.size() > 1) {
     try {
@@ -179,10 +186,6 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
       }
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.embed_batches += 1;
-  stats_.embed_batch_inputs += static_cast<int64_t>(prompts.size());
-  stats_.prompt_tokens += tokens;
 }
 
 void Scheduler::Loop() {
@@ -285,10 +288,12 @@ void Scheduler::Loop() {
         ++i;
         continue;
       }
-      const int64_t generated = a.gen->result().completion_tokens;
-      if (!failed) a.job->Finish(a.gen->result());
+      // Counters first, then the answer: a client that reads /metrics right
+      // after its response must see its own tokens counted.
+      Active finished = std::move(a);
       active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
-      done_one(generated);
+      done_one(finished.gen->result().completion_tokens);
+      if (!failed) finished.job->Finish(finished.gen->result());
     }
   }
   // Stopped: nothing left may wait forever.
