@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
 
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "compute threads (0: all cores)");
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
   CLI11_PARSE(app, argc, argv);
+  ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
   if (model.empty()) {

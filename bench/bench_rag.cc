@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
 
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats);
   app.add_option("--threads", threads);
   CLI11_PARSE(app, argc, argv);
+  ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
   if (model.empty()) {
     model = (std::filesystem::temp_directory_path() / "gritserve-bench-qwen2.5-0.5b").string();

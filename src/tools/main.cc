@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "cli.h"
+#include "gritserve/common/allocator.h"
 #include "gritserve/common/error.h"
 #include "gritserve/server/server.h"
 
@@ -43,6 +44,7 @@ void ApplyConfigFile(CLI::App& app, const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gritserve::ConfigureAllocatorForInference();
   CLI::App app{
       "gritserve: one decoder model for embeddings, reranking and generation.\n"
       "Without a subcommand it runs the HTTP server."};
