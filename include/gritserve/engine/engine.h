@@ -85,6 +85,7 @@ struct GenerateResult {
   int64_t cached_tokens = 0;
   int64_t completion_tokens = 0;
   double prefill_ms = 0, decode_ms = 0, ttft_ms = 0;
+  double documents_ms = 0;  // part of prefill: fetching/computing and placing document K/V
   std::vector<std::vector<float>> step_logits;  // with capture_logits: [steps][V]
 };
 

@@ -56,11 +56,12 @@ class Decoder {
  private:
   struct Layer {
     at::Tensor input_layernorm;           // [H]
-    at::Tensor qkv_weight, qkv_bias;      // [(Hq + 2 Hkv) D, H], [(Hq + 2 Hkv) D] or undefined
-    at::Tensor o_weight, o_bias;          // [H, Hq D], [H] or undefined
+    // Weights transposed from the HF layout (see LinearT in decoder.cc).
+    at::Tensor qkv_weight_t, qkv_bias;    // [H, (Hq + 2 Hkv) D], [(Hq + 2 Hkv) D] or undefined
+    at::Tensor o_weight_t, o_bias;        // [Hq D, H], [H] or undefined
     at::Tensor post_attention_layernorm;  // [H]
-    at::Tensor gate_up_weight, gate_up_bias;  // [2 I, H], [2 I] or undefined
-    at::Tensor down_weight, down_bias;        // [H, I], [H] or undefined
+    at::Tensor gate_up_weight_t, gate_up_bias;  // [H, 2 I], [2 I] or undefined
+    at::Tensor down_weight_t, down_bias;        // [I, H], [H] or undefined
   };
 
   at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
