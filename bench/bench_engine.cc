@@ -13,28 +13,17 @@
 #include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
+#include "bench_util.h"
 
 using namespace gritserve;
+using bench::RandomIds;
 
 namespace {
-
-std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  uint64_t x = seed * 2654435761u + 1;
-  for (auto& id : ids) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    id = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
-  }
-  return ids;
-}
-
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-
 }  // namespace
+
 
 int main(int argc, char** argv) {
   CLI::App app{"gritserve engine benchmark"};
@@ -47,13 +36,7 @@ int main(int argc, char** argv) {
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
-  if (model.empty()) {
-    model = (std::filesystem::temp_directory_path() / "gritserve-bench-qwen2.5-0.5b").string();
-    if (!std::filesystem::exists(model + "/config.json")) {
-      std::cerr << "generating the Qwen2.5-0.5B-shape checkpoint in " << model << "\n";
-      WriteCheckpoint(model, CheckpointPreset("qwen2.5-0.5b"));
-    }
-  }
+  if (model.empty()) model = bench::DefaultBenchModel();
   EngineOptions eo;
   eo.model_dir = model;
   eo.threads = threads;

@@ -24,31 +24,11 @@ void ExpectWellFormed(const StreamResult& s) {
   for (size_t i = 0; i + 1 < s.events.size(); ++i) EXPECT_NE(s.events[i], "[DONE]");
 }
 
-class HttpStreamTest : public ::testing::Test {
+class HttpStreamTest : public SharedServerTest<HttpStreamTest> {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      server_ = new ServerProcess(TinyCheckpointDir());
-    } catch (const std::exception& e) {
-      start_error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << start_error_;
-    client_ = server_->Client();
-  }
 
-  static ServerProcess* server_;
-  static std::string start_error_;
-  std::unique_ptr<httplib::Client> client_;
 };
 
-ServerProcess* HttpStreamTest::server_ = nullptr;
-std::string HttpStreamTest::start_error_;
 
 TEST_F(HttpStreamTest, GenerateStreamEqualsNonStreamed) {
   json body = {{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0},

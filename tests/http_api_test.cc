@@ -71,24 +71,8 @@ Vec DecodeBase64Floats(const std::string& b64) {
   return v;
 }
 
-class HttpApiTest : public ::testing::Test {
+class HttpApiTest : public SharedServerTest<HttpApiTest> {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      server_ = new ServerProcess(TinyCheckpointDir());
-    } catch (const std::exception& e) {
-      start_error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << start_error_;
-    client_ = server_->Client();
-  }
-
   json Post(const std::string& path, const json& body) { return Ok(*client_, path, body); }
   std::vector<Vec> Embed(const json& body) { return ToVecs(Post("/embed", body)); }
   Vec Embed1(json body) {
@@ -97,13 +81,8 @@ class HttpApiTest : public ::testing::Test {
     return v.empty() ? Vec() : v[0];
   }
 
-  static ServerProcess* server_;
-  static std::string start_error_;
-  std::unique_ptr<httplib::Client> client_;
 };
 
-ServerProcess* HttpApiTest::server_ = nullptr;
-std::string HttpApiTest::start_error_;
 
 constexpr size_t kHidden = 64;  // the tiny preset's hidden size
 

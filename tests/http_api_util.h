@@ -205,4 +205,31 @@ inline std::string SlowCheckpointDir() {
   return dir;
 }
 
+// One server on the tiny checkpoint shared by every test of a suite (a fresh
+// process per suite keeps the suites independent). `Derived` makes the static
+// members per suite.
+template <typename Derived>
+class SharedServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      server_ = new ServerProcess(TinyCheckpointDir());
+    } catch (const std::exception& e) {
+      start_error_ = e.what();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << start_error_;
+    client_ = server_->Client();
+  }
+
+  static inline ServerProcess* server_ = nullptr;
+  static inline std::string start_error_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
 }  // namespace gritserve::testing

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/weights.h"
 
 namespace gritserve {
 namespace {
@@ -50,20 +51,8 @@ const char* TorchDtypeName(DType dtype) {
   return "float32";
 }
 
-at::ScalarType ScalarTypeOf(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kBF16:
-      return at::kBFloat16;
-  }
-  return at::kFloat;
-}
-
 // Random values for one tensor, drawn in float32 and converted to the file's dtype.
-// Returns a contiguous CPU tensor of `shape` in ScalarTypeOf(dtype).
+// Returns a contiguous CPU tensor of `shape` in ToScalarType(dtype).
 at::Tensor RandomTensor(const TensorSpec& spec, const RandomWeightsOptions& options) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(TensorSeed(options.seed, spec.name));
   at::Tensor t = at::randn(spec.shape, gen, at::TensorOptions(at::kFloat));
@@ -77,7 +66,7 @@ at::Tensor RandomTensor(const TensorSpec& spec, const RandomWeightsOptions& opti
   } else {
     t.mul_(options.init_std);
   }
-  return t.to(ScalarTypeOf(options.dtype)).contiguous();
+  return t.to(ToScalarType(options.dtype)).contiguous();
 }
 
 uint64_t SpecBytes(const TensorSpec& spec, DType dtype) {

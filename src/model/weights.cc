@@ -92,18 +92,6 @@ std::vector<std::string> WeightFiles(const std::string& dir_str) {
   return found;
 }
 
-at::ScalarType ToScalarType(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kBF16:
-      return at::kBFloat16;
-  }
-  throw Error(ErrorKind::kInternal, "unknown DType");
-}
-
 // Copies a mapped tensor out of the file, converting on the way.
 // Returns a contiguous tensor of view.shape, `dtype`, on `device`, owning its memory.
 at::Tensor Materialize(const TensorView& view, at::ScalarType dtype, const at::Device& device) {
@@ -195,6 +183,19 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
       weights.size(), params, file_bytes / 1e6, files.size(), dir, c10::toString(dtype),
       device.str(), seconds);
   return weights;
+}
+
+
+at::ScalarType ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+  }
+  throw Error(ErrorKind::kInternal, "unknown DType");
 }
 
 }  // namespace gritserve

@@ -7,10 +7,14 @@
 #include <unordered_map>
 
 #include "gritserve/model/config.h"
+#include "gritserve/model/safetensors.h"
 
 namespace gritserve {
 
 // HF tensor name -> tensor.
+// The LibTorch type of a safetensors dtype.
+at::ScalarType ToScalarType(DType dtype);
+
 using WeightMap = std::unordered_map<std::string, at::Tensor>;
 
 // Opens DIR/model.safetensors, or the shards listed in DIR/model.safetensors.index.json

@@ -1,0 +1,38 @@
+// Helpers shared by the benchmark programs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "gritserve/engine/checkpoint.h"
+
+namespace gritserve::bench {
+
+// Deterministic token ids in [0, vocab) (xorshift; the same on every machine).
+inline std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> ids(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ULL + 7;
+  for (auto& id : ids) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    id = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+  }
+  return ids;
+}
+
+// The Qwen2.5-0.5B-shape checkpoint in the temp directory, generated on first use.
+inline std::string DefaultBenchModel() {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / "gritserve-bench-qwen2.5-0.5b").string();
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    std::cerr << "generating the Qwen2.5-0.5B-shape checkpoint in " << dir << "\n";
+    WriteCheckpoint(dir, CheckpointPreset("qwen2.5-0.5b"));
+  }
+  return dir;
+}
+
+}  // namespace gritserve::bench
