@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load run: 8 concurrent clients POSTing one short text to /embed for DURATION
 # seconds (wrk), against a server on the Qwen2.5-0.5B-shape checkpoint.
-# Prints requests/s, p50/p99 latency and the server's peak RSS as JSON.
+# Prints requests/s, p50/p99 latency and the server's peak RSS (which includes
+# loading, when the mapped checkpoint and its copy coexist) and RSS after the run.
 #   bench/load_embed.sh [MODEL_DIR] [DURATION_S] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +37,6 @@ end
 LUA
 result=$(wrk -t2 -c"$connections" -d"${duration}s" --timeout 30s -s "$lua" "http://127.0.0.1:$port/embed" | tail -1)
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+rss_now_kb=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
 batches=$(curl -s "localhost:$port/metrics" | awk '/^gritserve_embed_batch_size_mean/ {print $2}')
-echo "$result" | python3 -c "import json,sys; d=json.load(sys.stdin); d['peak_rss_mib']=$rss_kb/1024; d['mean_inputs_per_batch']=float('$batches'); d['connections']=$connections; d['duration_s']=$duration; print(json.dumps(d))"
+echo "$result" | python3 -c "import json,sys; d=json.load(sys.stdin); d['peak_rss_mib']=$rss_kb/1024; d['rss_after_run_mib']=$rss_now_kb/1024; d['mean_inputs_per_batch']=float('$batches'); d['connections']=$connections; d['duration_s']=$duration; print(json.dumps(d))"
