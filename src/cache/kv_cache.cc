@@ -75,19 +75,4 @@ at::Tensor KvCache::values(int64_t layer) const {
   return values_.at(layer).narrow(2, 0, length_);
 }
 
-void KvCache::Truncate(int64_t new_length) {
-  if (new_length < 0 || new_length > length_) {
-    throw Error(ErrorKind::kInternal, "KvCache::Truncate: bad length");
-  }
-  length_ = new_length;
-}
-
-int64_t KvCache::ByteSize() const {
-  int64_t bytes = 0;
-  for (const auto& k : keys_) {
-    if (k.defined()) bytes += 2 * k.numel() * static_cast<int64_t>(k.element_size());
-  }
-  return bytes;
-}
-
 }  // namespace gritserve

@@ -246,8 +246,12 @@ json ModelProp() {
                           "loaded model.")}};
 }
 
-json Documents(const std::string& description) {
-  return ArrayOf(OneOf({T("string"), Object({{"text", T("string")}}, {"text"})}), description);
+// A document: a cached id (bare or {"id"}), a text, or (generation only) token ids.
+json Documents(const std::string& description, bool tokens = false) {
+  json forms = {T("string"), Object({{"id", T("string")}}, {"id"}),
+                Object({{"text", T("string")}}, {"text"})};
+  if (tokens) forms.push_back(Object({{"tokens", ArrayOf(T("integer"))}}, {"tokens"}));
+  return ArrayOf(OneOf(forms), description);
 }
 
 // ---- Component schemas. ----
@@ -305,7 +309,8 @@ json Schemas() {
 
   s["RerankRequest"] = Object(
       Props({{{"query", Field("string", "The query; embedded with the instruction, if any.")},
-              {"texts", StringOrList("Candidate texts.")},
+              {"texts", Documents("Candidate texts, or {\"id\"} of entries cached by /embed "
+                                  "(their stored embeddings are reused).")},
               {"raw_scores",
                Field("boolean", "Return the cosine in [-1, 1] instead of mapping it to [0, 1].",
                      false)},
@@ -363,9 +368,10 @@ json Schemas() {
              Field("boolean", "Add the generated token ids as \"tokens\".", false)},
             {"documents",
              Documents("Documents the answer is generated over: ids of entries cached by "
-                       "/embed, or {\"text\"} objects (computed when not in the store). "
-                       "Their keys and values come from the store, so only the prompt is "
-                       "prefilled. An unknown id is a 404.")},
+                       "/embed (bare or {\"id\"}), {\"text\"} or {\"tokens\"} objects "
+                       "(computed when not in the store). Their keys and values come from "
+                       "the store, so only the prompt is prefilled. An unknown id is a 404.",
+                       true)},
             {"kv_source",
              Enum({"embed", "causal"},
                   "embed: reuse the bidirectional embedding-pass KV as is (GritLM doc "
@@ -375,7 +381,7 @@ json Schemas() {
             {"positions",
              Enum({"sequential", "composite"},
                   "sequential: documents one after another, then the prompt; composite: "
-                  "every document starts at position 0.",
+                  "every document starts at position 0 and the prompt follows all of them.",
                   "sequential")}},
            SamplingProps(256)}),
       {}, "Native generation request; \"prompt\" or \"messages\" is required.");
@@ -390,7 +396,8 @@ json Schemas() {
               {"usage", Object({{"prompt_tokens", T("integer")},
                                 {"cached_tokens", Int("Prompt tokens served from the KV store.")},
                                 {"completion_tokens", T("integer")}})},
-              {"timings", Object(Typed("number", {"ttft_ms", "prefill_ms", "decode_ms"}))},
+              {"timings",
+               Object(Typed("number", {"ttft_ms", "prefill_ms", "documents_ms", "decode_ms"}))},
               {"tokens", ArrayOf(T("integer"), "Generated ids, with \"return_tokens\".")},
               {"full_text", Field("string",
                                   "The whole answer; only in the last streamed event, "

@@ -42,11 +42,6 @@ class KvCache {
   void AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
                  const at::Tensor& valid);
 
-  // Drops everything after the first `new_length` tokens (e.g. a rejected draft).
-  void Truncate(int64_t new_length);
-
-  int64_t ByteSize() const;
-
  private:
   void Reserve(int64_t capacity);
 

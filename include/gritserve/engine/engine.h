@@ -153,7 +153,6 @@ class Engine {
                           DocPositions positions = DocPositions::kSequential);
 
   struct Impl;
-  Impl& impl() { return *impl_; }
 
  private:
   explicit Engine(std::unique_ptr<Impl> impl);
