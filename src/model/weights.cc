@@ -1,5 +1,8 @@
 #include "gritserve/model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -112,6 +115,17 @@ at::Tensor Materialize(const TensorView& view, at::ScalarType dtype, const at::D
   return src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
 }
 
+// Drops a copied tensor's pages of the read-only file mapping from this
+// process's RSS, so that loading peaks near the size of the model, not twice
+// it. A page shared with a neighbour that is still to be copied is simply
+// read again from the page cache.
+void ReleaseMappedPages(const TensorView& view) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(view.data) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(view.data) + view.nbytes;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace
 
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
@@ -171,6 +185,7 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
   for (const TensorSpec& spec : specs) {
     const TensorView& view = *found.at(spec.name);
     weights.emplace(spec.name, Materialize(view, dtype, device));
+    ReleaseMappedPages(view);
     file_bytes += view.nbytes;
     params += view.numel();
   }
