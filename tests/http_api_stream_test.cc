@@ -113,26 +113,20 @@ TEST_F(HttpStreamTest, ChatStreamEqualsNonStreamed) {
 
 // A checkpoint slow enough that a long generation is still running while the
 // test looks at it, and one request slot, so that 429 is easy to reach.
-class HttpLongGenerationTest : public ::testing::Test {
+class HttpLongGenerationTest : public SharedServerTest<HttpLongGenerationTest> {
  protected:
   static constexpr int kMaxTokens = 3000;
 
-  static void SetUpTestSuite() {
-    try {
-      server_ = new ServerProcess(SlowCheckpointDir(),
-                                  {"--max-concurrent-requests", "1", "--max-tokens",
-                                   std::to_string(kMaxTokens)});
-    } catch (const std::exception& e) {
-      start_error_ = e.what();
-    }
+ public:  // called by SharedServerTest
+  static ServerProcess* StartServer() {
+    return new ServerProcess(SlowCheckpointDir(), {"--max-concurrent-requests", "1",
+                                                   "--max-tokens", std::to_string(kMaxTokens)});
   }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
+
+ protected:
   void SetUp() override {
-    ASSERT_NE(server_, nullptr) << start_error_;
-    client_ = server_->Client();
+    SharedServerTest::SetUp();
+    if (HasFatalFailure()) return;
     watcher_ = server_->Client();
     // A slot left busy by an earlier test would turn this one's requests into 429s.
     ASSERT_TRUE(WaitFor([&] { return Metric(*watcher_, "gritserve_active_generations") == 0; }));
@@ -145,14 +139,9 @@ class HttpLongGenerationTest : public ::testing::Test {
             {"temperature", 0}, {"stream", true}};
   }
 
-  static ServerProcess* server_;
-  static std::string start_error_;
-  std::unique_ptr<httplib::Client> client_;
   std::unique_ptr<httplib::Client> watcher_;  // a second connection, for /metrics
 };
 
-ServerProcess* HttpLongGenerationTest::server_ = nullptr;
-std::string HttpLongGenerationTest::start_error_;
 
 TEST_F(HttpLongGenerationTest, EventsArriveWhileGenerating) {
   double active_at_first = -1;

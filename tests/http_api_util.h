@@ -205,15 +205,17 @@ inline std::string SlowCheckpointDir() {
   return dir;
 }
 
-// One server on the tiny checkpoint shared by every test of a suite (a fresh
-// process per suite keeps the suites independent). `Derived` makes the static
-// members per suite.
+// One server shared by every test of a suite (a fresh process per suite keeps
+// the suites independent). `Derived` makes the static members per suite and
+// may hide StartServer to use another checkpoint or flags.
 template <typename Derived>
 class SharedServerTest : public ::testing::Test {
  protected:
+  static ServerProcess* StartServer() { return new ServerProcess(TinyCheckpointDir()); }
+
   static void SetUpTestSuite() {
     try {
-      server_ = new ServerProcess(TinyCheckpointDir());
+      server_ = Derived::StartServer();
     } catch (const std::exception& e) {
       start_error_ = e.what();
     }

@@ -12,39 +12,15 @@
 
 #include "gritserve/common/error.h"
 #include "test_util.h"
+#include "unicode_util.h"
 
 namespace gritserve {
 namespace {
 
-std::string Nfc(const std::string& s) {
-  if (s.empty()) return s;
-  utf8proc_uint8_t* out = nullptr;
-  const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                              static_cast<utf8proc_ssize_t>(s.size()), &out,
-                              static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  EXPECT_GE(n, 0);
-  std::string r(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
-  std::free(out);
-  return r;
-}
+using testing::Nfc;
+using testing::Utf8;
+using testing::ValidUtf8;
 
-bool ValidUtf8(const std::string& s) {
-  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
-  size_t i = 0;
-  while (i < s.size()) {
-    utf8proc_int32_t cp;
-    const auto n = utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
-    if (n <= 0) return false;
-    i += static_cast<size_t>(n);
-  }
-  return true;
-}
-
-std::string Utf8(int32_t cp) {
-  utf8proc_uint8_t buf[4];
-  const auto n = utf8proc_encode_char(cp, buf);
-  return std::string(reinterpret_cast<const char*>(buf), static_cast<size_t>(n));
-}
 
 // Random valid UTF-8 drawn from many scripts, combining marks, emoji, CJK and
 // whitespace, so normalisation, the split regex and byte merges all get exercised.

@@ -11,31 +11,15 @@
 #include "gritserve/tokenizer/template.h"
 #include "gritserve/tokenizer/tokenizer.h"
 #include "test_util.h"
+#include "unicode_util.h"
 
 namespace gritserve {
 namespace {
 
-std::string Nfc(const std::string& s) {
-  if (s.empty()) return s;
-  utf8proc_uint8_t* out = nullptr;
-  const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                              static_cast<utf8proc_ssize_t>(s.size()), &out,
-                              static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  std::string r(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
-  std::free(out);
-  return r;
-}
+using testing::Nfc;
+using testing::Utf8;
+using testing::ValidUtf8;
 
-bool ValidUtf8(const std::string& s) {
-  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
-  for (size_t i = 0; i < s.size();) {
-    utf8proc_int32_t cp;
-    const auto n = utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
-    if (n <= 0) return false;
-    i += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 std::string RandomUtf8(std::mt19937& rng, int n) {
   std::string s;
@@ -43,9 +27,7 @@ std::string RandomUtf8(std::mt19937& rng, int n) {
   for (int i = 0; i < n; ++i) {
     int32_t cp = cp_dist(rng);
     if (!utf8proc_codepoint_valid(cp)) cp = 'x';
-    utf8proc_uint8_t buf[4];
-    s.append(reinterpret_cast<const char*>(buf),
-             static_cast<size_t>(utf8proc_encode_char(cp, buf)));
+    s += Utf8(cp);
   }
   return s;
 }

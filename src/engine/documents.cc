@@ -75,9 +75,7 @@ std::vector<ResolvedDocument> Engine::ResolveDocuments(const std::vector<Documen
       auto alias = e.store->Lookup(d.id);
       if (!alias) throw NotFound("unknown document id '" + d.id + "'");
       if (alias->source == source) {
-        r.ids = alias->ids;
-        r.text_begin = alias->text_begin;
-        r.text_end = alias->text_end;
+        r = *alias;
       } else if (source == KvSource::kCausal) {
         // A causal entry holds the document's own tokens, without the embed template.
         r.ids.assign(alias->ids.begin() + static_cast<std::ptrdiff_t>(alias->text_begin),

@@ -58,13 +58,9 @@ enum class DocPositions {
   kSequential,  // documents one after another, then the prompt
   kComposite,   // every document from position 0; the prompt after all of them (as GritLM did)
 };
-// A document resolved to the tokens whose K/V the generation needs.
-struct ResolvedDocument {
-  DocKey key;
-  KvSource source = KvSource::kCausal;
-  std::vector<int32_t> ids;
-  size_t text_begin = 0, text_end = 0;
-};
+// A document resolved to its store key and the tokens whose K/V the generation
+// needs: the same record a client id names in the store.
+using ResolvedDocument = DocAlias;
 
 struct SamplingParams {
   int64_t max_tokens = 16;
