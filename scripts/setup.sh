@@ -14,7 +14,7 @@ PKGS=(
   libsentencepiece-dev sentencepiece
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev
+  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev libdnnl-dev
 )
 
 missing=()

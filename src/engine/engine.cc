@@ -11,6 +11,7 @@
 
 #include "engine_impl.h"
 #include "gritserve/common/error.h"
+#include "gritserve/model/linear.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -65,6 +66,7 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
     impl->decoder = std::make_unique<Decoder>(
         impl->config, LoadWeights(options.model_dir, impl->config, dtype, device));
   }
+  if (device.is_cpu()) spdlog::info("CPU matrix products: {}", Linear::CpuBackend());
 
   for (int64_t id : impl->config.eos_token_ids) impl->eos_ids.insert(static_cast<int32_t>(id));
   if (auto eos = impl->tokenizer->eos_id()) impl->eos_ids.insert(*eos);

@@ -9,8 +9,11 @@ namespace gritserve {
 namespace {
 
 // Large finite negative instead of -inf: a fully masked row (padding) then
-// yields a harmless uniform softmax rather than NaN.
-constexpr float kMasked = -1e30f;
+// yields a harmless uniform softmax rather than NaN (whose K/V would poison
+// every later query that masks it out: NaN + mask is NaN). float16 cannot hold
+// -1e30 (masked_fill throws), and its -65504 would overflow once a negative
+// score is added, so it gets -2^15.
+float MaskedValue(at::ScalarType dtype) { return dtype == at::kHalf ? -32768.0f : -1e30f; }
 
 at::Tensor Take(WeightMap& w, const std::string& name) {
   auto it = w.find(name);
@@ -27,30 +30,6 @@ at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   if (!parts[0].defined()) return at::Tensor();
   return at::cat(parts, 0).contiguous();
-}
-
-// Layer weights are kept transposed, [in, out]: gemm without a transposed
-// operand is ~8% faster here for prompt-sized inputs, and gemv through the
-// transposed view streams the same memory as before.
-// x: [N, in], wt: [in, out], b: [out] or undefined -> [N, out]
-at::Tensor LinearT(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& b) {
-  if (x.size(0) == 1) {
-    at::Tensor row = x.select(0, 0);
-    return (b.defined() ? at::addmv(b, wt.t(), row) : at::mv(wt.t(), row)).unsqueeze(0);
-  }
-  return b.defined() ? at::addmm(b, x, wt) : at::mm(x, wt);
-}
-
-// The LM head keeps the HF layout [out, in]: with tied embeddings it is the
-// embedding matrix itself, and a transposed copy would cost its full size.
-// x: [N, in], w: [out, in], b: [out] or undefined -> [N, out]
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (x.size(0) == 1) {
-    // gemv streams the weight matrix once; for one row it is much faster than gemm.
-    at::Tensor row = x.select(0, 0);
-    return (b.defined() ? at::addmv(b, w, row) : at::mv(w, row)).unsqueeze(0);
-  }
-  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
 }
 
 // x: [..., D] -> [..., D]
@@ -100,7 +79,10 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights)
   dtype_ = embed_tokens_.scalar_type();
   device_ = embed_tokens_.device();
   norm_ = Take(weights, "model.norm.weight");
-  lm_head_ = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
+  // With tied embeddings the head is the embedding matrix itself: used in place,
+  // since a packed copy would cost its full size (544 MB for Qwen2.5-0.5B).
+  lm_head_ = Linear(config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight"),
+                    Linear::Layout::kOutIn, at::Tensor(), /*pack=*/!config.tie_word_embeddings);
   inv_freq_ = InverseFrequencies(config).to(device_);
 
   layers_.resize(config.num_hidden_layers);
@@ -110,26 +92,27 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights)
     l.input_layernorm = Take(weights, p + "input_layernorm.weight");
     l.post_attention_layernorm = Take(weights, p + "post_attention_layernorm.weight");
     const std::string a = p + "self_attn.";
-    l.qkv_weight_t = at::cat({Take(weights, a + "q_proj.weight"),
-                              Take(weights, a + "k_proj.weight"),
-                              Take(weights, a + "v_proj.weight")},
-                             0)
-                         .t()
-                         .contiguous();
-    l.qkv_bias = CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
-                              TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
-                              TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)});
-    l.o_weight_t = Take(weights, a + "o_proj.weight").t().contiguous();
-    l.o_bias = TakeOptional(weights, a + "o_proj.bias", config.o_bias);
+    l.qkv_proj =
+        Linear(at::cat({Take(weights, a + "q_proj.weight"), Take(weights, a + "k_proj.weight"),
+                        Take(weights, a + "v_proj.weight")},
+                       0),
+               Linear::Layout::kOutIn,
+               CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
+                            TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
+                            TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)}),
+               /*pack=*/true);
+    l.o_proj = Linear(Take(weights, a + "o_proj.weight"), Linear::Layout::kOutIn,
+                      TakeOptional(weights, a + "o_proj.bias", config.o_bias), /*pack=*/true);
     const std::string m = p + "mlp.";
-    l.gate_up_weight_t =
-        at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0)
-            .t()
-            .contiguous();
-    l.gate_up_bias = CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
-                                  TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)});
-    l.down_weight_t = Take(weights, m + "down_proj.weight").t().contiguous();
-    l.down_bias = TakeOptional(weights, m + "down_proj.bias", config.mlp_bias);
+    l.gate_up_proj = Linear(
+        at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0),
+        Linear::Layout::kOutIn,
+        CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
+                     TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)}),
+        /*pack=*/true);
+    l.down_proj = Linear(Take(weights, m + "down_proj.weight"), Linear::Layout::kOutIn,
+                         TakeOptional(weights, m + "down_proj.bias", config.mlp_bias),
+                         /*pack=*/true);
   }
 }
 
@@ -154,7 +137,7 @@ std::pair<at::Tensor, at::Tensor> Decoder::RopeTables(const at::Tensor& position
 at::Tensor Decoder::RotateKeys(const at::Tensor& keys, int64_t delta) const {
   if (delta == 0) return keys;
   at::Tensor freqs = inv_freq_ * static_cast<float>(delta);  // [D/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);               // [D]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);              // [D]
   // Angles are computed in float32 from the exact integer delta, so the
   // rotation matches computing the keys at the new positions directly.
   at::Tensor k = keys.to(at::kFloat);
@@ -191,15 +174,15 @@ at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
                                               " tokens, sequence has " + std::to_string(s));
       }
       at::Tensor blk = at::tensor(block_of, long_opts);  // [S]
-      at::Tensor bd = at::tensor(std::vector<int64_t>(bidir.begin(), bidir.end()), long_opts)
-                          .to(at::kBool);
-      at::Tensor sp = at::tensor(std::vector<int64_t>(sees_prev.begin(), sees_prev.end()),
-                                 long_opts)
-                          .to(at::kBool);
+      at::Tensor bd =
+          at::tensor(std::vector<int64_t>(bidir.begin(), bidir.end()), long_opts).to(at::kBool);
+      at::Tensor sp =
+          at::tensor(std::vector<int64_t>(sees_prev.begin(), sees_prev.end()), long_opts)
+              .to(at::kBool);
       at::Tensor bq = blk.narrow(0, past, t).unsqueeze(1);  // [T, 1]
       at::Tensor bk = blk.unsqueeze(0);                     // [1, S]
-      at::Tensor within = (bq == bk) & (bd.index_select(0, bq.squeeze(1)).unsqueeze(1) |
-                                        (k_idx <= q_idx));
+      at::Tensor within =
+          (bq == bk) & (bd.index_select(0, bq.squeeze(1)).unsqueeze(1) | (k_idx <= q_idx));
       at::Tensor previous = (bk < bq) & sp.index_select(0, bq.squeeze(1)).unsqueeze(1);
       allowed = within | previous;
       break;
@@ -207,7 +190,7 @@ at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
   }
   at::Tensor allowed_b = allowed.unsqueeze(0) & key_valid.unsqueeze(1);  // [B, T, S]
   at::Tensor mask = at::zeros({b, t, s}, at::TensorOptions().dtype(dtype_).device(device_));
-  mask.masked_fill_(allowed_b.logical_not(), kMasked);
+  mask.masked_fill_(allowed_b.logical_not(), MaskedValue(dtype_));
   return mask.view({b, 1, 1, t, s});
 }
 
@@ -217,31 +200,31 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
   const int64_t b = cos.size(0), t = cos.size(2);
   const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim, g = hq / hkv;
-  at::Tensor qkv = LinearT(x, layer.qkv_weight_t, layer.qkv_bias);  // [B*T, (Hq + 2 Hkv) D]
-  at::Tensor q = qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2);   // [B, Hq, T, D]
+  at::Tensor qkv = layer.qkv_proj(x);  // [B*T, (Hq + 2 Hkv) D]
+  at::Tensor q = qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2);  // [B, Hq, T, D]
   at::Tensor k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
   at::Tensor v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
-  q = ApplyRope(q, cos, sin);  // [B, Hq, T, D]
-  k = ApplyRope(k, cos, sin);  // [B, Hkv, T, D]
+  q = ApplyRope(q, cos, sin);                                               // [B, Hq, T, D]
+  k = ApplyRope(k, cos, sin);                                               // [B, Hkv, T, D]
   if (cache != nullptr) std::tie(k, v) = cache->Append(layer_index, k, v);  // [B, Hkv, S, D]
   const int64_t s = k.size(2);
   // Grouped-query attention without copying K/V per query head: the G query
   // heads that share a KV head are stacked along the token axis.
-  at::Tensor qg = q.reshape({b, hkv, g * t, d});                               // [B, Hkv, G T, D]
-  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));                     // [B, Hkv, G T, S]
+  at::Tensor qg = q.reshape({b, hkv, g * t, d});            // [B, Hkv, G T, D]
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
   scores = scores.mul_(1.0 / std::sqrt(static_cast<double>(d))).view({b, hkv, g, t, s});
-  scores.add_(mask);                                                           // [B, Hkv, G, T, S]
+  scores.add_(mask);  // [B, Hkv, G, T, S]
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
-  at::Tensor out = at::matmul(probs, v);                                       // [B, Hkv, G T, D]
-  out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});     // [B*T, Hq D]
-  return LinearT(out, layer.o_weight_t, layer.o_bias);                            // [B*T, H]
+  at::Tensor out = at::matmul(probs, v);                                   // [B, Hkv, G T, D]
+  out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});  // [B*T, Hq D]
+  return layer.o_proj(out);                                                // [B*T, H]
 }
 
 at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
   const int64_t inter = config_.intermediate_size;
-  at::Tensor gu = LinearT(x, layer.gate_up_weight_t, layer.gate_up_bias);  // [N, 2 I]
+  at::Tensor gu = layer.gate_up_proj(x);                                             // [N, 2 I]
   at::Tensor h = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));  // [N, I]
-  return LinearT(h, layer.down_weight_t, layer.down_bias);                 // [N, H]
+  return layer.down_proj(h);                                                         // [N, H]
 }
 
 at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
@@ -279,7 +262,7 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
 }
 
 at::Tensor Decoder::Logits(const at::Tensor& hidden) const {
-  return Linear(hidden.to(dtype_), lm_head_, at::Tensor()).to(at::kFloat);  // [N, V]
+  return lm_head_(hidden.to(dtype_)).to(at::kFloat);  // [N, V]
 }
 
 }  // namespace gritserve

@@ -10,6 +10,7 @@
 
 #include "gritserve/model/attention.h"
 #include "gritserve/model/config.h"
+#include "gritserve/model/linear.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -21,8 +22,8 @@ struct ForwardInput {
   at::Tensor positions;  // [B, T] int64 RoPE positions
   at::Tensor valid;      // [B, T] bool, false = padding; undefined = all valid
   AttentionSpec attention;
-  int64_t num_layers = -1;        // early exit: run only the first N layers (-1: all)
-  bool apply_final_norm = true;   // apply model.norm to the returned hidden states
+  int64_t num_layers = -1;       // early exit: run only the first N layers (-1: all)
+  bool apply_final_norm = true;  // apply model.norm to the returned hidden states
 };
 
 class Decoder {
@@ -56,12 +57,11 @@ class Decoder {
  private:
   struct Layer {
     at::Tensor input_layernorm;           // [H]
-    // Weights transposed from the HF layout (see LinearT in decoder.cc).
-    at::Tensor qkv_weight_t, qkv_bias;    // [H, (Hq + 2 Hkv) D], [(Hq + 2 Hkv) D] or undefined
-    at::Tensor o_weight_t, o_bias;        // [Hq D, H], [H] or undefined
+    Linear qkv_proj;                      // H -> (Hq + 2 Hkv) D, q/k/v fused
+    Linear o_proj;                        // Hq D -> H
     at::Tensor post_attention_layernorm;  // [H]
-    at::Tensor gate_up_weight_t, gate_up_bias;  // [H, 2 I], [2 I] or undefined
-    at::Tensor down_weight_t, down_bias;        // [I, H], [H] or undefined
+    Linear gate_up_proj;                  // H -> 2 I, gate/up fused
+    Linear down_proj;                     // I -> H
   };
 
   at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
@@ -79,7 +79,7 @@ class Decoder {
   at::Device device_;
   at::Tensor embed_tokens_;  // [V, H]
   at::Tensor norm_;          // [H]
-  at::Tensor lm_head_;       // [V, H] (the embedding matrix when tied)
+  Linear lm_head_;           // H -> V (the embedding matrix when tied)
   at::Tensor inv_freq_;      // [D / 2] float32
   std::vector<Layer> layers_;
 };

@@ -1,0 +1,56 @@
+// A dense layer y = x W^T + b with immutable weights, and the one place that
+// decides how its matrix product runs.
+//
+// On CPU in float32, when the build found oneDNN (the library LibTorch itself
+// uses), the weights are reordered once at load into the blocked layout that
+// oneDNN's brgemm kernels read directly. OpenBLAS's sgemm instead repacks the
+// whole weight matrix on every call, which for prompt-sized inputs costs about
+// as much as the arithmetic, and it is pinned to AVX2 here. Elsewhere (CUDA,
+// half precision, builds without oneDNN) it is at::addmm.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+namespace gritserve {
+
+class Linear {
+ public:
+  // How the weight matrix is handed over.
+  enum class Layout {
+    kOutIn,  // HF layout [out, in]
+    kInOut,  // transposed, [in, out]
+  };
+
+  Linear() = default;
+
+  // weight: [out, in] or [in, out] per `layout`; bias: [out] or undefined.
+  // With `pack`, the weights may be rewritten into a private layout (and the
+  // given tensor released); without it they are used in place, so a matrix
+  // shared with another user (tied embeddings) keeps a single copy.
+  Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack);
+
+  // x: [N, in] -> [N, out]
+  at::Tensor operator()(const at::Tensor& x) const;
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  bool packed() const { return packed_ != nullptr; }
+
+  // Which kernel family the layers of this build use on CPU float32, for logs.
+  static std::string CpuBackend();
+
+  // oneDNN's view of the weights; defined in linear.cc.
+  struct Packed;
+
+ private:
+  int64_t in_ = 0, out_ = 0;
+  at::Tensor weight_;  // [out, in] or [in, out] per layout_; undefined once packed
+  Layout layout_ = Layout::kOutIn;
+  at::Tensor bias_;                       // [out] or undefined
+  std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
+};
+
+}  // namespace gritserve

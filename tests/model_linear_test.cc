@@ -1,0 +1,110 @@
+// Linear: every backend, layout and row count computes x W^T + b, checked
+// against a float64 product.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "gritserve/model/linear.h"
+
+namespace gritserve {
+namespace {
+
+struct Case {
+  int64_t in, out;
+  bool bias;
+  Linear::Layout layout;
+  bool pack;
+};
+
+// Reference in float64: [M, in] -> [M, out]
+at::Tensor Reference(const at::Tensor& x, const at::Tensor& w_out_in, const at::Tensor& b) {
+  at::Tensor y = at::matmul(x.to(at::kDouble), w_out_in.to(at::kDouble).t());
+  if (b.defined()) y = y + b.to(at::kDouble);
+  return y;
+}
+
+Linear Make(const Case& c, const at::Tensor& w_out_in, const at::Tensor& b) {
+  at::Tensor w = c.layout == Linear::Layout::kOutIn ? w_out_in.clone() : w_out_in.t().contiguous();
+  return Linear(w, c.layout, b, c.pack);
+}
+
+class LinearTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
+  const Case c = GetParam();
+  at::manual_seed(c.in * 1000 + c.out);
+  at::Tensor w = at::randn({c.out, c.in}) * 0.1;              // [out, in]
+  at::Tensor b = c.bias ? at::randn({c.out}) : at::Tensor();  // [out]
+  Linear lin = Make(c, w, b);
+  EXPECT_EQ(lin.in_features(), c.in);
+  EXPECT_EQ(lin.out_features(), c.out);
+  for (int64_t m : {0, 1, 3, 17, 130}) {
+    at::Tensor x = at::randn({m, c.in});  // [M, in]
+    at::Tensor y = lin(x);                // [M, out]
+    ASSERT_EQ(y.sizes(), (at::IntArrayRef{m, c.out})) << "rows " << m;
+    ASSERT_EQ(y.scalar_type(), at::kFloat);
+    if (m == 0) continue;
+    const double err = (y.to(at::kDouble) - Reference(x, w, b)).abs().max().item<double>();
+    EXPECT_LT(err, 1e-4) << "rows " << m;
+  }
+  // A strided input (a transposed view) is read correctly too.
+  at::Tensor xt = at::randn({c.in, 5}).t();  // [5, in], not contiguous
+  const double err = (lin(xt).to(at::kDouble) - Reference(xt, w, b)).abs().max().item<double>();
+  EXPECT_LT(err, 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
+                         ::testing::Values(Case{16, 24, false, Linear::Layout::kOutIn, true},
+                                           Case{16, 24, true, Linear::Layout::kOutIn, true},
+                                           Case{96, 200, true, Linear::Layout::kInOut, true},
+                                           Case{96, 200, false, Linear::Layout::kOutIn, false},
+                                           Case{200, 96, true, Linear::Layout::kInOut, false},
+                                           Case{64, 1, true, Linear::Layout::kOutIn, true},
+                                           Case{1, 33, false, Linear::Layout::kOutIn, true}));
+
+TEST(LinearBackend, PacksOnlyWhereTheBackendSaysSoAndBlasGivesTheSameAnswer) {
+  at::manual_seed(3);
+  at::Tensor w = at::randn({40, 72}) * 0.1;  // [out, in]
+  at::Tensor b = at::randn({40});
+  at::Tensor x = at::randn({9, 72});
+  const bool onednn = Linear::CpuBackend().rfind("oneDNN", 0) == 0;
+  Linear fast(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+  EXPECT_EQ(fast.packed(), onednn) << Linear::CpuBackend();
+
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_GEMM", "blas", 1), 0);
+  EXPECT_EQ(Linear::CpuBackend().rfind("LibTorch BLAS", 0), 0u);
+  Linear blas(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_GEMM"), 0);
+  EXPECT_FALSE(blas.packed());
+  EXPECT_LT((fast(x) - blas(x)).abs().max().item<double>(), 1e-5);
+}
+
+TEST(LinearBackend, ConcurrentCallersWithDifferentRowCountsGetTheirOwnResults) {
+  at::manual_seed(4);
+  at::Tensor w = at::randn({48, 32}) * 0.1;  // [out, in]
+  at::Tensor b = at::randn({48});
+  const Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+  std::vector<at::Tensor> inputs;
+  for (int i = 0; i < 8; ++i) inputs.push_back(at::randn({1 + 5 * i, 32}));
+  std::vector<double> errors(inputs.size(), 1e9);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    threads.emplace_back([&, i] {
+      double worst = 0;
+      for (int rep = 0; rep < 20; ++rep) {
+        at::Tensor y = lin(inputs[i]);
+        worst = std::max(
+            worst, (y.to(at::kDouble) - Reference(inputs[i], w, b)).abs().max().item<double>());
+      }
+      errors[i] = worst;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < errors.size(); ++i) EXPECT_LT(errors[i], 1e-4) << "caller " << i;
+}
+
+}  // namespace
+}  // namespace gritserve
