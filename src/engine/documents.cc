@@ -122,12 +122,13 @@ DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
   const int64_t n = static_cast<int64_t>(doc.ids.size());
   std::vector<int64_t> ids(doc.ids.begin(), doc.ids.end());
   ForwardInput in;
-  in.ids = at::tensor(ids, at::kLong).view({1, n});             // [1, T]
-  in.positions = at::arange(n, at::kLong).view({1, n});         // [1, T]
-  in.attention = doc.source == KvSource::kEmbed ? AttentionSpec::Bidirectional()
-                                                : AttentionSpec::Causal();
+  in.ids = at::tensor(ids, at::kLong).view({1, n});      // [1, T]
+  in.positions = at::arange(n, at::kLong).view({1, n});  // [1, T]
+  in.attention =
+      doc.source == KvSource::kEmbed ? AttentionSpec::Bidirectional() : AttentionSpec::Causal();
   KvCache cache = e.decoder->NewCache(1);
-  at::Tensor h = e.decoder->Forward(in, &cache)[0].to(at::kFloat);  // [T, H]
+  // On the CPU: the pooled vectors below are read through data_ptr.
+  at::Tensor h = e.decoder->Forward(in, &cache)[0].to(at::kCPU).to(at::kFloat);  // [T, H]
   DocKvEntry entry;
   entry.key = doc.key;
   entry.source = doc.source;
@@ -135,7 +136,7 @@ DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
   entry.text_begin = doc.text_begin;
   entry.text_end = doc.text_end;
   for (int64_t l = 0; l < cache.num_layers(); ++l) {
-    entry.keys.push_back(cache.keys(l)[0].clone());    // [Hkv, T, D]
+    entry.keys.push_back(cache.keys(l)[0].clone());  // [Hkv, T, D]
     entry.values.push_back(cache.values(l)[0].clone());
   }
   if (doc.source == KvSource::kEmbed && doc.text_end > doc.text_begin) {
@@ -149,28 +150,41 @@ DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
 }
 
 KvCache AssembleDocuments(Engine::Impl& e, const std::vector<ResolvedDocument>& docs,
-                          DocPositions positions) {
+                          DocPositions positions, int64_t reserve_after) {
   c10::InferenceMode guard;
   const Decoder& d = *e.decoder;
-  KvCache cache = d.NewCache(1);
-  int64_t offset = 0;
+  std::vector<std::shared_ptr<const DocKvEntry>> entries;
+  int64_t total = 0;
   for (const ResolvedDocument& doc : docs) {
     std::shared_ptr<const DocKvEntry> entry = e.store->Get(doc.key);
     if (!entry) {
       entry = e.store->Put(ComputeEntry(e, doc));
       e.store->CountComputed();
     }
+    total += entry->tokens();
+    entries.push_back(std::move(entry));
+  }
+  KvCache cache = d.NewCache(1);
+  // One allocation for documents, prompt and answer: growing step by step would
+  // copy the documents' K/V again at every doubling.
+  cache.Reserve(total + reserve_after);
+  int64_t offset = 0;
+  for (const auto& entry : entries) {
     const int64_t n = entry->tokens();
+    const size_t layers = entry->keys.size();
     // Entries hold keys for positions 0..n-1; a rotation by the start moves
     // them exactly to where the document sits in this prompt.
     const int64_t start = positions == DocPositions::kSequential ? offset : 0;
-    std::vector<at::Tensor> ks, vs;
-    for (size_t l = 0; l < entry->keys.size(); ++l) {
-      at::Tensor k = entry->keys[l].to(d.device()).to(d.dtype()).unsqueeze(0);  // [1, Hkv, T, D]
-      ks.push_back(d.RotateKeys(k, start));
-      vs.push_back(entry->values[l].to(d.device()).to(d.dtype()).unsqueeze(0));
+    at::Tensor
+        rotated;  // [L, Hkv, T, D], all layers in one pass (op overhead, not bytes, dominates)
+    if (start != 0) rotated = d.RotateKeys(at::stack(entry->keys).to(d.device(), d.dtype()), start);
+    std::vector<at::Tensor> ks, vs;  // [1, Hkv, T, D] each; Append converts dtype and device
+    for (size_t l = 0; l < layers; ++l) {
+      ks.push_back((start != 0 ? rotated[l] : entry->keys[l]).unsqueeze(0));
+      vs.push_back(entry->values[l].unsqueeze(0));
     }
-    cache.AppendAll(ks, vs, at::ones({1, n}, at::TensorOptions().dtype(at::kBool).device(d.device())));
+    cache.AppendAll(ks, vs,
+                    at::ones({1, n}, at::TensorOptions().dtype(at::kBool).device(d.device())));
     offset += n;
   }
   return cache;

@@ -29,9 +29,10 @@ struct Engine::Impl {
 };
 
 // Document K/V for a generation: each document's entry (from the store, or
-// computed and stored), rotated to its place, in a fresh cache of batch 1.
+// computed and stored), rotated to its place, in a fresh cache of batch 1 with
+// room for `reserve_after` more tokens (the prompt and the answer).
 KvCache AssembleDocuments(Engine::Impl& engine, const std::vector<ResolvedDocument>& docs,
-                          DocPositions positions);
+                          DocPositions positions, int64_t reserve_after);
 // Runs one document through the model and returns its entry (not yet stored).
 DocKvEntry ComputeEntry(Engine::Impl& engine, const ResolvedDocument& doc);
 // A hash of config.json and the weight files' headers: part of every store key,

@@ -121,8 +121,11 @@ class GenerationImpl : public Generation {
       const auto t0 = std::chrono::steady_clock::now();
       // Documents come from the store (or are computed once and stored); only
       // the prompt itself is prefilled, after them.
-      cache_ = documents_.empty() ? e_.decoder->NewCache(1)
-                                  : AssembleDocuments(e_, documents_, positions_);
+      cache_ = documents_.empty()
+                   ? e_.decoder->NewCache(1)
+                   : AssembleDocuments(e_, documents_, positions_,
+                                       static_cast<int64_t>(prompt_.size()) +
+                                           std::min<int64_t>(params_.max_tokens, 1024));
       result_.documents_ms = MsSince(t0);
       result_.cached_tokens = cache_.length();
       logits = Run(prompt_, cache_.length());
@@ -162,7 +165,7 @@ class GenerationImpl : public Generation {
       const int64_t n = std::min(kChunk, total - begin);
       std::vector<int64_t> ids(tokens.begin() + begin, tokens.begin() + begin + n);
       ForwardInput in;
-      in.ids = at::tensor(ids, at::kLong).view({1, n});                              // [1, T]
+      in.ids = at::tensor(ids, at::kLong).view({1, n});                                 // [1, T]
       in.positions = at::arange(pos + begin, pos + begin + n, at::kLong).view({1, n});  // [1, T]
       in.attention = AttentionSpec::Causal();
       h = e_.decoder->Forward(in, &cache_);

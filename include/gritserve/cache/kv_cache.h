@@ -24,8 +24,7 @@ class KvCache {
   // Writes layer `layer`'s new keys/values at [length, length + T) and returns
   // views of everything stored for that layer including them.
   //   k, v: [B, Hkv, T, D]  ->  ([B, Hkv, length + T, D], [B, Hkv, length + T, D])
-  std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& k,
-                                           const at::Tensor& v);
+  std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
   // Records which of the T new tokens are real (not padding) and moves the length
   // past them; called once per forward, after all layers appended.
   //   valid: [B, T] bool
@@ -37,14 +36,15 @@ class KvCache {
   at::Tensor keys(int64_t layer) const;
   at::Tensor values(int64_t layer) const;
 
+  // Makes room for `capacity` tokens in total without further copies.
+  void Reserve(int64_t capacity);
+
   // Appends already-computed keys/values for every layer (e.g. cached documents).
   //   k[l], v[l]: [B, Hkv, T, D]; valid: [B, T] bool
   void AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
                  const at::Tensor& valid);
 
  private:
-  void Reserve(int64_t capacity);
-
   int64_t batch_ = 0, num_kv_heads_ = 0, head_dim_ = 0;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::kCPU;
