@@ -1,6 +1,6 @@
 // Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
 // weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
-//   bench_engine [--model DIR] [--threads N] [--repeats N]
+//   bench_engine [--model DIR] [--threads N] [--repeats N] [--device cpu|cuda[:N]] [--dtype D]
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -29,15 +29,17 @@ int main(int argc, char** argv) {
   CLI::App app{"gritserve engine benchmark"};
   std::string model;
   int threads = 0, repeats = 3;
+  EngineOptions eo;
   app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
   app.add_option("--threads", threads, "compute threads (0: all cores)");
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
+  app.add_option("--device", eo.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", eo.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
   if (model.empty()) model = bench::DefaultBenchModel();
-  EngineOptions eo;
   eo.model_dir = model;
   eo.threads = threads;
   auto engine = Engine::Load(eo);
@@ -45,6 +47,8 @@ int main(int argc, char** argv) {
 
   nlohmann::json out;
   out["model"] = model;
+  out["device"] = engine->device_name();
+  out["dtype"] = engine->dtype_name();
   out["parameters"] = engine->config().NumParameters();
   for (int64_t n : {128, 512}) {
     double best = 1e30;

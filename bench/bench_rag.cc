@@ -4,6 +4,7 @@
 // Prints JSON; not a test.
 //   bench_rag [--model DIR] [--docs 5] [--doc-tokens 256] [--question-tokens 32]
 //             [--profile-cached N]  (only the cached request, N times: for perf record)
+//             [--device cpu|cuda[:N]] [--dtype D]
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -20,10 +21,9 @@
 using namespace gritserve;
 using bench::RandomIds;
 
-
 int main(int argc, char** argv) {
   CLI::App app{"gritserve RAG time-to-first-token benchmark"};
-  std::string model;
+  std::string model, device = "cpu", compute_dtype = "auto";
   int docs = 5, doc_tokens = 256, question_tokens = 32, repeats = 3, threads = 0;
   app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
   app.add_option("--docs", docs);
@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   int profile_cached = 0;
   app.add_option("--profile-cached", profile_cached,
                  "run only the cached request this many times and print its mean TTFT");
+  app.add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", compute_dtype, "auto, float32, bfloat16, float16")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
@@ -46,8 +49,12 @@ int main(int argc, char** argv) {
     EngineOptions eo;
     eo.model_dir = model;
     eo.threads = threads;
+    eo.device = device;
+    eo.dtype = compute_dtype;
     eo.cache_dtype = dtype;
     auto engine = Engine::Load(eo);
+    out["device"] = engine->device_name();
+    out["dtype"] = engine->dtype_name();
     const int64_t vocab = engine->tokenizer().VocabSize();
     std::vector<DocumentRef> refs;
     std::vector<int32_t> all;

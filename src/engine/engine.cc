@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <dlfcn.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -20,8 +21,15 @@ namespace {
 at::Device ParseDevice(const std::string& name) {
   if (name == "cpu") return at::Device(at::kCPU);
   if (name.rfind("cuda", 0) == 0) {
+#ifdef GRITSERVE_TORCH_CUDA
+    // LibTorch's CUDA backend registers itself when libtorch_cuda.so loads, and
+    // ATen settles on "no CUDA" at its first CUDA query. Our binaries link it
+    // with --no-as-needed; loading it by name (before that first query) covers
+    // an executable linked without that flag.
+    ::dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL);
+#endif
     if (!at::hasCUDA()) {
-      throw LoadError("--device " + name + ": this build of LibTorch has no CUDA device");
+      throw LoadError("--device " + name + ": no CUDA device (CPU-only LibTorch, or no GPU/driver)");
     }
     return at::Device(name);
   }
@@ -55,6 +63,17 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   const at::ScalarType dtype = ParseDtype(options.dtype, device);
   if (device.is_cpu() && dtype != at::kFloat) {
     spdlog::warn("{} compute on CPU is far slower than float32 here", options.dtype);
+  }
+  if (device.is_cuda() && dtype == at::kFloat) {
+    // float32 means float32: with TF32 allowed, cuBLAS rounds matmul inputs to
+    // a 10-bit mantissa on Ampere and later (~1e-3 relative error). LibTorch's
+    // default is off; this guards against an embedding application turning it
+    // on. The setting is process-wide.
+    at::globalContext().setAllowTF32CuBLAS(false);
+    if (at::globalContext().allowTF32CuBLAS()) {
+      spdlog::warn("TF32 matmuls stay enabled (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE?): float32 "
+                   "results on CUDA are less precise");
+    }
   }
   impl->config = ModelConfig::FromDirectory(options.model_dir);
   impl->tokenizer = Tokenizer::FromDirectory(options.model_dir);
