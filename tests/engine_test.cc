@@ -1,5 +1,7 @@
 // Engine API on generated checkpoints: pooling, batching, early exit, and
 // generation (greedy, sampling, stop strings, streaming, cancellation).
+#include "gritserve/engine/engine.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -8,8 +10,8 @@
 
 #include "gritserve/common/error.h"
 #include "gritserve/engine/checkpoint.h"
-#include "gritserve/engine/engine.h"
 #include "gritserve/model/decoder.h"
+#include "gritserve/model/linear.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -242,6 +244,40 @@ TEST_F(EngineTest, RejectsUnusableInput) {
 
 // Llama (no biases, untied head, sentencepiece) and Mistral (sliding window) run
 // through the same decoder: they load, embed and generate like the naive loop.
+// --dtype bfloat16 on CPU: bfloat16 matrix products where the CPU has native
+// kernels (float32 norms, attention and KV cache), LibTorch's bfloat16 otherwise.
+// Either way the results stay close to float32 and the precision is reported.
+TEST_F(EngineTest, CpuBfloat16StaysCloseToFloat32AndSaysWhatItRuns) {
+  EngineOptions o;
+  o.model_dir = tiny_->dir;
+  o.threads = 2;
+  o.dtype = "bfloat16";
+  auto bf16 = Engine::Load(o);
+  Engine& f32 = *tiny_->engine;
+  EXPECT_EQ(bf16->dtype_name(), Linear::CpuBf16Available() ? "BFloat16 matmul, Float" : "BFloat16");
+  EXPECT_EQ(f32.dtype_name(), "Float");
+
+  const std::vector<std::string> texts = {"the cat sat on the mat", "a rather different text"};
+  EmbedOptions eo;
+  const auto a = f32.EmbedTexts(texts, eo), b = bf16->EmbedTexts(texts, eo);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const double cos = at::cosine_similarity(Vec(a[i]), Vec(b[i]), 0).item<double>();
+    EXPECT_GT(cos, 0.999) << texts[i];
+    EXPECT_LT(cos, 1.0 - 1e-9) << "bfloat16 should not be bit-identical to float32";
+  }
+
+  std::vector<int32_t> prompt = f32.EncodeGenerate("Once upon a time", false);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 1;
+  p.ignore_eos = true;
+  p.capture_logits = true;
+  const GenerateResult x = f32.Generate(prompt, p), y = bf16->Generate(prompt, p);
+  at::Tensor lx = Vec(x.step_logits[0]), ly = Vec(y.step_logits[0]);
+  EXPECT_LT(MaxDiff(lx, ly), 0.05 * lx.abs().max().item<double>());
+  EXPECT_GT(at::cosine_similarity(lx, ly, 0).item<double>(), 0.999);
+}
+
 TEST(EngineArchitectures, LlamaAndMistralWithSentencepiece) {
   for (const std::string preset : {"tiny-llama", "tiny-mistral"}) {
     Loaded l = LoadPreset(preset);

@@ -82,6 +82,31 @@ TEST(LinearBackend, PacksOnlyWhereTheBackendSaysSoAndBlasGivesTheSameAnswer) {
   EXPECT_LT((fast(x) - blas(x)).abs().max().item<double>(), 1e-5);
 }
 
+TEST(LinearBackend, Bfloat16PackingRoundsInputsAndWeightsOnlyWhereSupported) {
+  at::manual_seed(5);
+  at::Tensor w = at::randn({300, 200}) * 0.1;  // [out, in]
+  at::Tensor b = at::randn({300});
+  if (!Linear::CpuBf16Available()) {
+    EXPECT_THROW(Linear(w, Linear::Layout::kOutIn, b, true, at::kBFloat16), std::exception);
+    return;
+  }
+  Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true, at::kBFloat16);
+  EXPECT_TRUE(lin.packed());
+  for (int64_t m : {1, 7, 64}) {
+    at::Tensor x = at::randn({m, 200});
+    at::Tensor y = lin(x);  // [M, out] float32
+    ASSERT_EQ(y.scalar_type(), at::kFloat);
+    // Exactly what rounding both operands to bfloat16 and accumulating wide gives...
+    at::Tensor rounded =
+        Reference(x.to(at::kBFloat16).to(at::kFloat), w.to(at::kBFloat16).to(at::kFloat), b);
+    EXPECT_LT((y.to(at::kDouble) - rounded).abs().max().item<double>(), 1e-3) << "rows " << m;
+    // ...which is visibly not the float32 product, yet close to it.
+    const double err = (y.to(at::kDouble) - Reference(x, w, b)).abs().max().item<double>();
+    EXPECT_GT(err, 1e-5);
+    EXPECT_LT(err, 0.05);
+  }
+}
+
 TEST(LinearBackend, ConcurrentCallersWithDifferentRowCountsGetTheirOwnResults) {
   at::manual_seed(4);
   at::Tensor w = at::randn({48, 32}) * 0.1;  // [out, in]

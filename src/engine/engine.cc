@@ -29,7 +29,8 @@ at::Device ParseDevice(const std::string& name) {
     ::dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL);
 #endif
     if (!at::hasCUDA()) {
-      throw LoadError("--device " + name + ": no CUDA device (CPU-only LibTorch, or no GPU/driver)");
+      throw LoadError("--device " + name +
+                      ": no CUDA device (CPU-only LibTorch, or no GPU/driver)");
     }
     return at::Device(name);
   }
@@ -42,6 +43,12 @@ at::ScalarType ParseDtype(const std::string& name, const at::Device& device) {
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float16" || name == "f16") return at::kHalf;
   throw LoadError("unknown dtype '" + name + "' (expected auto, float32, bfloat16, float16)");
+}
+
+// "Float", "BFloat16", or "BFloat16 matmul, Float" when only the products are bfloat16.
+std::string PrecisionName(const Decoder& d) {
+  if (d.matmul_dtype() == d.dtype()) return c10::toString(d.dtype());
+  return std::string(c10::toString(d.matmul_dtype())) + " matmul, " + c10::toString(d.dtype());
 }
 
 }  // namespace
@@ -60,7 +67,14 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   at::set_num_threads(threads);
 
   const at::Device device = ParseDevice(options.device);
-  const at::ScalarType dtype = ParseDtype(options.dtype, device);
+  const at::ScalarType requested = ParseDtype(options.dtype, device);
+  // bfloat16 on a CPU with native bfloat16 kernels: the matrix products (nearly
+  // all the arithmetic, and the weight bytes decode streams) run in bfloat16,
+  // while norms, attention and the KV cache stay float32, where LibTorch's CPU
+  // kernels are fast and the KV cache is exact.
+  const bool cpu_bf16_matmul =
+      device.is_cpu() && requested == at::kBFloat16 && Linear::CpuBf16Available();
+  const at::ScalarType dtype = cpu_bf16_matmul ? at::kFloat : requested;
   if (device.is_cpu() && dtype != at::kFloat) {
     spdlog::warn("{} compute on CPU is far slower than float32 here", options.dtype);
   }
@@ -71,8 +85,9 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
     // on. The setting is process-wide.
     at::globalContext().setAllowTF32CuBLAS(false);
     if (at::globalContext().allowTF32CuBLAS()) {
-      spdlog::warn("TF32 matmuls stay enabled (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE?): float32 "
-                   "results on CUDA are less precise");
+      spdlog::warn(
+          "TF32 matmuls stay enabled (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE?): float32 "
+          "results on CUDA are less precise");
     }
   }
   impl->config = ModelConfig::FromDirectory(options.model_dir);
@@ -83,9 +98,13 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   {
     c10::InferenceMode guard;
     impl->decoder = std::make_unique<Decoder>(
-        impl->config, LoadWeights(options.model_dir, impl->config, dtype, device));
+        impl->config, LoadWeights(options.model_dir, impl->config, dtype, device),
+        cpu_bf16_matmul ? at::kBFloat16 : dtype);
   }
-  if (device.is_cpu()) spdlog::info("CPU matrix products: {}", Linear::CpuBackend());
+  if (device.is_cpu()) {
+    spdlog::info("CPU matrix products: {}{}", Linear::CpuBackend(),
+                 cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "");
+  }
 
   for (int64_t id : impl->config.eos_token_ids) impl->eos_ids.insert(static_cast<int32_t>(id));
   if (auto eos = impl->tokenizer->eos_id()) impl->eos_ids.insert(*eos);
@@ -99,16 +118,18 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   so.dir = options.cache_dir;
   so.storage_dtype = ParseDtype(options.cache_dtype == "auto" ? "float32" : options.cache_dtype,
                                 at::Device(at::kCPU));
-  so.fingerprint = ModelFingerprint(options.model_dir);
+  // Entries computed at another precision are close but not equal: keep them apart.
+  so.fingerprint = ModelFingerprint(options.model_dir) + "/" +
+                   c10::DeviceTypeName(impl->decoder->device().type(), /*lower_case=*/true) + "/" +
+                   c10::toString(impl->decoder->matmul_dtype());
   impl->store = std::make_unique<DocKvStore>(so);
 
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info(
       "loaded {} ({} layers, hidden {}, {:.1f}M parameters) on {} as {}, tokenizer {} "
       "({} tokens), template '{}', {} threads, in {:.2f} s",
       impl->config.architecture_name, impl->config.num_hidden_layers, impl->config.hidden_size,
-      impl->config.NumParameters() / 1e6, device.str(), c10::toString(dtype),
+      impl->config.NumParameters() / 1e6, device.str(), PrecisionName(*impl->decoder),
       impl->tokenizer->Kind(), impl->tokenizer->VocabSize(), impl->prompt_template.name, threads,
       secs);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
@@ -118,7 +139,7 @@ const ModelConfig& Engine::config() const { return impl_->config; }
 const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
 const PromptTemplate& Engine::prompt_template() const { return impl_->prompt_template; }
 std::string Engine::device_name() const { return impl_->decoder->device().str(); }
-std::string Engine::dtype_name() const { return c10::toString(impl_->decoder->dtype()); }
+std::string Engine::dtype_name() const { return PrecisionName(*impl_->decoder); }
 int64_t Engine::max_context() const { return impl_->config.max_position_embeddings; }
 
 EncodedPrompt Engine::EncodeEmbed(const std::string& text, const EmbedOptions& options) const {
@@ -225,8 +246,8 @@ std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& 
       ++end;
     }
     const int64_t b = static_cast<int64_t>(end - start);
-    at::Tensor ids = at::zeros({b, t}, at::kLong);      // [B, T]
-    at::Tensor valid = at::zeros({b, t}, at::kBool);    // [B, T]
+    at::Tensor ids = at::zeros({b, t}, at::kLong);    // [B, T]
+    at::Tensor valid = at::zeros({b, t}, at::kBool);  // [B, T]
     auto ids_a = ids.accessor<int64_t, 2>();
     auto valid_a = valid.accessor<bool, 2>();
     for (int64_t i = 0; i < b; ++i) {
@@ -244,7 +265,8 @@ std::vector<std::vector<float>> Engine::Embed(const std::vector<EncodedPrompt>& 
     in.num_layers = keep ? -1 : options.layer;
     // With kKeep the same pass fills a KV cache whose rows become store entries.
     KvCache cache = keep ? decoder.NewCache(b) : KvCache();
-    at::Tensor h = decoder.Forward(in, keep ? &cache : nullptr).to(at::kCPU).to(at::kFloat);  // [B, T, H]
+    at::Tensor h =
+        decoder.Forward(in, keep ? &cache : nullptr).to(at::kCPU).to(at::kFloat);  // [B, T, H]
     for (int64_t i = 0; i < b; ++i) {
       const size_t idx = order[start + i];
       const auto& p = prompts[idx];

@@ -73,16 +73,21 @@ at::Tensor InverseFrequencies(const ModelConfig& c) {
 
 }  // namespace
 
-Decoder::Decoder(const ModelConfig& config, WeightMap weights)
+Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype)
     : config_(config), dtype_(at::kFloat), device_(at::kCPU) {
   embed_tokens_ = Take(weights, "model.embed_tokens.weight");
   dtype_ = embed_tokens_.scalar_type();
+  const bool bf16 = matmul_dtype == at::kBFloat16 && dtype_ == at::kFloat;
+  matmul_dtype_ = bf16 ? at::kBFloat16 : dtype_;
+  const at::ScalarType packed = bf16 ? at::kBFloat16 : at::kFloat;
   device_ = embed_tokens_.device();
   norm_ = Take(weights, "model.norm.weight");
   // With tied embeddings the head is the embedding matrix itself: used in place,
   // since a packed copy would cost its full size (544 MB for Qwen2.5-0.5B).
+  // In bfloat16 the head gets its own half-size copy: decode reads it every step.
   lm_head_ = Linear(config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight"),
-                    Linear::Layout::kOutIn, at::Tensor(), /*pack=*/!config.tie_word_embeddings);
+                    Linear::Layout::kOutIn, at::Tensor(),
+                    /*pack=*/bf16 || !config.tie_word_embeddings, packed);
   inv_freq_ = InverseFrequencies(config).to(device_);
 
   layers_.resize(config.num_hidden_layers);
@@ -100,19 +105,20 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights)
                CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
                             TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
                             TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)}),
-               /*pack=*/true);
-    l.o_proj = Linear(Take(weights, a + "o_proj.weight"), Linear::Layout::kOutIn,
-                      TakeOptional(weights, a + "o_proj.bias", config.o_bias), /*pack=*/true);
+               /*pack=*/true, packed);
+    l.o_proj =
+        Linear(Take(weights, a + "o_proj.weight"), Linear::Layout::kOutIn,
+               TakeOptional(weights, a + "o_proj.bias", config.o_bias), /*pack=*/true, packed);
     const std::string m = p + "mlp.";
     l.gate_up_proj = Linear(
         at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0),
         Linear::Layout::kOutIn,
         CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
                      TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)}),
-        /*pack=*/true);
+        /*pack=*/true, packed);
     l.down_proj = Linear(Take(weights, m + "down_proj.weight"), Linear::Layout::kOutIn,
                          TakeOptional(weights, m + "down_proj.bias", config.mlp_bias),
-                         /*pack=*/true);
+                         /*pack=*/true, packed);
   }
 }
 

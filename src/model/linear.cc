@@ -47,7 +47,8 @@ constexpr int64_t kLayoutRows = 128;
 // embedding batches bring many distinct row counts.
 class PrimitiveCache {
  public:
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;
+  // rows, in, out, bias, packed, bfloat16
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool>;
 
   dnnl::matmul Get(const Key& key, const dnnl::memory::desc& weights) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -56,9 +57,9 @@ class PrimitiveCache {
       lru_.splice(lru_.begin(), lru_, it->second.second);
       return it->second.first;
     }
-    const auto [m, k, n, has_bias, packed] = key;
+    const auto [m, k, n, has_bias, packed, bf16] = key;
     (void)packed;
-    dnnl::memory::desc src({m, k}, Dt::f32, Tag::ab);
+    dnnl::memory::desc src({m, k}, bf16 ? Dt::bf16 : Dt::f32, Tag::ab);
     dnnl::memory::desc dst({m, n}, Dt::f32, Tag::ab);
     dnnl::matmul::primitive_desc pd =
         has_bias ? dnnl::matmul::primitive_desc(
@@ -82,7 +83,7 @@ class PrimitiveCache {
       size_t h = std::hash<int64_t>()(std::get<0>(k));
       h = h * 31 + std::hash<int64_t>()(std::get<1>(k));
       h = h * 31 + std::hash<int64_t>()(std::get<2>(k));
-      return h * 4 + (std::get<3>(k) ? 2 : 0) + (std::get<4>(k) ? 1 : 0);
+      return h * 8 + (std::get<3>(k) ? 4 : 0) + (std::get<4>(k) ? 2 : 0) + (std::get<5>(k) ? 1 : 0);
     }
   };
   static constexpr size_t kCapacity = 2048;
@@ -98,19 +99,26 @@ PrimitiveCache& Primitives() {
 
 // Blocked layouts need an ISA oneDNN has JIT kernels for; on anything older it
 // would fall back to reference loops, far slower than BLAS.
+bool HasFastKernel(Dt dt) {
+  try {
+    dnnl::memory::desc w({kLayoutRows, kLayoutRows}, dt, Tag::any);
+    dnnl::matmul::primitive_desc pd(
+        dnnl::matmul::desc(dnnl::memory::desc({kLayoutRows, kLayoutRows}, dt, Tag::ab), w,
+                           dnnl::memory::desc({kLayoutRows, kLayoutRows}, Dt::f32, Tag::ab)),
+        CpuEngine());
+    return std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 bool OneDnnFast() {
-  static const bool fast = [] {
-    try {
-      dnnl::memory::desc w({kLayoutRows, kLayoutRows}, Dt::f32, Tag::any);
-      dnnl::matmul::primitive_desc pd(
-          dnnl::matmul::desc(dnnl::memory::desc({kLayoutRows, kLayoutRows}, Dt::f32, Tag::ab), w,
-                             dnnl::memory::desc({kLayoutRows, kLayoutRows}, Dt::f32, Tag::ab)),
-          CpuEngine());
-      return std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
-    } catch (const std::exception&) {
-      return false;
-    }
-  }();
+  static const bool fast = HasFastKernel(Dt::f32);
+  return fast;
+}
+
+bool OneDnnBf16Fast() {
+  static const bool fast = OneDnnFast() && HasFastKernel(Dt::bf16);
   return fast;
 }
 
@@ -120,13 +128,14 @@ struct Linear::Packed {
   dnnl::memory::desc weights;  // [in, out] as oneDNN sees it (blocked, or a plain view)
   at::Tensor storage;          // owns (or shares) the bytes `weights` describes
   bool blocked = false;
+  bool bf16 = false;  // weights (and so inputs) in bfloat16
 };
 
 namespace {
 
 // weight: [out, in] or [in, out] float32 contiguous CPU.
 std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linear::Layout layout,
-                                                 int64_t in, int64_t out, bool pack) {
+                                                 int64_t in, int64_t out, bool pack, bool bf16) {
   auto p = std::make_shared<Linear::Packed>();
   // oneDNN's weights are [K, N] = [in, out]; the HF layout is that matrix transposed ("ba").
   const dnnl::memory::desc plain({in, out}, Dt::f32,
@@ -136,15 +145,18 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
     p->storage = weight;
     return p;
   }
+  const Dt wdt = bf16 ? Dt::bf16 : Dt::f32;
   dnnl::matmul::primitive_desc pd(
-      dnnl::matmul::desc(dnnl::memory::desc({kLayoutRows, in}, Dt::f32, Tag::ab),
-                         dnnl::memory::desc({in, out}, Dt::f32, Tag::any),
+      dnnl::matmul::desc(dnnl::memory::desc({kLayoutRows, in}, wdt, Tag::ab),
+                         dnnl::memory::desc({in, out}, wdt, Tag::any),
                          dnnl::memory::desc({kLayoutRows, out}, Dt::f32, Tag::ab)),
       CpuEngine());
   p->weights = pd.weights_desc();
   p->storage = at::empty({static_cast<int64_t>(p->weights.get_size())},
                          at::TensorOptions().dtype(at::kByte));
   p->blocked = true;
+  p->bf16 = bf16;
+  // The reorder also converts float32 to bfloat16 when asked.
   dnnl::memory src(plain, CpuEngine(), weight.data_ptr());
   dnnl::memory dst(p->weights, CpuEngine(), p->storage.data_ptr());
   dnnl::stream stream(CpuEngine());
@@ -158,17 +170,24 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
 struct Linear::Packed {};
 #endif  // GRITSERVE_HAVE_DNNL
 
-Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack)
+Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
+               at::ScalarType packed_dtype)
     : layout_(layout), bias_(std::move(bias)) {
   if (weight.dim() != 2) throw Error(ErrorKind::kInternal, "linear weight must be 2-D");
   out_ = layout == Layout::kOutIn ? weight.size(0) : weight.size(1);
   in_ = layout == Layout::kOutIn ? weight.size(1) : weight.size(0);
   if (bias_.defined()) bias_ = bias_.contiguous();
+  const bool bf16 = packed_dtype == at::kBFloat16;
+  if (packed_dtype != at::kFloat &&
+      !(bf16 && pack && CpuBf16Available() && weight.device().is_cpu() &&
+        weight.scalar_type() == at::kFloat)) {
+    throw Error(ErrorKind::kInternal, "bfloat16 packing needs CPU float32 weights and oneDNN");
+  }
 #ifdef GRITSERVE_HAVE_DNNL
   if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && OneDnnWanted() &&
       OneDnnFast()) {
     weight = weight.contiguous();
-    packed_ = MakePacked(weight, layout, in_, out_, pack);
+    packed_ = MakePacked(weight, layout, in_, out_, pack, bf16);
     return;  // packed_->storage holds whatever must stay alive
   }
 #endif
@@ -188,13 +207,14 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     const int64_t m = x.size(0);
     at::Tensor out = at::empty({m, out_}, x.options());  // [N, out]
     if (m == 0) return out;
-    at::Tensor src = x.contiguous();
+    at::Tensor src = packed_->bf16 ? x.to(at::kBFloat16).contiguous() : x.contiguous();
     // oneDNN runs on OpenMP in the calling thread; give it LibTorch's thread count.
     at::internal::lazy_init_num_threads();
-    dnnl::matmul prim =
-        Primitives().Get({m, in_, out_, bias_.defined(), packed_->blocked}, packed_->weights);
+    dnnl::matmul prim = Primitives().Get(
+        {m, in_, out_, bias_.defined(), packed_->blocked, packed_->bf16}, packed_->weights);
     dnnl::engine& engine = CpuEngine();
-    dnnl::memory src_m(dnnl::memory::desc({m, in_}, Dt::f32, Tag::ab), engine, src.data_ptr());
+    dnnl::memory src_m(dnnl::memory::desc({m, in_}, packed_->bf16 ? Dt::bf16 : Dt::f32, Tag::ab),
+                       engine, src.data_ptr());
     dnnl::memory w_m(packed_->weights, engine, packed_->storage.data_ptr());
     dnnl::memory dst_m(dnnl::memory::desc({m, out_}, Dt::f32, Tag::ab), engine, out.data_ptr());
     std::unordered_map<int, dnnl::memory> args{
@@ -217,6 +237,14 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     return (bias_.defined() ? at::addmv(bias_, w.t(), row) : at::mv(w.t(), row)).unsqueeze(0);
   }
   return bias_.defined() ? at::addmm(bias_, x, w) : at::mm(x, w);
+}
+
+bool Linear::CpuBf16Available() {
+#ifdef GRITSERVE_HAVE_DNNL
+  return OneDnnWanted() && OneDnnBf16Fast();
+#else
+  return false;
+#endif
 }
 
 std::string Linear::CpuBackend() {

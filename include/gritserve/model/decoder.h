@@ -30,10 +30,15 @@ class Decoder {
  public:
   // Takes the HF-named weights (see ExpectedTensors) and fuses q/k/v and
   // gate/up so each layer runs two large matmuls instead of five.
-  Decoder(const ModelConfig& config, WeightMap weights);
+  // `matmul_dtype` kBFloat16 (CPU float32 weights, where Linear::CpuBf16Available)
+  // packs every linear layer and the LM head in bfloat16; everything else
+  // (embeddings, norms, attention, the KV cache) stays float32.
+  Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype = at::kFloat);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
+  // The precision of the matrix products: dtype(), or bfloat16 as asked above.
+  at::ScalarType matmul_dtype() const { return matmul_dtype_; }
   at::Device device() const { return device_; }
 
   // Runs the layers on the new tokens. When `cache` is given, the new keys and
@@ -76,6 +81,7 @@ class Decoder {
 
   ModelConfig config_;
   at::ScalarType dtype_;
+  at::ScalarType matmul_dtype_;
   at::Device device_;
   at::Tensor embed_tokens_;  // [V, H]
   at::Tensor norm_;          // [H]

@@ -30,7 +30,11 @@ class Linear {
   // With `pack`, the weights may be rewritten into a private layout (and the
   // given tensor released); without it they are used in place, so a matrix
   // shared with another user (tied embeddings) keeps a single copy.
-  Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack);
+  // `packed_dtype` kBFloat16 (CPU float32 weights, with pack, and only where
+  // CpuBf16Available()) packs the weights in bfloat16: inputs are rounded to
+  // bfloat16 per call, products accumulate and return in float32.
+  Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
+         at::ScalarType packed_dtype = at::kFloat);
 
   // x: [N, in] -> [N, out]
   at::Tensor operator()(const at::Tensor& x) const;
@@ -41,6 +45,9 @@ class Linear {
 
   // Which kernel family the layers of this build use on CPU float32, for logs.
   static std::string CpuBackend();
+  // Whether bfloat16-packed layers run on native bfloat16 kernels here
+  // (oneDNN with AVX512-BF16 or AMX).
+  static bool CpuBf16Available();
 
   // oneDNN's view of the weights; defined in linear.cc.
   struct Packed;
