@@ -4,6 +4,7 @@
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
+#include "onednn.h"
 
 namespace gritserve {
 namespace {
@@ -30,6 +31,31 @@ at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   if (!parts[0].defined()) return at::Tensor();
   return at::cat(parts, 0).contiguous();
+}
+
+// The attention products on oneDNN, for prompt-sized CPU float32 inputs: it
+// reads the strided K/V views (cache slices, fused-projection columns) in place,
+// where LibTorch's matmul copies or runs at half speed. Decode
+// steps (a few rows, a new key count every step, so a new primitive every
+// step) stay on LibTorch. Returns false where it does not apply.
+//   qg: [B, Hkv, G T, D]; k, v: [B, Hkv, S, D] (cache views); mask: [B, 1, 1, T, S]
+//   -> *out: [B, Hkv, G T, D]
+bool AttentionOneDnn(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& mask, double scale, int64_t g, at::Tensor* out) {
+#ifdef GRITSERVE_HAVE_DNNL
+  constexpr int64_t kMinRows = 16;
+  const int64_t b = qg.size(0), hkv = qg.size(1), rows = qg.size(2);
+  const int64_t s = k.size(2), t = rows / g;
+  if (rows < kMinRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) return false;
+  at::Tensor scores;  // [B, Hkv, G T, S]
+  if (!onednn::BatchedMatmul(qg * scale, k.transpose(2, 3), scores)) return false;
+  at::Tensor probs = at::softmax(scores.view({b, hkv, g, t, s}).add_(mask), -1)
+                         .view({b, hkv, rows, s});  // [B, Hkv, G T, S]
+  return onednn::BatchedMatmul(probs, v, *out);
+#else
+  (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)out;
+  return false;
+#endif
 }
 
 // x: [..., D] -> [..., D]
@@ -216,12 +242,16 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
   const int64_t s = k.size(2);
   // Grouped-query attention without copying K/V per query head: the G query
   // heads that share a KV head are stacked along the token axis.
-  at::Tensor qg = q.reshape({b, hkv, g * t, d});            // [B, Hkv, G T, D]
-  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
-  scores = scores.mul_(1.0 / std::sqrt(static_cast<double>(d))).view({b, hkv, g, t, s});
-  scores.add_(mask);  // [B, Hkv, G, T, S]
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
-  at::Tensor out = at::matmul(probs, v);                                   // [B, Hkv, G T, D]
+  at::Tensor qg = q.reshape({b, hkv, g * t, d});  // [B, Hkv, G T, D]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor out;  // [B, Hkv, G T, D]
+  if (!AttentionOneDnn(qg, k, v, mask, scale, g, &out)) {
+    at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
+    scores = scores.mul_(scale).view({b, hkv, g, t, s});
+    scores.add_(mask);  // [B, Hkv, G, T, S]
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
+    out = at::matmul(probs, v);
+  }
   out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});  // [B*T, Hq D]
   return layer.o_proj(out);                                                // [B*T, H]
 }

@@ -2,100 +2,24 @@
 
 #include <ATen/Parallel.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <list>
-#include <mutex>
-#include <tuple>
 #include <unordered_map>
 
 #include "gritserve/common/error.h"
-
-#ifdef GRITSERVE_HAVE_DNNL
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
+#include "onednn.h"
 
 namespace gritserve {
 
 #ifdef GRITSERVE_HAVE_DNNL
 namespace {
 
-// GRITSERVE_CPU_GEMM=blas forces LibTorch's BLAS path even where oneDNN is
-// available: for side-by-side benchmarks and as an escape hatch.
-bool OneDnnWanted() {
-  const char* v = std::getenv("GRITSERVE_CPU_GEMM");
-  return v == nullptr || std::strcmp(v, "blas") != 0;
-}
-
 using Tag = dnnl::memory::format_tag;
 using Dt = dnnl::memory::data_type;
-using Dims = dnnl::memory::dims;
-
-dnnl::engine& CpuEngine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using onednn::CpuEngine;
 
 // The row count the packed layout is chosen for. brgemm reads the same blocked
 // layout for any row count (checked for 1..1024 rows), so one packed copy of
 // the weights serves decode steps, prompts and embedding batches alike.
 constexpr int64_t kLayoutRows = 128;
-
-// oneDNN fixes the row count when a primitive is created, and creating one
-// costs 0.5-1 ms (an implementation search), so primitives are cached per
-// (rows, in, out, bias, packed) across all layers of one shape. Bounded, LRU:
-// embedding batches bring many distinct row counts.
-class PrimitiveCache {
- public:
-  // rows, in, out, bias, packed, bfloat16
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool>;
-
-  dnnl::matmul Get(const Key& key, const dnnl::memory::desc& weights) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = map_.find(key);
-    if (it != map_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second.second);
-      return it->second.first;
-    }
-    const auto [m, k, n, has_bias, packed, bf16] = key;
-    (void)packed;
-    dnnl::memory::desc src({m, k}, bf16 ? Dt::bf16 : Dt::f32, Tag::ab);
-    dnnl::memory::desc dst({m, n}, Dt::f32, Tag::ab);
-    dnnl::matmul::primitive_desc pd =
-        has_bias ? dnnl::matmul::primitive_desc(
-                       dnnl::matmul::desc(src, weights,
-                                          dnnl::memory::desc({1, n}, Dt::f32, Tag::ab), dst),
-                       CpuEngine())
-                 : dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), CpuEngine());
-    dnnl::matmul prim(pd);
-    if (map_.size() >= kCapacity) {
-      map_.erase(lru_.back());
-      lru_.pop_back();
-    }
-    lru_.push_front(key);
-    map_.emplace(key, std::make_pair(prim, lru_.begin()));
-    return prim;
-  }
-
- private:
-  struct KeyHash {
-    size_t operator()(const Key& k) const {
-      size_t h = std::hash<int64_t>()(std::get<0>(k));
-      h = h * 31 + std::hash<int64_t>()(std::get<1>(k));
-      h = h * 31 + std::hash<int64_t>()(std::get<2>(k));
-      return h * 8 + (std::get<3>(k) ? 4 : 0) + (std::get<4>(k) ? 2 : 0) + (std::get<5>(k) ? 1 : 0);
-    }
-  };
-  static constexpr size_t kCapacity = 2048;
-  std::mutex mu_;
-  std::list<Key> lru_;
-  std::unordered_map<Key, std::pair<dnnl::matmul, std::list<Key>::iterator>, KeyHash> map_;
-};
-
-PrimitiveCache& Primitives() {
-  static PrimitiveCache cache;
-  return cache;
-}
 
 // Blocked layouts need an ISA oneDNN has JIT kernels for; on anything older it
 // would fall back to reference loops, far slower than BLAS.
@@ -184,7 +108,7 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
     throw Error(ErrorKind::kInternal, "bfloat16 packing needs CPU float32 weights and oneDNN");
   }
 #ifdef GRITSERVE_HAVE_DNNL
-  if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && OneDnnWanted() &&
+  if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && onednn::Wanted() &&
       OneDnnFast()) {
     weight = weight.contiguous();
     packed_ = MakePacked(weight, layout, in_, out_, pack, bf16);
@@ -208,24 +132,26 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     at::Tensor out = at::empty({m, out_}, x.options());  // [N, out]
     if (m == 0) return out;
     at::Tensor src = packed_->bf16 ? x.to(at::kBFloat16).contiguous() : x.contiguous();
-    // oneDNN runs on OpenMP in the calling thread; give it LibTorch's thread count.
-    at::internal::lazy_init_num_threads();
-    dnnl::matmul prim = Primitives().Get(
-        {m, in_, out_, bias_.defined(), packed_->blocked, packed_->bf16}, packed_->weights);
+    const bool bias = bias_.defined(), bf16 = packed_->bf16;
+    const Dt src_dt = bf16 ? Dt::bf16 : Dt::f32;
+    const dnnl::memory::desc src_md({m, in_}, src_dt, Tag::ab);
+    const dnnl::memory::desc dst_md({m, out_}, Dt::f32, Tag::ab);
+    const dnnl::memory::desc bias_md({1, out_}, Dt::f32, Tag::ab);
+    // One primitive per (rows, shape, bias, layout, precision), shared by every
+    // layer of that shape.
+    dnnl::matmul prim = onednn::CachedMatmul({0, m, in_, out_, bias, packed_->blocked, bf16}, [&] {
+      return bias ? dnnl::matmul::primitive_desc(
+                        dnnl::matmul::desc(src_md, packed_->weights, bias_md, dst_md), CpuEngine())
+                  : dnnl::matmul::primitive_desc(
+                        dnnl::matmul::desc(src_md, packed_->weights, dst_md), CpuEngine());
+    });
     dnnl::engine& engine = CpuEngine();
-    dnnl::memory src_m(dnnl::memory::desc({m, in_}, packed_->bf16 ? Dt::bf16 : Dt::f32, Tag::ab),
-                       engine, src.data_ptr());
-    dnnl::memory w_m(packed_->weights, engine, packed_->storage.data_ptr());
-    dnnl::memory dst_m(dnnl::memory::desc({m, out_}, Dt::f32, Tag::ab), engine, out.data_ptr());
     std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, dst_m}};
-    if (bias_.defined()) {
-      args.emplace(DNNL_ARG_BIAS, dnnl::memory(dnnl::memory::desc({1, out_}, Dt::f32, Tag::ab),
-                                               engine, bias_.data_ptr()));
-    }
-    dnnl::stream stream(engine);
-    prim.execute(stream, args);
-    stream.wait();
+        {DNNL_ARG_SRC, dnnl::memory(src_md, engine, src.data_ptr())},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(packed_->weights, engine, packed_->storage.data_ptr())},
+        {DNNL_ARG_DST, dnnl::memory(dst_md, engine, out.data_ptr())}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, engine, bias_.data_ptr()));
+    onednn::Execute(prim, args);
     return out;
   }
 #endif
@@ -241,7 +167,7 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
 
 bool Linear::CpuBf16Available() {
 #ifdef GRITSERVE_HAVE_DNNL
-  return OneDnnWanted() && OneDnnBf16Fast();
+  return onednn::Wanted() && OneDnnBf16Fast();
 #else
   return false;
 #endif
@@ -249,7 +175,7 @@ bool Linear::CpuBf16Available() {
 
 std::string Linear::CpuBackend() {
 #ifdef GRITSERVE_HAVE_DNNL
-  if (!OneDnnWanted()) return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
+  if (!onednn::Wanted()) return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
   if (OneDnnFast()) return "oneDNN brgemm, weights packed at load";
   return "LibTorch BLAS (oneDNN has no fast kernels for this CPU)";
 #else

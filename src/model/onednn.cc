@@ -1,0 +1,110 @@
+#include "onednn.h"
+
+#ifdef GRITSERVE_HAVE_DNNL
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <mutex>
+
+namespace gritserve::onednn {
+namespace {
+
+struct KeyHash {
+  size_t operator()(const std::vector<int64_t>& k) const {
+    size_t h = 0;
+    for (int64_t v : k) h = h * 1000003u ^ std::hash<int64_t>()(v);
+    return h;
+  }
+};
+
+class PrimitiveCache {
+ public:
+  dnnl::matmul Get(const std::vector<int64_t>& key,
+                   const std::function<dnnl::matmul::primitive_desc()>& make) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = map_.find(key);
+      if (it != map_.end()) {
+        lru_.splice(lru_.begin(), lru_, it->second.second);
+        return it->second.first;
+      }
+    }
+    dnnl::matmul prim(make());  // outside the lock: other shapes need not wait
+    std::lock_guard<std::mutex> lock(mu_);
+    if (map_.count(key) == 0) {
+      if (map_.size() >= kCapacity) {
+        map_.erase(lru_.back());
+        lru_.pop_back();
+      }
+      lru_.push_front(key);
+      map_.emplace(key, std::make_pair(prim, lru_.begin()));
+    }
+    return prim;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 2048;
+  std::mutex mu_;
+  std::list<std::vector<int64_t>> lru_;
+  std::unordered_map<std::vector<int64_t>,
+                     std::pair<dnnl::matmul, std::list<std::vector<int64_t>>::iterator>, KeyHash>
+      map_;
+};
+
+}  // namespace
+
+bool Wanted() {
+  const char* v = std::getenv("GRITSERVE_CPU_GEMM");
+  return v == nullptr || std::strcmp(v, "blas") != 0;
+}
+
+dnnl::engine& CpuEngine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::matmul CachedMatmul(const std::vector<int64_t>& key,
+                          const std::function<dnnl::matmul::primitive_desc()>& make) {
+  static PrimitiveCache cache;
+  return cache.Get(key, make);
+}
+
+void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args) {
+  // oneDNN runs on OpenMP in the calling thread; give it LibTorch's thread count.
+  at::internal::lazy_init_num_threads();
+  dnnl::stream stream(CpuEngine());
+  prim.execute(stream, args);
+  stream.wait();
+}
+
+bool BatchedMatmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+  using Dt = dnnl::memory::data_type;
+  if (!Wanted() || a.dim() != 4 || b.dim() != 4 || !a.device().is_cpu() ||
+      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || a.size(0) != b.size(0) ||
+      a.size(1) != b.size(1) || a.size(3) != b.size(2) || a.numel() == 0 || b.numel() == 0) {
+    return false;
+  }
+  const int64_t n0 = a.size(0), n1 = a.size(1), m = a.size(2), k = a.size(3), p = b.size(3);
+  const dnnl::memory::dims a_st(a.strides().begin(), a.strides().end());
+  const dnnl::memory::dims b_st(b.strides().begin(), b.strides().end());
+  const dnnl::memory::desc a_md({n0, n1, m, k}, Dt::f32, a_st);
+  const dnnl::memory::desc b_md({n0, n1, k, p}, Dt::f32, b_st);
+  const dnnl::memory::desc c_md({n0, n1, m, p}, Dt::f32, {n1 * m * p, m * p, p, 1});
+  std::vector<int64_t> key{1, n0, n1, m, k, p};
+  key.insert(key.end(), a_st.begin(), a_st.end());
+  key.insert(key.end(), b_st.begin(), b_st.end());
+  dnnl::matmul prim = CachedMatmul(key, [&] {
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), CpuEngine());
+  });
+  out = at::empty({n0, n1, m, p}, a.options());
+  dnnl::engine& e = CpuEngine();
+  Execute(prim, {{DNNL_ARG_SRC, dnnl::memory(a_md, e, a.data_ptr())},
+                 {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, e, b.data_ptr())},
+                 {DNNL_ARG_DST, dnnl::memory(c_md, e, out.data_ptr())}});
+  return true;
+}
+
+}  // namespace gritserve::onednn
+#endif  // GRITSERVE_HAVE_DNNL

@@ -1,0 +1,37 @@
+// oneDNN plumbing shared by the CPU kernels (linear layers, attention). Only
+// compiled into builds that found oneDNN (GRITSERVE_HAVE_DNNL).
+#pragma once
+
+#ifdef GRITSERVE_HAVE_DNNL
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <unordered_map>
+#include <vector>
+
+namespace gritserve::onednn {
+
+// False when GRITSERVE_CPU_GEMM=blas asks for LibTorch's BLAS path instead
+// (side-by-side benchmarks, and an escape hatch).
+bool Wanted();
+
+dnnl::engine& CpuEngine();
+
+// oneDNN fixes every shape when a primitive is created, and creating one costs
+// 0.5-1 ms (an implementation search), so primitives are kept by a caller-built
+// key (kind tag first, then shapes and strides). LRU-bounded: embedding batches
+// and prompts bring many distinct sizes.
+dnnl::matmul CachedMatmul(const std::vector<int64_t>& key,
+                          const std::function<dnnl::matmul::primitive_desc()>& make);
+
+// Runs `prim` on the calling thread's OpenMP team, sized like LibTorch's.
+void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args);
+
+// out = a @ b for 4-D float32 CPU tensors of any strides: a [N0, N1, M, K],
+// b [N0, N1, K, P] -> out [N0, N1, M, P] contiguous. Returns false (doing
+// nothing) where oneDNN is not used.
+bool BatchedMatmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out);
+
+}  // namespace gritserve::onednn
+#endif  // GRITSERVE_HAVE_DNNL
