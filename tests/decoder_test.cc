@@ -1,5 +1,7 @@
 // Decoder numerics: the shared reference outputs, and the invariants that the
 // cache, batching and early-exit paths must keep.
+#include "gritserve/model/decoder.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -8,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "gritserve/cache/kv_cache.h"
-#include "gritserve/model/decoder.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -126,9 +127,8 @@ TEST_F(DecoderTest, IncrementalDecodeEqualsFullForward) {
 }
 
 TEST_F(DecoderTest, PaddedBatchEqualsOneAtATime) {
-  std::vector<std::vector<int64_t>> seqs = {{9707, 1879, 11, 1246, 525, 498, 3351},
-                                            {40, 1079},
-                                            {151644, 872, 198, 9707, 151645}};
+  std::vector<std::vector<int64_t>> seqs = {
+      {9707, 1879, 11, 1246, 525, 498, 3351}, {40, 1079}, {151644, 872, 198, 9707, 151645}};
   for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
     const int64_t b = 3, t = 7;
     at::Tensor ids = at::full({b, t}, 151643, at::kLong);  // padding id, masked out below
@@ -151,6 +151,40 @@ TEST_F(DecoderTest, PaddedBatchEqualsOneAtATime) {
       EXPECT_LT(MaxDiff(batched[r].narrow(0, 0, n), single), 1e-4)
           << "row " << r << " mode " << static_cast<int>(spec.mode);
     }
+  }
+}
+
+// The CPU kernels are chosen per call (oneDNN for prompt-sized products where
+// the build has it, LibTorch otherwise); whichever runs, the answers agree:
+// padded batches, prompts after a KV cache, single decode rows, every mode.
+TEST_F(DecoderTest, OneDnnAndLibTorchKernelsAgree) {
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_GEMM", "blas", 1), 0);
+  Decoder blas(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_GEMM"), 0);
+  at::manual_seed(11);
+  const int64_t b = 3, past = 24, t = 20;
+  at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
+  at::Tensor ids = at::randint(0, 150000, {b, t}, at::kLong);        // [B, T]
+  at::Tensor valid = at::ones({b, t}, at::kBool);
+  valid[1].narrow(0, 12, t - 12).fill_(false);  // a padded row
+  for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
+    KvCache c1 = decoder_->NewCache(b), c2 = blas.NewCache(b);
+    ForwardInput first;
+    first.ids = prefix;
+    first.positions = at::arange(past, at::kLong).repeat({b, 1});
+    first.attention = spec;
+    EXPECT_LT(MaxDiff(decoder_->Forward(first, &c1), blas.Forward(first, &c2)), 1e-4);
+    ForwardInput next;
+    next.ids = ids;
+    next.positions = at::arange(past, past + t, at::kLong).repeat({b, 1});
+    next.valid = valid;
+    next.attention = spec;
+    at::Tensor x = decoder_->Forward(next, &c1), y = blas.Forward(next, &c2);  // [B, T, H]
+    EXPECT_LT(MaxDiff(x.index({valid}), y.index({valid})), 1e-4)
+        << "mode " << static_cast<int>(spec.mode);
+    EXPECT_LT(
+        MaxDiff(decoder_->Logits(x[0].narrow(0, t - 1, 1)), blas.Logits(y[0].narrow(0, t - 1, 1))),
+        1e-4);
   }
 }
 
@@ -194,7 +228,8 @@ TEST_F(DecoderTest, BlocksLayoutIsolatesDocumentsAndMatchesSeparatePasses) {
   std::vector<int64_t> all = d1;
   all.insert(all.end(), d2.begin(), d2.end());
   all.insert(all.end(), q.begin(), q.end());
-  AttentionSpec spec = AttentionSpec::Blocks({{3, true, false}, {4, true, false}, {2, false, true}});
+  AttentionSpec spec =
+      AttentionSpec::Blocks({{3, true, false}, {4, true, false}, {2, false, true}});
   at::Tensor h = Run(all, spec);  // [9, H]
   // Each bidirectional document block equals a bidirectional pass over it alone
   // at the same positions.
@@ -220,7 +255,7 @@ TEST_F(DecoderTest, RotatingCachedKeysEqualsComputingThemAtTheNewPositions) {
   for (int64_t l = 0; l < config_->num_hidden_layers; ++l) {
     at::Tensor moved = decoder_->RotateKeys(at0.keys(l), delta);
     EXPECT_LT(MaxDiff(moved, at_delta.keys(l)), 1e-5) << "layer " << l;
-    EXPECT_GT(MaxDiff(at0.keys(l), at_delta.keys(l)), 1e-3);  // rotation matters
+    EXPECT_GT(MaxDiff(at0.keys(l), at_delta.keys(l)), 1e-3);      // rotation matters
     EXPECT_LT(MaxDiff(at0.values(l), at_delta.values(l)), 1e-5);  // values carry no position
   }
 }

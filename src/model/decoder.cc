@@ -40,20 +40,22 @@ at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
 // step) stay on LibTorch. Returns false where it does not apply.
 //   qg: [B, Hkv, G T, D]; k, v: [B, Hkv, S, D] (cache views); mask: [B, 1, 1, T, S]
 //   -> *out: [B, Hkv, G T, D]
-bool AttentionOneDnn(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
+bool AttentionOneDnn(bool enabled, const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& mask, double scale, int64_t g, at::Tensor* out) {
 #ifdef GRITSERVE_HAVE_DNNL
   constexpr int64_t kMinRows = 16;
   const int64_t b = qg.size(0), hkv = qg.size(1), rows = qg.size(2);
   const int64_t s = k.size(2), t = rows / g;
-  if (rows < kMinRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) return false;
+  if (!enabled || rows < kMinRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) {
+    return false;
+  }
   at::Tensor scores;  // [B, Hkv, G T, S]
   if (!onednn::BatchedMatmul(qg * scale, k.transpose(2, 3), scores)) return false;
   at::Tensor probs = at::softmax(scores.view({b, hkv, g, t, s}).add_(mask), -1)
                          .view({b, hkv, rows, s});  // [B, Hkv, G T, S]
   return onednn::BatchedMatmul(probs, v, *out);
 #else
-  (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)out;
+  (void)enabled, (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)out;
   return false;
 #endif
 }
@@ -107,6 +109,7 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   matmul_dtype_ = bf16 ? at::kBFloat16 : dtype_;
   const at::ScalarType packed = bf16 ? at::kBFloat16 : at::kFloat;
   device_ = embed_tokens_.device();
+  onednn_attention_ = device_.is_cpu() && dtype_ == at::kFloat && Linear::CpuOneDnn();
   norm_ = Take(weights, "model.norm.weight");
   // With tied embeddings the head is the embedding matrix itself: used in place,
   // since a packed copy would cost its full size (544 MB for Qwen2.5-0.5B).
@@ -245,7 +248,7 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
   at::Tensor qg = q.reshape({b, hkv, g * t, d});  // [B, Hkv, G T, D]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   at::Tensor out;  // [B, Hkv, G T, D]
-  if (!AttentionOneDnn(qg, k, v, mask, scale, g, &out)) {
+  if (!AttentionOneDnn(onednn_attention_, qg, k, v, mask, scale, g, &out)) {
     at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
     scores = scores.mul_(scale).view({b, hkv, g, t, s});
     scores.add_(mask);  // [B, Hkv, G, T, S]

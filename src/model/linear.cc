@@ -108,8 +108,7 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
     throw Error(ErrorKind::kInternal, "bfloat16 packing needs CPU float32 weights and oneDNN");
   }
 #ifdef GRITSERVE_HAVE_DNNL
-  if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && onednn::Wanted() &&
-      OneDnnFast()) {
+  if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && CpuOneDnn()) {
     weight = weight.contiguous();
     packed_ = MakePacked(weight, layout, in_, out_, pack, bf16);
     return;  // packed_->storage holds whatever must stay alive
@@ -163,6 +162,14 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     return (bias_.defined() ? at::addmv(bias_, w.t(), row) : at::mv(w.t(), row)).unsqueeze(0);
   }
   return bias_.defined() ? at::addmm(bias_, x, w) : at::mm(x, w);
+}
+
+bool Linear::CpuOneDnn() {
+#ifdef GRITSERVE_HAVE_DNNL
+  return onednn::Wanted() && OneDnnFast();
+#else
+  return false;
+#endif
 }
 
 bool Linear::CpuBf16Available() {

@@ -81,9 +81,9 @@ void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::me
 
 bool BatchedMatmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
   using Dt = dnnl::memory::data_type;
-  if (!Wanted() || a.dim() != 4 || b.dim() != 4 || !a.device().is_cpu() ||
-      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || a.size(0) != b.size(0) ||
-      a.size(1) != b.size(1) || a.size(3) != b.size(2) || a.numel() == 0 || b.numel() == 0) {
+  if (a.dim() != 4 || b.dim() != 4 || !a.device().is_cpu() || a.scalar_type() != at::kFloat ||
+      b.scalar_type() != at::kFloat || a.size(0) != b.size(0) || a.size(1) != b.size(1) ||
+      a.size(3) != b.size(2) || a.numel() == 0 || b.numel() == 0) {
     return false;
   }
   const int64_t n0 = a.size(0), n1 = a.size(1), m = a.size(2), k = a.size(3), p = b.size(3);

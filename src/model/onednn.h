@@ -30,7 +30,7 @@ void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::me
 
 // out = a @ b for 4-D float32 CPU tensors of any strides: a [N0, N1, M, K],
 // b [N0, N1, K, P] -> out [N0, N1, M, P] contiguous. Returns false (doing
-// nothing) where oneDNN is not used.
+// nothing) for other shapes or types.
 bool BatchedMatmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out);
 
 }  // namespace gritserve::onednn

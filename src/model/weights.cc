@@ -1,9 +1,8 @@
 #include "gritserve/model/weights.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdint>
@@ -199,7 +198,6 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
       device.str(), seconds);
   return weights;
 }
-
 
 at::ScalarType ToScalarType(DType dtype) {
   switch (dtype) {

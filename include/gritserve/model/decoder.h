@@ -83,10 +83,11 @@ class Decoder {
   at::ScalarType dtype_;
   at::ScalarType matmul_dtype_;
   at::Device device_;
-  at::Tensor embed_tokens_;  // [V, H]
-  at::Tensor norm_;          // [H]
-  Linear lm_head_;           // H -> V (the embedding matrix when tied)
-  at::Tensor inv_freq_;      // [D / 2] float32
+  bool onednn_attention_ = false;  // prompt attention products on oneDNN (CPU float32)
+  at::Tensor embed_tokens_;        // [V, H]
+  at::Tensor norm_;                // [H]
+  Linear lm_head_;                 // H -> V (the embedding matrix when tied)
+  at::Tensor inv_freq_;            // [D / 2] float32
   std::vector<Layer> layers_;
 };
 

@@ -45,6 +45,9 @@ class Linear {
 
   // Which kernel family the layers of this build use on CPU float32, for logs.
   static std::string CpuBackend();
+  // Whether CPU float32 products use oneDNN in this process (build, CPU and
+  // GRITSERVE_CPU_GEMM permitting); read when a layer or decoder is built.
+  static bool CpuOneDnn();
   // Whether bfloat16-packed layers run on native bfloat16 kernels here
   // (oneDNN with AVX512-BF16 or AMX).
   static bool CpuBf16Available();
