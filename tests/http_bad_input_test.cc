@@ -13,6 +13,7 @@
 #include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -363,6 +364,61 @@ TEST_F(BadInputTest, GarbageRequestLineGetsAJsonError) {
   EXPECT_NE(reply.find("application/json"), std::string::npos) << reply;
   EXPECT_NE(reply.find(R"("code":400)"), std::string::npos) << reply;
   EXPECT_TRUE(server_->Running()) << server_->Log();
+}
+
+// Peak resident memory of a process, from /proc: bytes.
+int64_t PeakRss(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // kB
+  }
+  return -1;
+}
+
+// A chunked body that never ends: the server must stop reading it soon after
+// the limit (4 MiB, plus at most 64 MiB read and dropped) and never buffer it.
+TEST_F(BadInputTest, EndlessChunkedBodyIsCutOffWithoutBeingBuffered) {
+  const int64_t peak_before = PeakRss(server_->pid());
+  ASSERT_GT(peak_before, 0);
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  timeval timeout{10, 0};  // a server that stops reading without closing ends the loop too
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  auto send_all = [fd](const std::string& data) {
+    for (size_t off = 0; off < data.size();) {
+      const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      off += static_cast<size_t>(n);
+    }
+    return true;
+  };
+  ASSERT_TRUE(send_all("POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                       "application/json\r\nTransfer-Encoding: chunked\r\n\r\n"));
+  const std::string chunk = "100000\r\n" + std::string(1 << 20, 'a') + "\r\n";  // 1 MiB
+  constexpr int64_t kMaxChunks = 1024;  // 1 GiB: far past anything the server may read
+  int64_t sent = 0;
+  while (sent < kMaxChunks && send_all(chunk)) ++sent;
+  EXPECT_LT(sent, 256) << "the server kept reading an over-limit body";
+  std::string reply;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) reply.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  // The 413 is sent before the connection closes, but a reset can overtake it.
+  if (!reply.empty()) {
+    EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply.substr(0, 200);
+  }
+  EXPECT_LT(PeakRss(server_->pid()) - peak_before, int64_t{200} << 20)
+      << "peak RSS grew: the body was buffered";
+  ASSERT_TRUE(server_->Running()) << server_->Log();
+  auto health = server_->Client()->Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
 }
 
 }  // namespace

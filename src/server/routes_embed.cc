@@ -175,7 +175,7 @@ std::vector<size_t> BestFirst(const std::vector<float>& scores) {
 }  // namespace
 
 void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Post("/embed", Guarded(ctx, "/embed", [&](const auto& req, auto& res) {
+  server.Post("/embed", GuardedBody(ctx, "/embed", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
     auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
@@ -204,7 +204,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
                             .get());
   }));
 
-  server.Post("/v1/embeddings", Guarded(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
+  server.Post("/v1/embeddings", GuardedBody(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     http::OptString(body, "model");  // any model name is accepted; type-checked only
     const std::string format = http::OptString(body, "encoding_format").value_or("float");
@@ -233,7 +233,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
                          {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
   }));
 
-  server.Post("/rerank", Guarded(ctx, "/rerank", [&](const auto& req, auto& res) {
+  server.Post("/rerank", GuardedBody(ctx, "/rerank", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     auto query = http::OptString(body, "query");
     if (!query) throw InvalidRequest("'query' is required");
@@ -252,7 +252,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
     http::SendJson(res, out);
   }));
 
-  server.Post("/v1/rerank", Guarded(ctx, "/v1/rerank", [&](const auto& req, auto& res) {
+  server.Post("/v1/rerank", GuardedBody(ctx, "/v1/rerank", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     http::OptString(body, "model");
     auto query = http::OptString(body, "query");
@@ -277,7 +277,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
                          {"usage", {{"total_tokens", tokens}}}});
   }));
 
-  server.Post("/tokenize", Guarded(ctx, "/tokenize", [&](const auto& req, auto& res) {
+  server.Post("/tokenize", GuardedBody(ctx, "/tokenize", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     auto texts = http::OptStringList(body, "inputs", ctx.options.max_inputs);
     if (!texts) throw InvalidRequest("'inputs' is required");
@@ -305,7 +305,7 @@ void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
     http::SendJson(res, out);
   }));
 
-  server.Post("/detokenize", Guarded(ctx, "/detokenize", [&](const auto& req, auto& res) {
+  server.Post("/detokenize", GuardedBody(ctx, "/detokenize", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     const bool skip = http::OptBool(body, "skip_special_tokens").value_or(false);
     auto in = http::ParseInputs(body, "ids", ctx.options.max_inputs,

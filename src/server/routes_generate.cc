@@ -228,7 +228,7 @@ void StreamEvents(ServerContext& ctx, httplib::Response& res, std::shared_ptr<Ge
 }  // namespace
 
 void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Post("/generate", Guarded(ctx, "/generate", [&](const auto& req, auto& res) {
+  server.Post("/generate", GuardedBody(ctx, "/generate", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     GenRequest r;
     ParseSampling(body, ctx, 256, r);
@@ -271,7 +271,7 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
                   }});
   }));
 
-  server.Post("/v1/completions", Guarded(ctx, "/v1/completions", [&](const auto& req, auto& res) {
+  server.Post("/v1/completions", GuardedBody(ctx, "/v1/completions", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     http::OptString(body, "model");
     GenRequest r;
@@ -315,7 +315,7 @@ void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
   }));
 
   server.Post("/v1/chat/completions",
-              Guarded(ctx, "/v1/chat/completions", [&](const auto& req, auto& res) {
+              GuardedBody(ctx, "/v1/chat/completions", [&](const auto& req, auto& res) {
     json body = http::ParseBody(req.body);
     http::OptString(body, "model");
     GenRequest r;

@@ -3,10 +3,12 @@
 
 #include <pthread.h>
 #include <signal.h>
-#include <unistd.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -108,6 +110,61 @@ httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
     ctx.metrics.RecordRequest(
         route, res.status,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  };
+}
+
+httplib::Server::HandlerWithContentReader GuardedBody(
+    ServerContext& ctx, const std::string& route,
+    std::function<void(const httplib::Request&, httplib::Response&)> fn) {
+  httplib::Server::Handler guarded = Guarded(ctx, route, std::move(fn));
+  return [&ctx, route, guarded](const httplib::Request& req, httplib::Response& res,
+                                const httplib::ContentReader& reader) {
+    const size_t limit = static_cast<size_t>(ctx.options.max_body_bytes);
+    // Past the limit the body is read and dropped, up to this much more, so an
+    // ordinary client still gets its 413 rather than a reset connection; a
+    // body beyond even that is cut off.
+    const size_t drain_limit = std::max<size_t>(limit, 64 << 20);
+    std::string body;
+    size_t dropped = 0;
+    bool too_large = false, cut_off = false;
+    const bool read = reader([&](const char* data, size_t len) {
+      if (!too_large && body.size() + len <= limit) {
+        body.append(data, len);
+        return true;
+      }
+      if (!too_large) {
+        too_large = true;
+        std::string().swap(body);
+      }
+      dropped += len;
+      cut_off = dropped > drain_limit;
+      return !cut_off;
+    });
+    // httplib refuses a declared Content-Length over the limit without reading
+    // (and so without calling the receiver above).
+    if (!read && !too_large) {
+      const std::string declared = req.get_header_value("Content-Length");
+      too_large = !declared.empty() && std::strtoull(declared.c_str(), nullptr, 10) > limit;
+      cut_off = true;
+      if (!too_large) {
+        http::SendError(res, 400, "could not read the request body", "invalid_request_error");
+        res.set_header("Connection", "close");
+        ctx.metrics.RecordRequest(route, 400, 0);
+        return;
+      }
+    }
+    if (too_large) {
+      http::SendError(res, 413, "request body larger than " + std::to_string(limit) + " bytes",
+                      "payload_too_large");
+      // The unread rest of the body would be taken for the next request.
+      if (cut_off) res.set_header("Connection", "close");
+      ctx.metrics.RecordRequest(route, 413, 0);
+      return;
+    }
+    // httplib owns a mutable Request and hands content-reader routes an empty
+    // body; filling it lets every route read req.body as before.
+    const_cast<httplib::Request&>(req).body = std::move(body);
+    guarded(req, res);
   };
 }
 

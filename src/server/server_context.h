@@ -40,8 +40,16 @@ void AddInfoRoutes(httplib::Server& server, ServerContext& ctx);
 
 // Wraps a route handler: 503 while loading or draining, typed errors mapped to
 // their status, metrics, and the in-flight count used for draining.
-httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
-                                 std::function<void(const httplib::Request&, httplib::Response&)> fn,
-                                 bool needs_model = true);
+httplib::Server::Handler Guarded(
+    ServerContext& ctx, const std::string& route,
+    std::function<void(const httplib::Request&, httplib::Response&)> fn, bool needs_model = true);
+
+// Guarded, for routes with a request body: reads the body itself and stops at
+// --max-body-bytes with a 413. httplib 0.11 limits only bodies that declare a
+// Content-Length; a chunked body would otherwise be buffered whole, whatever
+// its size, before any handler saw it.
+httplib::Server::HandlerWithContentReader GuardedBody(
+    ServerContext& ctx, const std::string& route,
+    std::function<void(const httplib::Request&, httplib::Response&)> fn);
 
 }  // namespace gritserve
