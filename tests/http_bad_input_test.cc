@@ -340,17 +340,30 @@ TEST_F(BadInputTest, EveryBadRequestGetsItsStatusAndTheServerIsUnharmed) {
   EXPECT_EQ(after.text, before.text);
 }
 
-// Requests that httplib itself refuses (bad request line) get the same shape.
-TEST_F(BadInputTest, GarbageRequestLineGetsAJsonError) {
+// A plain TCP connection to the server, with 10 s send and receive timeouts (a
+// hang, or a server that stops reading without closing, ends the test instead
+// of stalling it). Returns -1 on failure.
+int ConnectRaw(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  timeval timeout{10, 0};  // a hang is a failure, not a stuck test
+  if (fd < 0) return -1;
+  timeval timeout{10, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Requests that httplib itself refuses (bad request line) get the same shape.
+TEST_F(BadInputTest, GarbageRequestLineGetsAJsonError) {
+  const int fd = ConnectRaw(server_->port());
+  ASSERT_GE(fd, 0);
   const std::string garbage = "GARBAGE\r\n\r\n";
   ASSERT_EQ(::write(fd, garbage.data(), garbage.size()), static_cast<ssize_t>(garbage.size()));
   std::string reply;
@@ -380,16 +393,8 @@ int64_t PeakRss(pid_t pid) {
 TEST_F(BadInputTest, EndlessChunkedBodyIsCutOffWithoutBeingBuffered) {
   const int64_t peak_before = PeakRss(server_->pid());
   ASSERT_GT(peak_before, 0);
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int fd = ConnectRaw(server_->port());
   ASSERT_GE(fd, 0);
-  timeval timeout{10, 0};  // a server that stops reading without closing ends the loop too
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   auto send_all = [fd](const std::string& data) {
     for (size_t off = 0; off < data.size();) {
       const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
