@@ -156,9 +156,24 @@ std::shared_ptr<const DocKvEntry> DocKvStore::Get(const DocKey& key) {
   return nullptr;
 }
 
+namespace {
+
+// [Hkv, T, D] in host memory, in the storage dtype. Entries computed on a GPU
+// go to page-locked memory: every request that reuses them copies them back to
+// the GPU, and pageable memory takes a bounce buffer for that.
+at::Tensor ToHost(const at::Tensor& t, at::ScalarType dtype) {
+  if (!t.is_cuda()) return t.to(at::kCPU).to(dtype).contiguous();
+  at::Tensor host =
+      at::empty(t.sizes(), at::TensorOptions().dtype(dtype).pinned_memory(true));  // [Hkv, T, D]
+  host.copy_(t);
+  return host;
+}
+
+}  // namespace
+
 std::shared_ptr<const DocKvEntry> DocKvStore::Put(DocKvEntry entry) {
-  for (auto& t : entry.keys) t = t.to(at::kCPU).to(options_.storage_dtype).contiguous();
-  for (auto& t : entry.values) t = t.to(at::kCPU).to(options_.storage_dtype).contiguous();
+  for (auto& t : entry.keys) t = ToHost(t, options_.storage_dtype);
+  for (auto& t : entry.values) t = ToHost(t, options_.storage_dtype);
   auto shared = std::make_shared<const DocKvEntry>(std::move(entry));
   if (!options_.dir.empty()) {
     try {

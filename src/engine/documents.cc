@@ -175,9 +175,13 @@ KvCache AssembleDocuments(Engine::Impl& e, const std::vector<ResolvedDocument>& 
     // Entries hold keys for positions 0..n-1; a rotation by the start moves
     // them exactly to where the document sits in this prompt.
     const int64_t start = positions == DocPositions::kSequential ? offset : 0;
-    at::Tensor
-        rotated;  // [L, Hkv, T, D], all layers in one pass (op overhead, not bytes, dominates)
-    if (start != 0) rotated = d.RotateKeys(at::stack(entry->keys).to(d.device(), d.dtype()), start);
+    // All layers rotated in one pass: op overhead, not bytes, dominates.
+    at::Tensor rotated;  // [L, Hkv, T, D]
+    if (start != 0) {
+      std::vector<at::Tensor> keys;  // on the model's device (from page-locked memory on a GPU)
+      for (const at::Tensor& k : entry->keys) keys.push_back(k.to(d.device()));
+      rotated = d.RotateKeys(at::stack(keys).to(d.dtype()), start);
+    }
     std::vector<at::Tensor> ks, vs;  // [1, Hkv, T, D] each; Append converts dtype and device
     for (size_t l = 0; l < layers; ++l) {
       ks.push_back((start != 0 ? rotated[l] : entry->keys[l]).unsqueeze(0));
