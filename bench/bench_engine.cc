@@ -1,19 +1,19 @@
 // Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
 // weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
 //   bench_engine [--model DIR] [--threads N] [--repeats N] [--device cpu|cuda[:N]] [--dtype D]
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
-#include "bench_util.h"
 
 using namespace gritserve;
 using bench::RandomIds;
@@ -23,7 +23,6 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 }  // namespace
-
 
 int main(int argc, char** argv) {
   CLI::App app{"gritserve engine benchmark"};

@@ -5,18 +5,18 @@
 //   bench_rag [--model DIR] [--docs 5] [--doc-tokens 256] [--question-tokens 32]
 //             [--profile-cached N]  (only the cached request, N times: for perf record)
 //             [--device cpu|cuda[:N]] [--dtype D]
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
-#include "bench_util.h"
 
 using namespace gritserve;
 using bench::RandomIds;

@@ -18,15 +18,14 @@ namespace {
 
 constexpr int kSteps = 16;
 
-const std::vector<std::string> kDocs = {
-    "The cat sat on the mat and looked at the bird.",
-    "Paris is the capital of France.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "def add(a, b):\n    return a + b",
-    "Mount Everest is the highest mountain on Earth.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Photosynthesis turns light into chemical energy.",
-    "A byte has eight bits."};
+const std::vector<std::string> kDocs = {"The cat sat on the mat and looked at the bird.",
+                                        "Paris is the capital of France.",
+                                        "Water boils at one hundred degrees Celsius at sea level.",
+                                        "def add(a, b):\n    return a + b",
+                                        "Mount Everest is the highest mountain on Earth.",
+                                        "The quick brown fox jumps over the lazy dog.",
+                                        "Photosynthesis turns light into chemical energy.",
+                                        "A byte has eight bits."};
 
 class DocumentsTest : public ::testing::Test {
  protected:
@@ -88,7 +87,8 @@ class DocumentsTest : public ::testing::Test {
       in.attention = AttentionSpec::Blocks(blocks);
       at::Tensor h = decoder_->Forward(in, nullptr)[0];
       at::Tensor logits = decoder_->Logits(h.narrow(0, t - 1, 1))[0].contiguous();
-      r.step_logits.emplace_back(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+      r.step_logits.emplace_back(logits.data_ptr<float>(),
+                                 logits.data_ptr<float>() + logits.numel());
       const int64_t next = logits.narrow(0, 0, limit).argmax().item<int64_t>();
       r.tokens.push_back(static_cast<int32_t>(next));
       ids.push_back(next);
@@ -103,8 +103,8 @@ class DocumentsTest : public ::testing::Test {
     EXPECT_EQ(a.step_logits.size(), b.step_logits.size());
     for (size_t s = 0; s < std::min(a.step_logits.size(), b.step_logits.size()); ++s) {
       for (size_t v = 0; v < a.step_logits[s].size(); ++v) {
-        worst = std::max(worst, static_cast<double>(
-                                    std::fabs(a.step_logits[s][v] - b.step_logits[s][v])));
+        worst = std::max(worst,
+                         static_cast<double>(std::fabs(a.step_logits[s][v] - b.step_logits[s][v])));
       }
     }
     return worst;
@@ -149,9 +149,9 @@ TEST_F(DocumentsTest, CachedEqualsUncachedLayoutForEverySourceCountAndPlacement)
         auto docs = engine_->ResolveDocuments(Texts(n), source);
         GenerateResult cached = engine_->Generate(prompt, Greedy(), nullptr, docs, positions);
         GenerateResult ref = Reference(docs, prompt, positions);
-        const std::string what = std::string(KvSourceName(source)) + " x" + std::to_string(n) +
-                                 (positions == DocPositions::kSequential ? " sequential"
-                                                                         : " composite");
+        const std::string what =
+            std::string(KvSourceName(source)) + " x" + std::to_string(n) +
+            (positions == DocPositions::kSequential ? " sequential" : " composite");
         EXPECT_EQ(cached.tokens, ref.tokens) << what;
         EXPECT_LT(MaxLogitDiff(cached, ref), 1e-4) << what;
       }

@@ -32,8 +32,8 @@ std::vector<std::pair<std::string, json>> PostRoutes() {
       {"/detokenize", {{"ids", {1, 2}}}},
   };
 }
-const std::vector<std::string> kGetRoutes = {"/info", "/v1/models", "/metrics",
-                                             "/openapi.json", "/cache"};
+const std::vector<std::string> kGetRoutes = {"/info", "/v1/models", "/metrics", "/openapi.json",
+                                             "/cache"};
 
 TEST(HttpAuthTest, EveryRouteButHealthNeedsTheKey) {
   ServerProcess server(TinyCheckpointDir(), {"--api-key", "s3cret"});
@@ -87,10 +87,9 @@ TEST(HttpShutdownTest, SigtermDrainsInFlightRequestsThenExitsZero) {
   auto watcher = server.Client();
   auto running = std::async(std::launch::async, [&] {
     auto c = server.Client();
-    return PostJson(*c, "/generate", {{"prompt", "hello"},
-                                      {"max_tokens", kTokens},
-                                      {"ignore_eos", true},
-                                      {"temperature", 0}});
+    return PostJson(
+        *c, "/generate",
+        {{"prompt", "hello"}, {"max_tokens", kTokens}, {"ignore_eos", true}, {"temperature", 0}});
   });
   ASSERT_TRUE(WaitFor([&] { return Metric(*watcher, "gritserve_active_generations") == 1; }));
   ASSERT_EQ(::kill(server.pid(), SIGTERM), 0);

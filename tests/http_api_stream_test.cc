@@ -26,13 +26,11 @@ void ExpectWellFormed(const StreamResult& s) {
 
 class HttpStreamTest : public SharedServerTest<HttpStreamTest> {
  protected:
-
 };
 
-
 TEST_F(HttpStreamTest, GenerateStreamEqualsNonStreamed) {
-  json body = {{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0},
-               {"ignore_eos", true}};
+  json body = {
+      {"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0}, {"ignore_eos", true}};
   json whole = Ok(*client_, "/generate", body);
   body["stream"] = true;
   StreamResult s = StreamPost(*client_, "/generate", body);
@@ -119,8 +117,8 @@ class HttpLongGenerationTest : public SharedServerTest<HttpLongGenerationTest> {
 
  public:  // called by SharedServerTest
   static ServerProcess* StartServer() {
-    return new ServerProcess(SlowCheckpointDir(), {"--max-concurrent-requests", "1",
-                                                   "--max-tokens", std::to_string(kMaxTokens)});
+    return new ServerProcess(SlowCheckpointDir(), {"--max-concurrent-requests", "1", "--max-tokens",
+                                                   std::to_string(kMaxTokens)});
   }
 
  protected:
@@ -135,13 +133,15 @@ class HttpLongGenerationTest : public SharedServerTest<HttpLongGenerationTest> {
   double Generated() { return Metric(*watcher_, "gritserve_generated_tokens_total"); }
 
   static json LongBody() {
-    return {{"prompt", "hello"}, {"max_tokens", kMaxTokens}, {"ignore_eos", true},
-            {"temperature", 0}, {"stream", true}};
+    return {{"prompt", "hello"},
+            {"max_tokens", kMaxTokens},
+            {"ignore_eos", true},
+            {"temperature", 0},
+            {"stream", true}};
   }
 
   std::unique_ptr<httplib::Client> watcher_;  // a second connection, for /metrics
 };
-
 
 TEST_F(HttpLongGenerationTest, EventsArriveWhileGenerating) {
   double active_at_first = -1;
@@ -161,8 +161,8 @@ TEST_F(HttpLongGenerationTest, EventsArriveWhileGenerating) {
 TEST_F(HttpLongGenerationTest, DisconnectCancelsAndFreesTheSlot) {
   const double generated_before = Generated();
   int seen = 0;
-  StreamResult s = StreamPost(*client_, "/generate", LongBody(),
-                              [&](const std::string&) { return ++seen < 3; });
+  StreamResult s =
+      StreamPost(*client_, "/generate", LongBody(), [&](const std::string&) { return ++seen < 3; });
   EXPECT_EQ(s.status, 200);
   EXPECT_EQ(seen, 3);
   EXPECT_EQ(s.error, httplib::Error::Canceled);

@@ -1,6 +1,7 @@
 // Every route of the real server, one tiny-checkpoint server for the suite:
 // response shapes, the options each route takes, and cross-route consistency.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,8 +10,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <openssl/evp.h>
 
 #include "http_api_util.h"
 #include "server_harness.h"
@@ -80,9 +79,7 @@ class HttpApiTest : public SharedServerTest<HttpApiTest> {
     EXPECT_EQ(v.size(), 1u);
     return v.empty() ? Vec() : v[0];
   }
-
 };
-
 
 constexpr size_t kHidden = 64;  // the tiny preset's hidden size
 
@@ -238,30 +235,32 @@ TEST_F(HttpApiTest, CohereRerank) {
               r["results"][i - 1]["relevance_score"].get<double>());
   }
   // Strings and {"text"} objects are the same documents.
-  json as_strings = Post("/v1/rerank", {{"query", "the cat sleeps"},
-                                        {"documents", {"dogs bark loudly", "the cat sleeps",
-                                                       "cars drive fast", "a small bird"}}});
+  json as_strings = Post(
+      "/v1/rerank",
+      {{"query", "the cat sleeps"},
+       {"documents", {"dogs bark loudly", "the cat sleeps", "cars drive fast", "a small bird"}}});
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(as_strings["results"][i]["index"], r["results"][i]["index"]);
     EXPECT_NEAR(as_strings["results"][i]["relevance_score"].get<double>(),
                 r["results"][i]["relevance_score"].get<double>(), 1e-6);
   }
-  json top = Post("/v1/rerank", {{"query", "the cat sleeps"},
-                                 {"documents", docs},
-                                 {"top_n", 2},
-                                 {"return_documents", true}});
+  json top = Post(
+      "/v1/rerank",
+      {{"query", "the cat sleeps"}, {"documents", docs}, {"top_n", 2}, {"return_documents", true}});
   ASSERT_EQ(top["results"].size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
     EXPECT_EQ(top["results"][i]["index"], r["results"][i]["index"]);
     const size_t idx = top["results"][i]["index"].get<size_t>();
-    const std::string text = docs[idx].is_string() ? docs[idx].get<std::string>()
-                                                   : docs[idx]["text"].get<std::string>();
+    const std::string text =
+        docs[idx].is_string() ? docs[idx].get<std::string>() : docs[idx]["text"].get<std::string>();
     EXPECT_EQ(top["results"][i]["document"]["text"], text);
   }
 }
 
 TEST_F(HttpApiTest, GenerateShapeAndDeterminism) {
-  const json body = {{"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0},
+  const json body = {{"prompt", "Once upon a time"},
+                     {"max_tokens", 12},
+                     {"temperature", 0},
                      {"return_tokens", true}};
   json a = Post("/generate", body);
   ASSERT_TRUE(a["text"].is_string());
@@ -304,7 +303,10 @@ TEST_F(HttpApiTest, GenerateIgnoreEosGivesExactlyMaxTokens) {
 TEST_F(HttpApiTest, GenerateStopString) {
   // A seeded sample is reproducible and, unlike this random model's greedy
   // output (one repeated token), varied enough to hold a stop string mid-way.
-  json body = {{"prompt", "hello"}, {"max_tokens", 40}, {"temperature", 1.0}, {"seed", 5},
+  json body = {{"prompt", "hello"},
+               {"max_tokens", 40},
+               {"temperature", 1.0},
+               {"seed", 5},
                {"ignore_eos", true}};
   const std::string full = Post("/generate", body)["text"].get<std::string>();
   ASSERT_EQ(Post("/generate", body)["text"], full) << "a fixed seed must reproduce";
@@ -325,8 +327,11 @@ TEST_F(HttpApiTest, GenerateStopString) {
   EXPECT_LT(g["usage"]["completion_tokens"].get<int>(), 40);
 
   // The same with the greedy output, whose text is one token repeated.
-  json greedy = {{"prompt", "Once upon a time"}, {"raw", true}, {"max_tokens", 20},
-                 {"temperature", 0}, {"ignore_eos", true}};
+  json greedy = {{"prompt", "Once upon a time"},
+                 {"raw", true},
+                 {"max_tokens", 20},
+                 {"temperature", 0},
+                 {"ignore_eos", true}};
   const std::string gfull = Post("/generate", greedy)["text"].get<std::string>();
   ASSERT_GE(gfull.size(), 4u);
   greedy["stop"] = gfull.substr(1, 2);
@@ -378,8 +383,7 @@ TEST_F(HttpApiTest, CompletionsMatchRawGenerate) {
   EXPECT_EQ(c["choices"][0]["text"], g["text"]);
   EXPECT_EQ(u["prompt_tokens"], g["usage"]["prompt_tokens"]);
   // OpenAI's one-element list prompt is the same prompt.
-  json l = Post("/v1/completions",
-                {{"prompt", {prompt}}, {"max_tokens", 15}, {"temperature", 0}});
+  json l = Post("/v1/completions", {{"prompt", {prompt}}, {"max_tokens", 15}, {"temperature", 0}});
   EXPECT_EQ(l["choices"][0]["text"], g["text"]);
 }
 
@@ -458,8 +462,8 @@ TEST_F(HttpApiTest, MetricsCountRequestsAndTokens) {
   EXPECT_GT(Metric(after, "gritserve_prompt_tokens_total"), prompt_tokens);
   EXPECT_EQ(Metric(after, "gritserve_generated_tokens_total"), generated + 9);
   EXPECT_GE(Metric(after, "gritserve_request_duration_seconds_count{route=\"/embed\"}"), 2);
-  EXPECT_GE(Metric(after, "gritserve_request_duration_seconds_bucket{route=\"/embed\",le=\"+Inf\"}"),
-            2);
+  EXPECT_GE(
+      Metric(after, "gritserve_request_duration_seconds_bucket{route=\"/embed\",le=\"+Inf\"}"), 2);
   EXPECT_GE(Metric(after, "gritserve_request_duration_seconds_sum{route=\"/embed\"}"), 0);
   EXPECT_NE(after.find("# TYPE gritserve_request_duration_seconds histogram"), std::string::npos);
   EXPECT_EQ(Metric(after, "gritserve_active_generations"), 0);

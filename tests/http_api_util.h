@@ -9,13 +9,12 @@
 #include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "server_harness.h"
 #include "test_util.h"
@@ -196,8 +195,8 @@ inline std::string SlowCheckpointDir() {
   static std::string dir;
   std::call_once(once, [] {
     dir = MakeTempDir("http-demo");
-    const std::string cmd = BinaryPath() + " make-checkpoint --preset demo --out " + dir +
-                            " > " + dir + ".log 2>&1";
+    const std::string cmd =
+        BinaryPath() + " make-checkpoint --preset demo --out " + dir + " > " + dir + ".log 2>&1";
     if (std::system(cmd.c_str()) != 0) {
       throw std::runtime_error("make-checkpoint failed: " + ReadFile(dir + ".log"));
     }

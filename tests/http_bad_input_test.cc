@@ -11,9 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -403,8 +403,9 @@ TEST_F(BadInputTest, EndlessChunkedBodyIsCutOffWithoutBeingBuffered) {
     }
     return true;
   };
-  ASSERT_TRUE(send_all("POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                       "application/json\r\nTransfer-Encoding: chunked\r\n\r\n"));
+  ASSERT_TRUE(
+      send_all("POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+               "application/json\r\nTransfer-Encoding: chunked\r\n\r\n"));
   const std::string chunk = "100000\r\n" + std::string(1 << 20, 'a') + "\r\n";  // 1 MiB
   constexpr int64_t kMaxChunks = 1024;  // 1 GiB: far past anything the server may read
   int64_t sent = 0;
@@ -412,7 +413,8 @@ TEST_F(BadInputTest, EndlessChunkedBodyIsCutOffWithoutBeingBuffered) {
   EXPECT_LT(sent, 256) << "the server kept reading an over-limit body";
   std::string reply;
   char buf[4096];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) reply.append(buf, static_cast<size_t>(n));
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;)
+    reply.append(buf, static_cast<size_t>(n));
   ::close(fd);
   // The 413 is sent before the connection closes, but a reset can overtake it.
   if (!reply.empty()) {

@@ -1,13 +1,12 @@
 #include "server_harness.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fcntl.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -24,8 +23,8 @@ std::string TinyCheckpointDir() {
   static std::string dir;
   std::call_once(once, [] {
     dir = MakeTempDir("http-tiny");
-    const std::string cmd = BinaryPath() + " make-checkpoint --preset tiny --out " + dir +
-                            " > " + dir + ".log 2>&1";
+    const std::string cmd =
+        BinaryPath() + " make-checkpoint --preset tiny --out " + dir + " > " + dir + ".log 2>&1";
     if (std::system(cmd.c_str()) != 0) {
       throw std::runtime_error("make-checkpoint failed: " + ReadFile(dir + ".log"));
     }
@@ -49,7 +48,7 @@ int FreePort() {
 ServerProcess::ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args) {
   port_ = FreePort();
   log_path_ = MakeTempDir("server-log") + "/server.log";
-  std::vector<std::string> args = {BinaryPath(), "--model", model_dir, "--port",
+  std::vector<std::string> args = {BinaryPath(),          "--model",   model_dir, "--port",
                                    std::to_string(port_), "--threads", "1"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   pid_ = ::fork();

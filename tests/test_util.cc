@@ -20,9 +20,9 @@ std::string FixturesDir() {
 
 std::string MakeTempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
-  std::filesystem::path p = std::filesystem::path(GRITSERVE_TEST_TMP) /
-                            (tag + "-" + std::to_string(::getpid()) + "-" +
-                             std::to_string(counter.fetch_add(1)));
+  std::filesystem::path p =
+      std::filesystem::path(GRITSERVE_TEST_TMP) /
+      (tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();

@@ -21,7 +21,6 @@ using testing::Nfc;
 using testing::Utf8;
 using testing::ValidUtf8;
 
-
 // Random valid UTF-8 drawn from many scripts, combining marks, emoji, CJK and
 // whitespace, so normalisation, the split regex and byte merges all get exercised.
 std::string RandomText(std::mt19937& rng, int max_chars) {

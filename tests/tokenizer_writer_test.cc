@@ -20,7 +20,6 @@ using testing::Nfc;
 using testing::Utf8;
 using testing::ValidUtf8;
 
-
 std::string RandomUtf8(std::mt19937& rng, int n) {
   std::string s;
   std::uniform_int_distribution<int32_t> cp_dist(1, 0x2FFFF);

@@ -205,12 +205,9 @@ std::shared_ptr<const DocKvEntry> DocKvStore::Put(DocKvEntry entry) {
 
 void DocKvStore::SetAlias(const std::string& alias, DocAlias info) {
   if (!options_.dir.empty()) {
-    json j = {{"alias", alias},
-              {"key", info.key.Hex()},
-              {"source", KvSourceName(info.source)},
-              {"ids", info.ids},
-              {"text_begin", info.text_begin},
-              {"text_end", info.text_end}};
+    json j = {
+        {"alias", alias},  {"key", info.key.Hex()},         {"source", KvSourceName(info.source)},
+        {"ids", info.ids}, {"text_begin", info.text_begin}, {"text_end", info.text_end}};
     try {
       AtomicWrite(AliasPath(alias), j.dump());
     } catch (const std::exception& e) {
@@ -284,9 +281,7 @@ std::string DocKvStore::AliasPath(const std::string& alias) const {
 // File: magic (8) | header length (8) | header JSON | payload | XXH64 of header+payload (8).
 void DocKvStore::WriteEntryFile(const DocKvEntry& e) {
   std::string payload;
-  auto append = [&](const void* p, size_t n) {
-    payload.append(static_cast<const char*>(p), n);
-  };
+  auto append = [&](const void* p, size_t n) { payload.append(static_cast<const char*>(p), n); };
   for (size_t l = 0; l < e.keys.size(); ++l) {
     append(e.keys[l].data_ptr(), e.keys[l].numel() * e.keys[l].element_size());
     append(e.values[l].data_ptr(), e.values[l].numel() * e.values[l].element_size());
@@ -392,7 +387,8 @@ void DocKvStore::LoadAliases() {
       auto key = DocKey::FromHex(j.at("key").get<std::string>());
       if (!key) throw std::runtime_error("bad key");
       a.key = *key;
-      a.source = j.at("source").get<std::string>() == "embed" ? KvSource::kEmbed : KvSource::kCausal;
+      a.source =
+          j.at("source").get<std::string>() == "embed" ? KvSource::kEmbed : KvSource::kCausal;
       a.ids = j.at("ids").get<std::vector<int32_t>>();
       a.text_begin = j.at("text_begin").get<size_t>();
       a.text_end = j.at("text_end").get<size_t>();

@@ -71,8 +71,6 @@ at::Tensor KvCache::key_valid() const {
 }
 
 at::Tensor KvCache::keys(int64_t layer) const { return keys_.at(layer).narrow(2, 0, length_); }
-at::Tensor KvCache::values(int64_t layer) const {
-  return values_.at(layer).narrow(2, 0, length_);
-}
+at::Tensor KvCache::values(int64_t layer) const { return values_.at(layer).narrow(2, 0, length_); }
 
 }  // namespace gritserve

@@ -4,16 +4,26 @@ namespace gritserve {
 
 const char* ErrorKindName(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::kInvalidRequest: return "invalid_request_error";
-    case ErrorKind::kUnauthorized: return "authentication_error";
-    case ErrorKind::kNotFound: return "not_found_error";
-    case ErrorKind::kMethodNotAllowed: return "method_not_allowed";
-    case ErrorKind::kTooLarge: return "payload_too_large";
-    case ErrorKind::kUnprocessable: return "unprocessable_entity";
-    case ErrorKind::kQueueFull: return "queue_full";
-    case ErrorKind::kUnavailable: return "unavailable";
-    case ErrorKind::kLoad: return "load_error";
-    case ErrorKind::kInternal: return "internal_error";
+    case ErrorKind::kInvalidRequest:
+      return "invalid_request_error";
+    case ErrorKind::kUnauthorized:
+      return "authentication_error";
+    case ErrorKind::kNotFound:
+      return "not_found_error";
+    case ErrorKind::kMethodNotAllowed:
+      return "method_not_allowed";
+    case ErrorKind::kTooLarge:
+      return "payload_too_large";
+    case ErrorKind::kUnprocessable:
+      return "unprocessable_entity";
+    case ErrorKind::kQueueFull:
+      return "queue_full";
+    case ErrorKind::kUnavailable:
+      return "unavailable";
+    case ErrorKind::kLoad:
+      return "load_error";
+    case ErrorKind::kInternal:
+      return "internal_error";
   }
   return "internal_error";
 }

@@ -140,9 +140,8 @@ bool Scheduler::Mergeable(const Job& a, const Job& b) {
   const EmbedOptions &x = a.options, &y = b.options;
   // Templates and instructions are already applied to the prompts; what is left
   // must agree for one Embed call to serve both.
-  return a.store == EmbedStore::kNone && b.store == EmbedStore::kNone &&
-         x.pooling == y.pooling && x.layer == y.layer && x.normalize == y.normalize &&
-         x.dimensions == y.dimensions;
+  return a.store == EmbedStore::kNone && b.store == EmbedStore::kNone && x.pooling == y.pooling &&
+         x.layer == y.layer && x.normalize == y.normalize && x.dimensions == y.dimensions;
 }
 
 void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
@@ -167,8 +166,9 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
       auto vecs = engine_.Embed(prompts, batch[0]->options);
       size_t at = 0;
       for (auto& j : batch) {
-        std::vector<std::vector<float>> mine(vecs.begin() + static_cast<std::ptrdiff_t>(at),
-                                             vecs.begin() + static_cast<std::ptrdiff_t>(at + j->prompts.size()));
+        std::vector<std::vector<float>> mine(
+            vecs.begin() + static_cast<std::ptrdiff_t>(at),
+            vecs.begin() + static_cast<std::ptrdiff_t>(at + j->prompts.size()));
         at += j->prompts.size();
         j->embed_result.set_value(std::move(mine));
       }

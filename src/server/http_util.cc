@@ -12,16 +12,26 @@ namespace gritserve::http {
 
 int StatusFor(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::kInvalidRequest: return 400;
-    case ErrorKind::kUnauthorized: return 401;
-    case ErrorKind::kNotFound: return 404;
-    case ErrorKind::kMethodNotAllowed: return 405;
-    case ErrorKind::kTooLarge: return 413;
-    case ErrorKind::kUnprocessable: return 422;
-    case ErrorKind::kQueueFull: return 429;
-    case ErrorKind::kUnavailable: return 503;
-    case ErrorKind::kLoad: return 500;
-    case ErrorKind::kInternal: return 500;
+    case ErrorKind::kInvalidRequest:
+      return 400;
+    case ErrorKind::kUnauthorized:
+      return 401;
+    case ErrorKind::kNotFound:
+      return 404;
+    case ErrorKind::kMethodNotAllowed:
+      return 405;
+    case ErrorKind::kTooLarge:
+      return 413;
+    case ErrorKind::kUnprocessable:
+      return 422;
+    case ErrorKind::kQueueFull:
+      return 429;
+    case ErrorKind::kUnavailable:
+      return 503;
+    case ErrorKind::kLoad:
+      return 500;
+    case ErrorKind::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -185,13 +195,11 @@ std::vector<int32_t> TokenIds(const json& arr, const char* key, int64_t vocab_si
     if (!e.is_number_integer()) {
       throw InvalidRequest(std::string("'") + key + "': token ids must be integers");
     }
-    const int64_t v = e.is_number_unsigned() && e.get<uint64_t>() > (1ULL << 40)
-                          ? (1LL << 40)
-                          : e.get<int64_t>();
+    const int64_t v =
+        e.is_number_unsigned() && e.get<uint64_t>() > (1ULL << 40) ? (1LL << 40) : e.get<int64_t>();
     if (v < 0 || v >= vocab_size) {
       throw Unprocessable(std::string("'") + key + "': token id " + std::to_string(v) +
-                          " is outside the vocabulary (size " + std::to_string(vocab_size) +
-                          ")");
+                          " is outside the vocabulary (size " + std::to_string(vocab_size) + ")");
     }
     ids.push_back(static_cast<int32_t>(v));
   }

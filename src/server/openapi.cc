@@ -389,20 +389,19 @@ json Schemas() {
                        {{"required", json::array({"messages"})}}};
   s["GenerateRequest"] = std::move(generate);
 
-  s["GenerateResponse"] =
-      Object({{"text", T("string")},
-              {"finish_reason", Enum({"stop", "length", "cancelled"},
-                                     "stop: EOS or a stop string; length: max_tokens reached.")},
-              {"usage", Object({{"prompt_tokens", T("integer")},
-                                {"cached_tokens", Int("Prompt tokens served from the KV store.")},
-                                {"completion_tokens", T("integer")}})},
-              {"timings",
-               Object(Typed("number", {"ttft_ms", "prefill_ms", "documents_ms", "decode_ms"}))},
-              {"tokens", ArrayOf(T("integer"), "Generated ids, with \"return_tokens\".")},
-              {"full_text", Field("string",
-                                  "The whole answer; only in the last streamed event, "
-                                  "whose \"text\" is empty.")}},
-             {"text", "finish_reason", "usage", "timings"});
+  s["GenerateResponse"] = Object(
+      {{"text", T("string")},
+       {"finish_reason", Enum({"stop", "length", "cancelled"},
+                              "stop: EOS or a stop string; length: max_tokens reached.")},
+       {"usage", Object({{"prompt_tokens", T("integer")},
+                         {"cached_tokens", Int("Prompt tokens served from the KV store.")},
+                         {"completion_tokens", T("integer")}})},
+       {"timings", Object(Typed("number", {"ttft_ms", "prefill_ms", "documents_ms", "decode_ms"}))},
+       {"tokens", ArrayOf(T("integer"), "Generated ids, with \"return_tokens\".")},
+       {"full_text", Field("string",
+                           "The whole answer; only in the last streamed event, "
+                           "whose \"text\" is empty.")}},
+      {"text", "finish_reason", "usage", "timings"});
   s["GenerateStreamEvent"] =
       OneOf({Object({{"text", T("string")}}, {"text"}, "A piece of the answer."),
              Ref("GenerateResponse"), Ref("Error")},

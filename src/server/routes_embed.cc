@@ -50,8 +50,8 @@ void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedReques
   if (!r.truncate) throw Unprocessable(what + " (set \"truncate\": true to cut it)");
   const size_t excess = static_cast<size_t>(n - limit);
   if (p.text_end - p.text_begin <= excess) throw Unprocessable(what + ", even without its text");
-  auto first = p.ids.begin() + static_cast<std::ptrdiff_t>(
-                                   r.truncate_left ? p.text_begin : p.text_end - excess);
+  auto first = p.ids.begin() +
+               static_cast<std::ptrdiff_t>(r.truncate_left ? p.text_begin : p.text_end - excess);
   p.ids.erase(first, first + static_cast<std::ptrdiff_t>(excess));
   p.text_end -= excess;
 }
@@ -105,7 +105,8 @@ Doc ParseDoc(const json& d, const char* field) {
 
 std::vector<Doc> ParseDocs(const json& body, const char* field, int64_t max_items) {
   auto it = body.find(field);
-  if (it == body.end() || it->is_null()) throw InvalidRequest(std::string("'") + field + "' is required");
+  if (it == body.end() || it->is_null())
+    throw InvalidRequest(std::string("'") + field + "' is required");
   if (!it->is_array() || it->empty()) {
     throw InvalidRequest(std::string("'") + field + "' must be a non-empty list");
   }
@@ -176,146 +177,152 @@ std::vector<size_t> BestFirst(const std::vector<float>& scores) {
 
 void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
   server.Post("/embed", GuardedBody(ctx, "/embed", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
-    auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
-                                ctx.engine->config().vocab_size);
-    // "cache": true (or "ids") keeps each input's K/V from this same pass in the
-    // document store; "ids" names the entries for later /generate documents.
-    std::vector<std::string> ids;
-    if (auto list = http::OptStringList(body, "ids", ctx.options.max_inputs)) {
-      ids = *list;
-      if (ids.size() != in.size()) {
-        throw Unprocessable("'ids' has " + std::to_string(ids.size()) + " entries for " +
-                            std::to_string(in.size()) + " inputs");
-      }
-      for (const auto& id : ids) {
-        if (id.empty() || id.size() > 256) throw Unprocessable("each id must be 1-256 bytes");
-      }
-    }
-    const bool cache = http::OptBool(body, "cache").value_or(!ids.empty());
-    if (!cache && !ids.empty()) throw Unprocessable("'ids' needs \"cache\": true (the default)");
-    if (cache && r.options.layer > 0) {
-      throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
-    }
-    http::SendJson(res, ctx.scheduler
-                            ->SubmitEmbed(Encode(ctx, in, r), r.options,
-                                          cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
-                            .get());
-  }));
+                json body = http::ParseBody(req.body);
+                EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+                auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
+                                            ctx.engine->config().vocab_size);
+                // "cache": true (or "ids") keeps each input's K/V from this same pass in the
+                // document store; "ids" names the entries for later /generate documents.
+                std::vector<std::string> ids;
+                if (auto list = http::OptStringList(body, "ids", ctx.options.max_inputs)) {
+                  ids = *list;
+                  if (ids.size() != in.size()) {
+                    throw Unprocessable("'ids' has " + std::to_string(ids.size()) +
+                                        " entries for " + std::to_string(in.size()) + " inputs");
+                  }
+                  for (const auto& id : ids) {
+                    if (id.empty() || id.size() > 256)
+                      throw Unprocessable("each id must be 1-256 bytes");
+                  }
+                }
+                const bool cache = http::OptBool(body, "cache").value_or(!ids.empty());
+                if (!cache && !ids.empty())
+                  throw Unprocessable("'ids' needs \"cache\": true (the default)");
+                if (cache && r.options.layer > 0) {
+                  throw Unprocessable(
+                      "'layer' cannot be combined with 'cache': the store keeps every layer");
+                }
+                http::SendJson(res,
+                               ctx.scheduler
+                                   ->SubmitEmbed(Encode(ctx, in, r), r.options,
+                                                 cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
+                                   .get());
+              }));
 
-  server.Post("/v1/embeddings", GuardedBody(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    http::OptString(body, "model");  // any model name is accepted; type-checked only
-    const std::string format = http::OptString(body, "encoding_format").value_or("float");
-    if (format != "float" && format != "base64") {
-      throw Unprocessable("'encoding_format' must be \"float\" or \"base64\"");
-    }
-    EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
-    auto in = http::ParseInputs(body, "input", ctx.options.max_inputs,
-                                ctx.engine->config().vocab_size);
-    auto prompts = Encode(ctx, in, r);
-    const int64_t tokens = CountTokens(prompts);
-    auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
-    json data = json::array();
-    for (size_t i = 0; i < vecs.size(); ++i) {
-      json e = {{"object", "embedding"}, {"index", i}};
-      if (format == "base64") {
-        e["embedding"] = http::Base64(vecs[i].data(), vecs[i].size() * sizeof(float));
-      } else {
-        e["embedding"] = vecs[i];
-      }
-      data.push_back(std::move(e));
-    }
-    http::SendJson(res, {{"object", "list"},
-                         {"data", data},
-                         {"model", ctx.model_id},
-                         {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
-  }));
+  server.Post(
+      "/v1/embeddings", GuardedBody(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
+        json body = http::ParseBody(req.body);
+        http::OptString(body, "model");  // any model name is accepted; type-checked only
+        const std::string format = http::OptString(body, "encoding_format").value_or("float");
+        if (format != "float" && format != "base64") {
+          throw Unprocessable("'encoding_format' must be \"float\" or \"base64\"");
+        }
+        EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+        auto in = http::ParseInputs(body, "input", ctx.options.max_inputs,
+                                    ctx.engine->config().vocab_size);
+        auto prompts = Encode(ctx, in, r);
+        const int64_t tokens = CountTokens(prompts);
+        auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
+        json data = json::array();
+        for (size_t i = 0; i < vecs.size(); ++i) {
+          json e = {{"object", "embedding"}, {"index", i}};
+          if (format == "base64") {
+            e["embedding"] = http::Base64(vecs[i].data(), vecs[i].size() * sizeof(float));
+          } else {
+            e["embedding"] = vecs[i];
+          }
+          data.push_back(std::move(e));
+        }
+        http::SendJson(res, {{"object", "list"},
+                             {"data", data},
+                             {"model", ctx.model_id},
+                             {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
+      }));
 
   server.Post("/rerank", GuardedBody(ctx, "/rerank", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    auto query = http::OptString(body, "query");
-    if (!query) throw InvalidRequest("'query' is required");
-    const std::vector<Doc> docs = ParseDocs(body, "texts", ctx.options.max_inputs);
-    const bool raw = http::OptBool(body, "raw_scores").value_or(false);
-    const bool return_text = http::OptBool(body, "return_text").value_or(false);
-    int64_t tokens = 0;
-    std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
-    json out = json::array();
-    for (size_t i : BestFirst(scores)) {
-      // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
-      json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
-      if (return_text) e["text"] = DocText(ctx, docs[i]);
-      out.push_back(std::move(e));
-    }
-    http::SendJson(res, out);
-  }));
+                json body = http::ParseBody(req.body);
+                auto query = http::OptString(body, "query");
+                if (!query) throw InvalidRequest("'query' is required");
+                const std::vector<Doc> docs = ParseDocs(body, "texts", ctx.options.max_inputs);
+                const bool raw = http::OptBool(body, "raw_scores").value_or(false);
+                const bool return_text = http::OptBool(body, "return_text").value_or(false);
+                int64_t tokens = 0;
+                std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
+                json out = json::array();
+                for (size_t i : BestFirst(scores)) {
+                  // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
+                  json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
+                  if (return_text) e["text"] = DocText(ctx, docs[i]);
+                  out.push_back(std::move(e));
+                }
+                http::SendJson(res, out);
+              }));
 
   server.Post("/v1/rerank", GuardedBody(ctx, "/v1/rerank", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    http::OptString(body, "model");
-    auto query = http::OptString(body, "query");
-    if (!query) throw InvalidRequest("'query' is required");
-    const std::vector<Doc> docs = ParseDocs(body, "documents", ctx.options.max_inputs);
-    const int64_t top_n =
-        http::OptInt(body, "top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
-            .value_or(static_cast<int64_t>(docs.size()));
-    const bool return_docs = http::OptBool(body, "return_documents").value_or(false);
-    int64_t tokens = 0;
-    std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
-    json results = json::array();
-    for (size_t i : BestFirst(scores)) {
-      if (static_cast<int64_t>(results.size()) >= top_n) break;
-      json e = {{"index", i}, {"relevance_score", scores[i]}};
-      if (return_docs) e["document"] = {{"text", DocText(ctx, docs[i])}};
-      results.push_back(std::move(e));
-    }
-    http::SendJson(res, {{"id", http::RandomId("rerank-")},
-                         {"model", ctx.model_id},
-                         {"results", results},
-                         {"usage", {{"total_tokens", tokens}}}});
-  }));
+                json body = http::ParseBody(req.body);
+                http::OptString(body, "model");
+                auto query = http::OptString(body, "query");
+                if (!query) throw InvalidRequest("'query' is required");
+                const std::vector<Doc> docs = ParseDocs(body, "documents", ctx.options.max_inputs);
+                const int64_t top_n =
+                    http::OptInt(body, "top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
+                        .value_or(static_cast<int64_t>(docs.size()));
+                const bool return_docs = http::OptBool(body, "return_documents").value_or(false);
+                int64_t tokens = 0;
+                std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
+                json results = json::array();
+                for (size_t i : BestFirst(scores)) {
+                  if (static_cast<int64_t>(results.size()) >= top_n) break;
+                  json e = {{"index", i}, {"relevance_score", scores[i]}};
+                  if (return_docs) e["document"] = {{"text", DocText(ctx, docs[i])}};
+                  results.push_back(std::move(e));
+                }
+                http::SendJson(res, {{"id", http::RandomId("rerank-")},
+                                     {"model", ctx.model_id},
+                                     {"results", results},
+                                     {"usage", {{"total_tokens", tokens}}}});
+              }));
 
   server.Post("/tokenize", GuardedBody(ctx, "/tokenize", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    auto texts = http::OptStringList(body, "inputs", ctx.options.max_inputs);
-    if (!texts) throw InvalidRequest("'inputs' is required");
-    const bool add_special = http::OptBool(body, "add_special_tokens").value_or(true);
-    const Tokenizer& tok = ctx.engine->tokenizer();
-    json out = json::array();
-    for (const auto& text : *texts) {
-      json tokens = json::array();
-      if (add_special && tok.add_bos() && tok.bos_id()) {
-        tokens.push_back({{"id", *tok.bos_id()},
-                          {"text", tok.Decode({*tok.bos_id()})},
-                          {"special", true},
-                          {"start", 0},
-                          {"stop", 0}});
-      }
-      for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
-        tokens.push_back({{"id", s.id},
-                          {"text", text.substr(s.start, s.stop - s.start)},
-                          {"special", tok.IsSpecial(s.id)},
-                          {"start", s.start},
-                          {"stop", s.stop}});
-      }
-      out.push_back(std::move(tokens));
-    }
-    http::SendJson(res, out);
-  }));
+                json body = http::ParseBody(req.body);
+                auto texts = http::OptStringList(body, "inputs", ctx.options.max_inputs);
+                if (!texts) throw InvalidRequest("'inputs' is required");
+                const bool add_special = http::OptBool(body, "add_special_tokens").value_or(true);
+                const Tokenizer& tok = ctx.engine->tokenizer();
+                json out = json::array();
+                for (const auto& text : *texts) {
+                  json tokens = json::array();
+                  if (add_special && tok.add_bos() && tok.bos_id()) {
+                    tokens.push_back({{"id", *tok.bos_id()},
+                                      {"text", tok.Decode({*tok.bos_id()})},
+                                      {"special", true},
+                                      {"start", 0},
+                                      {"stop", 0}});
+                  }
+                  for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
+                    tokens.push_back({{"id", s.id},
+                                      {"text", text.substr(s.start, s.stop - s.start)},
+                                      {"special", tok.IsSpecial(s.id)},
+                                      {"start", s.start},
+                                      {"stop", s.stop}});
+                  }
+                  out.push_back(std::move(tokens));
+                }
+                http::SendJson(res, out);
+              }));
 
   server.Post("/detokenize", GuardedBody(ctx, "/detokenize", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    const bool skip = http::OptBool(body, "skip_special_tokens").value_or(false);
-    auto in = http::ParseInputs(body, "ids", ctx.options.max_inputs,
-                                ctx.engine->tokenizer().VocabSize());
-    if (in.ids.empty()) throw InvalidRequest("'ids' must be a list of token ids");
-    const bool nested = body["ids"][0].is_array();
-    json out = json::array();
-    for (const auto& ids : in.ids) out.push_back(ctx.engine->tokenizer().Decode(ids, skip));
-    http::SendJson(res, nested ? out : out[0]);
-  }));
+                json body = http::ParseBody(req.body);
+                const bool skip = http::OptBool(body, "skip_special_tokens").value_or(false);
+                auto in = http::ParseInputs(body, "ids", ctx.options.max_inputs,
+                                            ctx.engine->tokenizer().VocabSize());
+                if (in.ids.empty()) throw InvalidRequest("'ids' must be a list of token ids");
+                const bool nested = body["ids"][0].is_array();
+                json out = json::array();
+                for (const auto& ids : in.ids)
+                  out.push_back(ctx.engine->tokenizer().Decode(ids, skip));
+                http::SendJson(res, nested ? out : out[0]);
+              }));
 }
 
 }  // namespace gritserve

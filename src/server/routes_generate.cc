@@ -56,8 +56,8 @@ void ParseSampling(const json& body, const ServerContext& ctx, int64_t default_m
 // prompt; "kv_source" and "positions" say how. Unknown ids are a 404 naming them.
 void ParseDocuments(const json& body, const ServerContext& ctx, GenRequest& r) {
   auto it = body.find("documents");
-  const std::string source = http::OptString(body, "kv_source").value_or(
-      KvSourceName(ctx.default_kv_source()));
+  const std::string source =
+      http::OptString(body, "kv_source").value_or(KvSourceName(ctx.default_kv_source()));
   if (source != "embed" && source != "causal") {
     throw Unprocessable("'kv_source' must be \"embed\" or \"causal\"");
   }
@@ -68,8 +68,8 @@ void ParseDocuments(const json& body, const ServerContext& ctx, GenRequest& r) {
   if (it == body.end() || it->is_null()) return;
   if (!it->is_array()) throw InvalidRequest("'documents' must be a list");
   if (static_cast<int64_t>(it->size()) > ctx.options.max_inputs) {
-    throw Error(ErrorKind::kTooLarge, "'documents' has more than " +
-                                          std::to_string(ctx.options.max_inputs) + " items");
+    throw Error(ErrorKind::kTooLarge,
+                "'documents' has more than " + std::to_string(ctx.options.max_inputs) + " items");
   }
   std::vector<DocumentRef> refs;
   for (const auto& d : *it) {
@@ -94,8 +94,8 @@ void ParseDocuments(const json& body, const ServerContext& ctx, GenRequest& r) {
     }
     refs.push_back(std::move(ref));
   }
-  r.documents = ctx.engine->ResolveDocuments(
-      refs, source == "embed" ? KvSource::kEmbed : KvSource::kCausal);
+  r.documents =
+      ctx.engine->ResolveDocuments(refs, source == "embed" ? KvSource::kEmbed : KvSource::kCausal);
   r.positions = positions == "composite" ? DocPositions::kComposite : DocPositions::kSequential;
 }
 
@@ -111,7 +111,8 @@ void CheckPrompt(const ServerContext& ctx, const std::vector<int32_t>& prompt) {
 std::vector<int32_t> PromptFrom(const json& body, const ServerContext& ctx, const char* key,
                                 bool raw) {
   auto it = body.find(key);
-  if (it == body.end() || it->is_null()) throw InvalidRequest(std::string("'") + key + "' is required");
+  if (it == body.end() || it->is_null())
+    throw InvalidRequest(std::string("'") + key + "' is required");
   if (it->is_array() && it->size() == 1 && (*it)[0].is_string()) {
     return ctx.engine->EncodeGenerate((*it)[0].get<std::string>(), raw);  // OpenAI ["text"]
   }
@@ -213,7 +214,8 @@ void StreamEvents(ServerContext& ctx, httplib::Response& res, std::shared_ptr<Ge
                        {"type", ErrorKindName(e.kind())},
                        {"code", http::StatusFor(e.kind())}}}}));
         } catch (const std::exception& e) {
-          send(Dump({{"error", {{"message", e.what()}, {"type", "internal_error"}, {"code", 500}}}}));
+          send(Dump(
+              {{"error", {{"message", e.what()}, {"type", "internal_error"}, {"code", 500}}}}));
         }
         send("[DONE]");
         sink.done();
@@ -229,144 +231,155 @@ void StreamEvents(ServerContext& ctx, httplib::Response& res, std::shared_ptr<Ge
 
 void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
   server.Post("/generate", GuardedBody(ctx, "/generate", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    GenRequest r;
-    ParseSampling(body, ctx, 256, r);
-    const bool raw = http::OptBool(body, "raw").value_or(false);
-    if (body.contains("messages") && !body["messages"].is_null()) {
-      r.prompt = ctx.engine->EncodeChat(ParseMessages(body));
-    } else {
-      r.prompt = PromptFrom(body, ctx, "prompt", raw);
-    }
-    CheckPrompt(ctx, r.prompt);
-    ParseDocuments(body, ctx, r);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
-    auto final_json = [return_tokens = r.return_tokens](const GenerateResult& g) {
-      json out = {{"text", g.text},
-                  {"finish_reason", g.finish_reason},
-                  {"usage",
-                   {{"prompt_tokens", g.prompt_tokens},
-                    {"cached_tokens", g.cached_tokens},
-                    {"completion_tokens", g.completion_tokens}}},
-                  {"timings",
-                   {{"ttft_ms", g.ttft_ms},
-                    {"prefill_ms", g.prefill_ms},
-                    {"documents_ms", g.documents_ms},
-                    {"decode_ms", g.decode_ms}}}};
-      if (return_tokens) out["tokens"] = g.tokens;
-      return out;
-    };
-    if (!r.stream) {
-      http::SendJson(res, final_json(job->Wait()));
-      return;
-    }
-    StreamEvents(ctx, res, job,
-                 {[] { return std::vector<json>{}; },
-                  [](const std::string& t) { return json{{"text", t}}; },
-                  [final_json](const GenerateResult& g) {
-                    json last = final_json(g);
-                    last["text"] = "";
-                    last["full_text"] = g.text;
-                    return std::vector<json>{last};
-                  }});
-  }));
+                json body = http::ParseBody(req.body);
+                GenRequest r;
+                ParseSampling(body, ctx, 256, r);
+                const bool raw = http::OptBool(body, "raw").value_or(false);
+                if (body.contains("messages") && !body["messages"].is_null()) {
+                  r.prompt = ctx.engine->EncodeChat(ParseMessages(body));
+                } else {
+                  r.prompt = PromptFrom(body, ctx, "prompt", raw);
+                }
+                CheckPrompt(ctx, r.prompt);
+                ParseDocuments(body, ctx, r);
+                auto job =
+                    ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
+                auto final_json = [return_tokens = r.return_tokens](const GenerateResult& g) {
+                  json out = {{"text", g.text},
+                              {"finish_reason", g.finish_reason},
+                              {"usage",
+                               {{"prompt_tokens", g.prompt_tokens},
+                                {"cached_tokens", g.cached_tokens},
+                                {"completion_tokens", g.completion_tokens}}},
+                              {"timings",
+                               {{"ttft_ms", g.ttft_ms},
+                                {"prefill_ms", g.prefill_ms},
+                                {"documents_ms", g.documents_ms},
+                                {"decode_ms", g.decode_ms}}}};
+                  if (return_tokens) out["tokens"] = g.tokens;
+                  return out;
+                };
+                if (!r.stream) {
+                  http::SendJson(res, final_json(job->Wait()));
+                  return;
+                }
+                StreamEvents(ctx, res, job,
+                             {[] { return std::vector<json>{}; },
+                              [](const std::string& t) {
+                                return json{{"text", t}};
+                              },
+                              [final_json](const GenerateResult& g) {
+                                json last = final_json(g);
+                                last["text"] = "";
+                                last["full_text"] = g.text;
+                                return std::vector<json>{last};
+                              }});
+              }));
 
-  server.Post("/v1/completions", GuardedBody(ctx, "/v1/completions", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    http::OptString(body, "model");
-    GenRequest r;
-    ParseSampling(body, ctx, 16, r);
-    // OpenAI completions take the prompt as given (no chat or GritLM wrapping).
-    r.prompt = PromptFrom(body, ctx, "prompt", /*raw=*/true);
-    CheckPrompt(ctx, r.prompt);
-    ParseDocuments(body, ctx, r);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
-    const std::string id = http::RandomId("cmpl-");
-    const int64_t created = http::UnixTime();
-    auto chunk = [id, created, model = ctx.model_id](const std::string& text, json finish) {
-      return json{{"id", id},
-                  {"object", "text_completion"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices",
-                   {{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}}}};
-    };
-    if (!r.stream) {
-      GenerateResult g = job->Wait();
-      json out = chunk(g.text, OpenAiFinish(g.finish_reason));
-      out["usage"] = Usage(g);
-      http::SendJson(res, out);
-      return;
-    }
-    const bool include_usage = r.include_usage;
-    StreamEvents(ctx, res, job,
-                 {[] { return std::vector<json>{}; },
-                  [chunk](const std::string& t) { return chunk(t, nullptr); },
-                  [chunk, include_usage](const GenerateResult& g) {
-                    std::vector<json> events{chunk("", OpenAiFinish(g.finish_reason))};
-                    if (include_usage) {
-                      json u = chunk("", nullptr);
-                      u["choices"] = json::array();
-                      u["usage"] = Usage(g);
-                      events.push_back(u);
-                    }
-                    return events;
-                  }});
-  }));
+  server.Post(
+      "/v1/completions", GuardedBody(ctx, "/v1/completions", [&](const auto& req, auto& res) {
+        json body = http::ParseBody(req.body);
+        http::OptString(body, "model");
+        GenRequest r;
+        ParseSampling(body, ctx, 16, r);
+        // OpenAI completions take the prompt as given (no chat or GritLM wrapping).
+        r.prompt = PromptFrom(body, ctx, "prompt", /*raw=*/true);
+        CheckPrompt(ctx, r.prompt);
+        ParseDocuments(body, ctx, r);
+        auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
+        const std::string id = http::RandomId("cmpl-");
+        const int64_t created = http::UnixTime();
+        auto chunk = [id, created, model = ctx.model_id](const std::string& text, json finish) {
+          return json{
+              {"id", id},
+              {"object", "text_completion"},
+              {"created", created},
+              {"model", model},
+              {"choices",
+               {{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}}}};
+        };
+        if (!r.stream) {
+          GenerateResult g = job->Wait();
+          json out = chunk(g.text, OpenAiFinish(g.finish_reason));
+          out["usage"] = Usage(g);
+          http::SendJson(res, out);
+          return;
+        }
+        const bool include_usage = r.include_usage;
+        StreamEvents(ctx, res, job,
+                     {[] { return std::vector<json>{}; },
+                      [chunk](const std::string& t) { return chunk(t, nullptr); },
+                      [chunk, include_usage](const GenerateResult& g) {
+                        std::vector<json> events{chunk("", OpenAiFinish(g.finish_reason))};
+                        if (include_usage) {
+                          json u = chunk("", nullptr);
+                          u["choices"] = json::array();
+                          u["usage"] = Usage(g);
+                          events.push_back(u);
+                        }
+                        return events;
+                      }});
+      }));
 
-  server.Post("/v1/chat/completions",
-              GuardedBody(ctx, "/v1/chat/completions", [&](const auto& req, auto& res) {
-    json body = http::ParseBody(req.body);
-    http::OptString(body, "model");
-    GenRequest r;
-    ParseSampling(body, ctx, 512, r);
-    r.prompt = ctx.engine->EncodeChat(ParseMessages(body));
-    CheckPrompt(ctx, r.prompt);
-    ParseDocuments(body, ctx, r);
-    auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
-    const std::string id = http::RandomId("chatcmpl-");
-    const int64_t created = http::UnixTime();
-    const std::string model = ctx.model_id;
-    if (!r.stream) {
-      GenerateResult g = job->Wait();
-      http::SendJson(res, {{"id", id},
-                           {"object", "chat.completion"},
-                           {"created", created},
-                           {"model", model},
-                           {"choices",
-                            {{{"index", 0},
-                              {"message", {{"role", "assistant"}, {"content", g.text}}},
-                              {"logprobs", nullptr},
-                              {"finish_reason", OpenAiFinish(g.finish_reason)}}}},
-                           {"usage", Usage(g)}});
-      return;
-    }
-    auto chunk = [id, created, model](json delta, json finish) {
-      return json{{"id", id},
-                  {"object", "chat.completion.chunk"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices",
-                   {{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish}}}}};
-    };
-    const bool include_usage = r.include_usage;
-    StreamEvents(ctx, res, job,
-                 {[chunk] {
-                    return std::vector<json>{
-                        chunk({{"role", "assistant"}, {"content", ""}}, nullptr)};
-                  },
-                  [chunk](const std::string& t) { return chunk({{"content", t}}, nullptr); },
-                  [chunk, include_usage](const GenerateResult& g) {
-                    std::vector<json> events{chunk(json::object(), OpenAiFinish(g.finish_reason))};
-                    if (include_usage) {
-                      json u = chunk(json::object(), nullptr);
-                      u["choices"] = json::array();
-                      u["usage"] = Usage(g);
-                      events.push_back(u);
-                    }
-                    return events;
-                  }});
-  }));
+  server.Post(
+      "/v1/chat/completions",
+      GuardedBody(ctx, "/v1/chat/completions", [&](const auto& req, auto& res) {
+        json body = http::ParseBody(req.body);
+        http::OptString(body, "model");
+        GenRequest r;
+        ParseSampling(body, ctx, 512, r);
+        r.prompt = ctx.engine->EncodeChat(ParseMessages(body));
+        CheckPrompt(ctx, r.prompt);
+        ParseDocuments(body, ctx, r);
+        auto job = ctx.scheduler->SubmitGenerate(r.prompt, r.params, r.documents, r.positions);
+        const std::string id = http::RandomId("chatcmpl-");
+        const int64_t created = http::UnixTime();
+        const std::string model = ctx.model_id;
+        if (!r.stream) {
+          GenerateResult g = job->Wait();
+          http::SendJson(res, {{"id", id},
+                               {"object", "chat.completion"},
+                               {"created", created},
+                               {"model", model},
+                               {"choices",
+                                {{{"index", 0},
+                                  {"message", {{"role", "assistant"}, {"content", g.text}}},
+                                  {"logprobs", nullptr},
+                                  {"finish_reason", OpenAiFinish(g.finish_reason)}}}},
+                               {"usage", Usage(g)}});
+          return;
+        }
+        auto chunk = [id, created, model](json delta, json finish) {
+          return json{{"id", id},
+                      {"object", "chat.completion.chunk"},
+                      {"created", created},
+                      {"model", model},
+                      {"choices",
+                       {{{"index", 0},
+                         {"delta", delta},
+                         {"logprobs", nullptr},
+                         {"finish_reason", finish}}}}};
+        };
+        const bool include_usage = r.include_usage;
+        StreamEvents(
+            ctx, res, job,
+            {[chunk] {
+               return std::vector<json>{chunk({{"role", "assistant"}, {"content", ""}}, nullptr)};
+             },
+             [chunk](const std::string& t) {
+               return chunk({{"content", t}}, nullptr);
+             },
+             [chunk, include_usage](const GenerateResult& g) {
+               std::vector<json> events{chunk(json::object(), OpenAiFinish(g.finish_reason))};
+               if (include_usage) {
+                 json u = chunk(json::object(), nullptr);
+                 u["choices"] = json::array();
+                 u["usage"] = Usage(g);
+                 events.push_back(u);
+               }
+               return events;
+             }});
+      }));
 }
 
 }  // namespace gritserve

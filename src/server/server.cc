@@ -21,12 +21,11 @@ namespace gritserve {
 namespace {
 
 // Every route, for telling 405 (known path, other method) from 404.
-const std::set<std::string> kGetRoutes = {"/health", "/info", "/v1/models", "/metrics",
-                                          "/openapi.json", "/cache"};
+const std::set<std::string> kGetRoutes = {"/health",  "/info",         "/v1/models",
+                                          "/metrics", "/openapi.json", "/cache"};
 const std::set<std::string> kPostRoutes = {
-    "/embed",         "/v1/embeddings",  "/rerank",         "/v1/rerank",
-    "/generate",      "/v1/completions", "/v1/chat/completions",
-    "/tokenize",      "/detokenize"};
+    "/embed",          "/v1/embeddings",       "/rerank",   "/v1/rerank", "/generate",
+    "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"};
 
 std::string DemoCheckpointDir() {
   const char* cache = std::getenv("XDG_CACHE_HOME");
@@ -82,9 +81,9 @@ void LoadModel(ServerContext& ctx) {
 
 }  // namespace
 
-httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
-                                 std::function<void(const httplib::Request&, httplib::Response&)> fn,
-                                 bool needs_model) {
+httplib::Server::Handler Guarded(
+    ServerContext& ctx, const std::string& route,
+    std::function<void(const httplib::Request&, httplib::Response&)> fn, bool needs_model) {
   return [&ctx, route, fn, needs_model](const httplib::Request& req, httplib::Response& res) {
     const auto t0 = std::chrono::steady_clock::now();
     ctx.in_flight.fetch_add(1);
@@ -94,9 +93,9 @@ httplib::Server::Handler Guarded(ServerContext& ctx, const std::string& route,
       // httplib 0.11 enforces its payload limit only on Content-Length bodies; a
       // chunked body of any size reaches the handler, so check it again here.
       if (static_cast<int64_t>(req.body.size()) > ctx.options.max_body_bytes) {
-        throw Error(ErrorKind::kTooLarge, "request body larger than " +
-                                              std::to_string(ctx.options.max_body_bytes) +
-                                              " bytes");
+        throw Error(
+            ErrorKind::kTooLarge,
+            "request body larger than " + std::to_string(ctx.options.max_body_bytes) + " bytes");
       }
       fn(req, res);
     } catch (const Error& e) {
@@ -190,8 +189,7 @@ int RunServer(const ServerOptions& options) {
   server.set_write_timeout(60, 0);
 
   server.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
-    if (!options.api_key.empty() && req.path != "/health" &&
-        !Authorized(req, options.api_key)) {
+    if (!options.api_key.empty() && req.path != "/health" && !Authorized(req, options.api_key)) {
       http::SendError(res, 401, "missing or wrong API key (Authorization: Bearer KEY)",
                       "authentication_error");
       ctx.metrics.RecordRequest("unauthorized", 401, 0);
@@ -201,8 +199,8 @@ int RunServer(const ServerOptions& options) {
   });
   // Errors that httplib produces itself (unknown route, body too large, bad
   // request line) get the same JSON shape as ours.
-  server.set_error_handler(httplib::Server::HandlerWithResponse(
-      [&](const httplib::Request& req, httplib::Response& res) {
+  server.set_error_handler(httplib::Server::HandlerWithResponse([&](const httplib::Request& req,
+                                                                    httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path);
     if (res.status == 404 && known) {
@@ -212,10 +210,9 @@ int RunServer(const ServerOptions& options) {
     } else if (res.status == 404) {
       http::SendError(res, 404, "no route " + req.method + " " + req.path, "not_found_error");
     } else if (res.status == 413) {
-      http::SendError(res, 413,
-                      "request body larger than " + std::to_string(options.max_body_bytes) +
-                          " bytes",
-                      "payload_too_large");
+      http::SendError(
+          res, 413, "request body larger than " + std::to_string(options.max_body_bytes) + " bytes",
+          "payload_too_large");
     } else {
       http::SendError(res, res.status, "HTTP error " + std::to_string(res.status), "http_error");
     }

@@ -80,8 +80,8 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const s
   if (!spm.encode(tok->model_, "x", &probe, &error)) {
     throw LoadError("sentencepiece model " + path + " cannot encode: " + error);
   }
-  tok->dummy_prefix_ = !probe.empty() &&
-                       spm.id_to_piece(tok->model_, probe[0].id).compare(0, 3, kSpaceSymbol) == 0;
+  tok->dummy_prefix_ =
+      !probe.empty() && spm.id_to_piece(tok->model_, probe[0].id).compare(0, 3, kSpaceSymbol) == 0;
   const int bos = spm.special_id(tok->model_, 0), eos = spm.special_id(tok->model_, 1),
             pad = spm.special_id(tok->model_, 2);
   if (bos >= 0) tok->bos_id_ = bos;

@@ -18,8 +18,14 @@ struct SpmPiece {
   size_t begin, end;  // byte offsets into the encoded text
 };
 
-enum class SpmPieceKind { kNormal = 0, kControl = 1, kUnknown = 2, kByte = 3, kUserDefined = 4,
-                          kUnused = 5 };
+enum class SpmPieceKind {
+  kNormal = 0,
+  kControl = 1,
+  kUnknown = 2,
+  kByte = 3,
+  kUserDefined = 4,
+  kUnused = 5
+};
 
 struct SpmApi {
   int version;  // kSpmApiVersion of the module

@@ -3,9 +3,8 @@
 #include "cli.h"
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "gritserve/common/error.h"
 #include "gritserve/engine/checkpoint.h"
@@ -93,23 +92,23 @@ void AddCliSubcommands(CLI::App& app, std::function<void()>& action) {
       action = [=] {
         auto engine = flags->Load();
         TextCallback cb;
-        if (*stream) cb = [](const std::string& piece) {
-          std::cerr << piece << std::flush;
-          return true;
-        };
+        if (*stream)
+          cb = [](const std::string& piece) {
+            std::cerr << piece << std::flush;
+            return true;
+          };
         GenerateResult r = engine->Generate(engine->EncodeGenerate(*prompt, *raw), *params, cb);
         if (*stream) std::cerr << "\n";
-        json out = {{"text", r.text},
-                    {"tokens", r.tokens},
-                    {"finish_reason", r.finish_reason},
-                    {"usage",
-                     {{"prompt_tokens", r.prompt_tokens},
-                      {"cached_tokens", r.cached_tokens},
-                      {"completion_tokens", r.completion_tokens}}},
-                    {"timings",
-                     {{"ttft_ms", r.ttft_ms},
-                      {"prefill_ms", r.prefill_ms},
-                      {"decode_ms", r.decode_ms}}}};
+        json out = {
+            {"text", r.text},
+            {"tokens", r.tokens},
+            {"finish_reason", r.finish_reason},
+            {"usage",
+             {{"prompt_tokens", r.prompt_tokens},
+              {"cached_tokens", r.cached_tokens},
+              {"completion_tokens", r.completion_tokens}}},
+            {"timings",
+             {{"ttft_ms", r.ttft_ms}, {"prefill_ms", r.prefill_ms}, {"decode_ms", r.decode_ms}}}};
         std::cout << out.dump() << "\n";
       };
     });

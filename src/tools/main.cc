@@ -1,11 +1,11 @@
 // gritserve: with a subcommand, a command-line tool; without one, the server.
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "cli.h"
 #include "gritserve/common/allocator.h"
@@ -106,16 +106,16 @@ int main(int argc, char** argv) {
     }
     return gritserve::RunServer(o);
   } catch (const gritserve::Error& e) {
-    std::cerr << nlohmann::json({{"error",
-                                  {{"message", e.what()},
-                                   {"type", gritserve::ErrorKindName(e.kind())}}}})
+    std::cerr << nlohmann::json(
+                     {{"error",
+                       {{"message", e.what()}, {"type", gritserve::ErrorKindName(e.kind())}}}})
                      .dump()
               << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << nlohmann::json({{"error", {{"message", e.what()}, {"type", "internal_error"}}}})
-                     .dump()
-              << "\n";
+    std::cerr
+        << nlohmann::json({{"error", {{"message", e.what()}, {"type", "internal_error"}}}}).dump()
+        << "\n";
     return 1;
   }
 }

@@ -127,7 +127,8 @@ class CudaEngineTest : public ::testing::Test {
       in.attention = AttentionSpec::Blocks(blocks);
       at::Tensor h = decoder_->Forward(in, nullptr)[0];
       at::Tensor logits = decoder_->Logits(h.narrow(0, t - 1, 1))[0].to(at::kCPU).contiguous();
-      r.step_logits.emplace_back(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+      r.step_logits.emplace_back(logits.data_ptr<float>(),
+                                 logits.data_ptr<float>() + logits.numel());
       ids.push_back(logits.narrow(0, 0, limit).argmax().item<int64_t>());
       r.tokens.push_back(static_cast<int32_t>(ids.back()));
       blocks.back().length += 1;
@@ -151,9 +152,9 @@ TEST_F(CudaEngineTest, Float32MatchesTheReference) {
     // The fixture's float32 tolerances (fixtures/README.md).
     EXPECT_LE(MaxDiff(Hidden(ids, AttentionSpec::Causal()), FromJson(c["causal_hidden"])), 2e-4)
         << c["text"];
-    EXPECT_LE(MaxDiff(Hidden(ids, AttentionSpec::Bidirectional()),
-                      FromJson(c["bidirectional_hidden"])),
-              2e-4)
+    EXPECT_LE(
+        MaxDiff(Hidden(ids, AttentionSpec::Bidirectional()), FromJson(c["bidirectional_hidden"])),
+        2e-4)
         << c["text"];
     // Through the engine: raw mean pooling over every token, and greedy decoding.
     EmbedOptions o;
@@ -202,7 +203,8 @@ TEST_F(CudaEngineTest, DocumentKvReuseMatchesTheUncachedLayout) {
     // brings them back to the device.
     for (int round = 0; round < 2; ++round) {
       GenerateResult cached = f32_->Generate(prompt, Greedy(kSteps, true), nullptr, docs);
-      const std::string what = std::string(KvSourceName(source)) + " round " + std::to_string(round);
+      const std::string what =
+          std::string(KvSourceName(source)) + " round " + std::to_string(round);
       EXPECT_EQ(cached.cached_tokens, doc_tokens) << what;
       EXPECT_EQ(cached.tokens, ref.tokens) << what;
       EXPECT_LT(MaxLogitDiff(cached, ref), 1e-4) << what;
@@ -239,8 +241,11 @@ TEST_F(CudaEngineTest, ServerAnswersWithDeviceCuda) {
     EXPECT_GE(Cosine(served[k], f32[k]), 0.99) << texts[k];
   }
 
-  const json body = {{"prompt", "Once upon a time"}, {"max_tokens", 8}, {"temperature", 0},
-                     {"ignore_eos", true}, {"return_tokens", true}};
+  const json body = {{"prompt", "Once upon a time"},
+                     {"max_tokens", 8},
+                     {"temperature", 0},
+                     {"ignore_eos", true},
+                     {"return_tokens", true}};
   res = client->Post("/generate", body.dump(), "application/json");
   ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no response") << server.Log();
   const json g = json::parse(res->body);

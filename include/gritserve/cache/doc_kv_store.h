@@ -25,7 +25,7 @@ namespace gritserve {
 struct DocKvEntry {
   DocKey key;
   KvSource source = KvSource::kCausal;
-  std::vector<int32_t> ids;  // every token whose K/V is stored
+  std::vector<int32_t> ids;             // every token whose K/V is stored
   size_t text_begin = 0, text_end = 0;  // the document text's span within ids
   // Per layer [Hkv, T, D] in the storage dtype; keys are rotated for positions 0..T-1.
   std::vector<at::Tensor> keys, values;
@@ -40,9 +40,9 @@ class DocKvStore {
  public:
   struct Options {
     int64_t budget_bytes = 1LL << 30;
-    std::string dir;                        // empty: memory only
+    std::string dir;  // empty: memory only
     at::ScalarType storage_dtype = at::kFloat;
-    std::string fingerprint;                // identifies the model; part of every key
+    std::string fingerprint;  // identifies the model; part of every key
   };
   // Creates the directory if needed and loads the aliases found there.
   explicit DocKvStore(Options options);

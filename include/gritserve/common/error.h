@@ -8,16 +8,16 @@
 namespace gritserve {
 
 enum class ErrorKind {
-  kInvalidRequest,   // 400: malformed JSON, wrong types
-  kUnauthorized,     // 401
-  kNotFound,         // 404: unknown route, unknown document id
-  kMethodNotAllowed, // 405
-  kTooLarge,         // 413: body or batch over a limit
-  kUnprocessable,    // 422: well-formed but unusable values (bad UTF-8, too many tokens)
-  kQueueFull,        // 429
-  kUnavailable,      // 503: loading or shutting down
-  kLoad,             // checkpoint / tokenizer / config could not be loaded
-  kInternal,         // a bug; never expected
+  kInvalidRequest,    // 400: malformed JSON, wrong types
+  kUnauthorized,      // 401
+  kNotFound,          // 404: unknown route, unknown document id
+  kMethodNotAllowed,  // 405
+  kTooLarge,          // 413: body or batch over a limit
+  kUnprocessable,     // 422: well-formed but unusable values (bad UTF-8, too many tokens)
+  kQueueFull,         // 429
+  kUnavailable,       // 503: loading or shutting down
+  kLoad,              // checkpoint / tokenizer / config could not be loaded
+  kInternal,          // a bug; never expected
 };
 
 class Error : public std::runtime_error {

@@ -13,9 +13,9 @@
 namespace gritserve {
 
 struct CheckpointSpec {
-  ModelConfig config;               // vocab_size 0: the tokenizer's size
-  std::string tokenizer = "bpe";    // "bpe" (tokenizer.json) or "sentencepiece" (tokenizer.model)
-  int tokenizer_size = 500;         // BPE merges, or the sentencepiece vocabulary size
+  ModelConfig config;             // vocab_size 0: the tokenizer's size
+  std::string tokenizer = "bpe";  // "bpe" (tokenizer.json) or "sentencepiece" (tokenizer.model)
+  int tokenizer_size = 500;       // BPE merges, or the sentencepiece vocabulary size
   DType dtype = DType::kF32;
   uint64_t seed = 0;
   bool shard = false;

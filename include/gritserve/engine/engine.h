@@ -19,14 +19,15 @@ namespace gritserve {
 
 struct EngineOptions {
   std::string model_dir;
-  std::string template_path;  // empty: the built-in default for the tokenizer
-  int threads = 0;            // 0: all cores
+  std::string template_path;   // empty: the built-in default for the tokenizer
+  int threads = 0;             // 0: all cores
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
-  std::string dtype = "auto";  // auto: float32 on CPU, bfloat16 on CUDA; or float32|bfloat16|float16
+  std::string dtype =
+      "auto";  // auto: float32 on CPU, bfloat16 on CUDA; or float32|bfloat16|float16
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
   // Document KV store.
   int64_t cache_bytes = 1LL << 30;
-  std::string cache_dir;               // empty: memory only
+  std::string cache_dir;                // empty: memory only
   std::string cache_dtype = "float32";  // float32, float16 or bfloat16 storage
 };
 
@@ -35,7 +36,7 @@ enum class Pooling { kMean, kLast };
 struct EmbedOptions {
   std::string instruction;
   Pooling pooling = Pooling::kMean;
-  int64_t layer = -1;      // early exit after this many layers (-1: all); the final norm still applies
+  int64_t layer = -1;  // early exit after this many layers (-1: all); the final norm still applies
   bool normalize = true;   // L2-normalise (after truncation to `dimensions`)
   int64_t dimensions = 0;  // keep the first N dimensions (Matryoshka); 0: all
   bool raw = false;        // no template: pool over every token of the text as given

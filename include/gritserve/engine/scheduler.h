@@ -61,12 +61,12 @@ class GenerationJob {
 };
 
 struct SchedulerStats {
-  int64_t queued = 0;             // jobs waiting to start
+  int64_t queued = 0;  // jobs waiting to start
   int64_t active_generations = 0;
-  int64_t embed_batches = 0;      // forward passes run for embeddings
-  int64_t embed_batch_inputs = 0; // inputs in those passes (sum)
-  int64_t prompt_tokens = 0;      // tokens in (embedding inputs and prompts)
-  int64_t generated_tokens = 0;   // tokens out
+  int64_t embed_batches = 0;       // forward passes run for embeddings
+  int64_t embed_batch_inputs = 0;  // inputs in those passes (sum)
+  int64_t prompt_tokens = 0;       // tokens in (embedding inputs and prompts)
+  int64_t generated_tokens = 0;    // tokens out
 };
 
 class Scheduler {
@@ -75,13 +75,13 @@ class Scheduler {
   Scheduler(Engine& engine, int64_t max_pending);
   ~Scheduler();  // Stop()s
 
-  std::future<std::vector<std::vector<float>>> SubmitEmbed(
-      std::vector<EncodedPrompt> prompts, EmbedOptions options,
-      EmbedStore store = EmbedStore::kNone, std::vector<std::string> ids = {});
-  std::shared_ptr<GenerationJob> SubmitGenerate(
-      std::vector<int32_t> prompt, SamplingParams params,
-      std::vector<ResolvedDocument> documents = {},
-      DocPositions positions = DocPositions::kSequential);
+  std::future<std::vector<std::vector<float>>> SubmitEmbed(std::vector<EncodedPrompt> prompts,
+                                                           EmbedOptions options,
+                                                           EmbedStore store = EmbedStore::kNone,
+                                                           std::vector<std::string> ids = {});
+  std::shared_ptr<GenerationJob> SubmitGenerate(std::vector<int32_t> prompt, SamplingParams params,
+                                                std::vector<ResolvedDocument> documents = {},
+                                                DocPositions positions = DocPositions::kSequential);
   // Runs `fn` on the inference thread (for work that touches the model).
   std::future<void> SubmitTask(std::function<void(Engine&)> fn);
 

@@ -22,12 +22,12 @@ struct ServerOptions {
   std::string api_key;                   // empty: no authentication
   // Limits, each refused with a clear 4xx.
   int64_t max_body_bytes = 4 << 20;
-  int64_t max_inputs = 256;         // inputs per request
-  int64_t max_input_tokens = 0;     // tokens per input; 0: the model's context
-  int64_t max_tokens = 4096;        // upper bound for a request's max_tokens
-  int64_t http_threads = 0;         // 0: max_concurrent_requests + 8
-  double grace_seconds = 30;        // how long SIGTERM waits for in-flight requests
-  std::string model_name;           // id reported to clients; default: the directory name
+  int64_t max_inputs = 256;      // inputs per request
+  int64_t max_input_tokens = 0;  // tokens per input; 0: the model's context
+  int64_t max_tokens = 4096;     // upper bound for a request's max_tokens
+  int64_t http_threads = 0;      // 0: max_concurrent_requests + 8
+  double grace_seconds = 30;     // how long SIGTERM waits for in-flight requests
+  std::string model_name;        // id reported to clients; default: the directory name
 };
 
 // Serves until SIGINT/SIGTERM (then drains) and returns the process exit code.

@@ -38,10 +38,14 @@ int PieceToId(const void* m, const std::string& piece) { return P(m).PieceToId(p
 
 int SpecialId(const void* m, int which) {
   switch (which) {
-    case 0: return P(m).bos_id();
-    case 1: return P(m).eos_id();
-    case 2: return P(m).pad_id();
-    case 3: return P(m).unk_id();
+    case 0:
+      return P(m).bos_id();
+    case 1:
+      return P(m).eos_id();
+    case 2:
+      return P(m).pad_id();
+    case 3:
+      return P(m).unk_id();
   }
   return -1;
 }
@@ -82,8 +86,8 @@ bool Train(const std::unordered_map<std::string, std::string>& args,
   return status.ok();
 }
 
-const SpmApi kApi = {kSpmApiVersion, Load,      Destroy, PieceSize, Kind, IdToPiece,
-                     PieceToId,      SpecialId, Encode,  Train};
+const SpmApi kApi = {kSpmApiVersion, Load,      Destroy,   PieceSize, Kind,
+                     IdToPiece,      PieceToId, SpecialId, Encode,    Train};
 
 }  // namespace
 }  // namespace gritserve
