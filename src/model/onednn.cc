@@ -74,7 +74,9 @@ dnnl::matmul CachedMatmul(const std::vector<int64_t>& key,
 void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args) {
   // oneDNN runs on OpenMP in the calling thread; give it LibTorch's thread count.
   at::internal::lazy_init_num_threads();
-  dnnl::stream stream(CpuEngine());
+  // A CPU stream carries no state between calls; one per thread saves
+  // creating one for every layer of every token.
+  thread_local dnnl::stream stream(CpuEngine());
   prim.execute(stream, args);
   stream.wait();
 }

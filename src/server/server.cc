@@ -139,18 +139,17 @@ httplib::Server::HandlerWithContentReader GuardedBody(
       cut_off = dropped > drain_limit;
       return !cut_off;
     });
-    // httplib refuses a declared Content-Length over the limit without reading
-    // (and so without calling the receiver above).
     if (!read && !too_large) {
+      // httplib refuses a declared Content-Length over the limit without
+      // calling the receiver; any other failure is a broken body.
       const std::string declared = req.get_header_value("Content-Length");
-      too_large = !declared.empty() && std::strtoull(declared.c_str(), nullptr, 10) > limit;
-      cut_off = true;
-      if (!too_large) {
+      if (declared.empty() || std::strtoull(declared.c_str(), nullptr, 10) <= limit) {
         http::SendError(res, 400, "could not read the request body", "invalid_request_error");
         res.set_header("Connection", "close");
         ctx.metrics.RecordRequest(route, 400, 0);
         return;
       }
+      too_large = cut_off = true;
     }
     if (too_large) {
       http::SendError(res, 413, "request body larger than " + std::to_string(limit) + " bytes",
