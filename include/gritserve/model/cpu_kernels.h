@@ -1,0 +1,66 @@
+// Fused CPU float32 kernels for the decoder's small per-token steps.
+//
+// A 32-token prompt over cached documents spends as long in ~30 small ATen ops
+// per layer (norm statistics, RoPE's cat/neg/mul/add, SiLU, mask add, softmax)
+// as in its attention: each op costs a dispatch, an allocation and an OpenMP
+// fork/join over a few kilobytes. Each kernel here does one such step in one
+// pass over memory. Inputs must be CPU float32 and contiguous where stated;
+// Applies() says whether a tensor qualifies, and callers keep the ATen
+// formulation for everything else (CUDA, half precision). Loops are written
+// for auto-vectorization and cloned per ISA (AVX-512, AVX2, baseline) so one
+// binary runs everywhere and uses the widest vectors the CPU has.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace gritserve::cpu_kernels {
+
+// False when GRITSERVE_CPU_KERNELS=aten asks for LibTorch's ops instead
+// (side-by-side benchmarks, and an escape hatch); read when a model is built.
+bool Wanted();
+
+// CPU float32 (contiguity is checked by each kernel's caller).
+bool Applies(const at::Tensor& t);
+
+// x += delta (where delta is defined), in place, then returns
+// RMSNorm(x) * weight with HF's order of operations: (x * rsqrt(mean(x^2) + eps)) * weight.
+//   x, delta: [N, H] contiguous; weight: [H]  ->  [N, H]
+at::Tensor AddRmsNorm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
+                      float eps);
+
+// RoPE on the fused projection output. Rotates the key heads in place and
+// returns the query heads rotated, multiplied by `q_scale` (attention's
+// 1/sqrt(D), folded in here), and laid out per head.
+//   qkv: [B*T, (Hq + 2 Hkv) D] contiguous; cos, sin: [B*T, D/2] (half tables)
+//   -> q: [B, Hq, T, D] contiguous
+at::Tensor RopeQk(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t b,
+                  int64_t hq, int64_t hkv, int64_t d, float q_scale);
+
+// h = silu(gate) * up for the fused gate/up projection output.
+//   gu: [N, 2 I] contiguous  ->  [N, I]
+at::Tensor SiluMul(const at::Tensor& gu);
+
+// In place: scores = softmax(scores + mask) over the last axis, where each group
+// of `heads` consecutive [T, S] blocks shares the batch's mask.
+//   scores: [B, heads, T, S] contiguous; mask: [B, T, S] contiguous
+void MaskedSoftmax(const at::Tensor& scores, const at::Tensor& mask);
+
+// Copies a block of stored keys and values into KV cache slots, rotating the
+// keys by a fixed angle per frequency (cos, sin: [D/2]) on the way: moves a
+// cached document's keys to its place in a prompt in one parallel pass over
+// all layers.
+//   k_src[l], v_src[l]: [H, T, D] contiguous; k_dst[l], v_dst[l]: [H, T, D]
+//   with unit stride in D and stride D in T (a KV cache slice)
+void PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>& k_src,
+             const std::vector<at::Tensor>& v_dst, const std::vector<at::Tensor>& v_src,
+             const at::Tensor& cos, const at::Tensor& sin);
+
+// y = W x for a single row, streaming W once across all threads: the LM head
+// at decode and time to first token, where W (the embedding matrix when tied)
+// is read in place.
+//   w: [O, I] contiguous; x: [I] contiguous  ->  [O]
+at::Tensor Gemv(const at::Tensor& w, const at::Tensor& x);
+
+}  // namespace gritserve::cpu_kernels

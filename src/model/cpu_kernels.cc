@@ -1,0 +1,324 @@
+#include "gritserve/model/cpu_kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "gritserve/common/error.h"
+
+// One copy of each hot loop per ISA level, picked once at load time by the
+// dynamic linker (an ifunc): the binary stays portable to any x86-64 while
+// AVX-512 machines get 16-wide loops.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GRITSERVE_ISA_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GRITSERVE_ISA_CLONES
+#endif
+
+namespace gritserve::cpu_kernels {
+namespace {
+
+// Rows per parallel task such that each task touches at least ~32K floats:
+// below that, waking the second thread costs more than the work.
+int64_t RowGrain(int64_t row_floats) {
+  return std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, row_floats));
+}
+
+float BitsToFloat(int32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+int32_t FloatToBits(float f) {
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+// e^x within ~2 ulp, written so that loops calling it vectorize (libm's expf
+// does not). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Cephes'
+// degree-6 polynomial for e^r, then n added to the exponent bits. Below -87
+// (where e^x is a float denormal) it returns 0, as masked softmax entries need.
+inline float Exp(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  // Round to nearest by the 1.5 * 2^23 trick: no libm call, vectorizes everywhere.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  // |n| <= 127, so n * 2^23 fits in int32 and the exponent stays in range.
+  const float scaled = BitsToFloat(FloatToBits(y) + static_cast<int32_t>(n) * (1 << 23));
+  return x < -87.0f ? 0.0f : scaled;
+}
+
+GRITSERVE_ISA_CLONES
+void AddRmsNormRows(float* x, const float* delta, const float* w, float* y, int64_t begin,
+                    int64_t end, int64_t h, float eps) {
+  for (int64_t r = begin; r < end; ++r) {
+    float* xr = x + r * h;
+    float* yr = y + r * h;
+    if (delta != nullptr) {
+      const float* dr = delta + r * h;
+#pragma omp simd
+      for (int64_t j = 0; j < h; ++j) xr[j] += dr[j];
+    }
+    float ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < h; ++j) ss += xr[j] * xr[j];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+#pragma omp simd
+    for (int64_t j = 0; j < h; ++j) yr[j] = (xr[j] * inv) * w[j];
+  }
+}
+
+// out[i] = x[i] cos[i] - x[i + half] sin[i];  out[i + half] = x[i + half] cos[i] + x[i] sin[i]
+// (HF's x * cos + rotate_half(x) * sin with the duplicated halves of cos/sin), times scale.
+inline void RotatePair(const float* x, float* out, const float* c, const float* s, int64_t half,
+                       float scale) {
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    out[i] = (x1 * c[i] - x2 * s[i]) * scale;
+    out[i + half] = (x2 * c[i] + x1 * s[i]) * scale;
+  }
+}
+
+GRITSERVE_ISA_CLONES
+void RopeRows(float* qkv, float* q, const float* cos, const float* sin, int64_t begin, int64_t end,
+              int64_t t, int64_t hq, int64_t hkv, int64_t d, float q_scale) {
+  const int64_t half = d / 2, width = (hq + 2 * hkv) * d;
+  for (int64_t n = begin; n < end; ++n) {
+    const int64_t bi = n / t, ti = n % t;
+    const float* c = cos + n * half;
+    const float* s = sin + n * half;
+    float* row = qkv + n * width;
+    for (int64_t h = 0; h < hq; ++h) {
+      RotatePair(row + h * d, q + ((bi * hq + h) * t + ti) * d, c, s, half, q_scale);
+    }
+    // In place is safe: each pair is read before either half is written.
+    for (int64_t h = 0; h < hkv; ++h) {
+      float* k = row + (hq + h) * d;
+      RotatePair(k, k, c, s, half, 1.0f);
+    }
+  }
+}
+
+// Rows are (layer, head, token), each D floats.
+struct KvBlock {
+  std::vector<const float*> k_src, v_src;
+  std::vector<float*> k_dst, v_dst;
+  int64_t heads = 0, tokens = 0, d = 0, head_stride = 0;
+};
+
+GRITSERVE_ISA_CLONES
+void PlaceRows(const KvBlock& blk, const float* cos, const float* sin, int64_t begin, int64_t end) {
+  const int64_t h = blk.heads, t = blk.tokens, d = blk.d;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t l = r / (h * t), hi = (r / t) % h, ti = r % t;
+    const int64_t src = (hi * t + ti) * d, dst = hi * blk.head_stride + ti * d;
+    RotatePair(blk.k_src[l] + src, blk.k_dst[l] + dst, cos, sin, d / 2, 1.0f);
+    std::memcpy(blk.v_dst[l] + dst, blk.v_src[l] + src, d * sizeof(float));
+  }
+}
+
+GRITSERVE_ISA_CLONES
+void SiluMulRows(const float* gu, float* out, int64_t begin, int64_t end, int64_t inter) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* g = gu + r * 2 * inter;
+    const float* u = g + inter;
+    float* o = out + r * inter;
+#pragma omp simd
+    for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + Exp(-g[j])) * u[j];
+  }
+}
+
+GRITSERVE_ISA_CLONES
+void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, int64_t heads,
+                 int64_t t, int64_t s) {
+  for (int64_t r = begin; r < end; ++r) {
+    float* __restrict row = scores + r * s;
+    const int64_t bi = r / (heads * t), ti = r % t;
+    const float* __restrict m = mask + (bi * t + ti) * s;
+    // Separate passes: a loop that both stores into and reduces over the row
+    // does not vectorize.
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) row[j] += m[j];
+    float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) row[j] = Exp(row[j] - mx);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < s; ++j) sum += row[j];
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) row[j] *= inv;
+  }
+}
+
+GRITSERVE_ISA_CLONES
+void GemvRows(const float* w, const float* x, float* y, int64_t begin, int64_t end, int64_t in) {
+  int64_t r = begin;
+  // Four rows per pass share each load of x.
+  for (; r + 4 <= end; r += 4) {
+    const float* w0 = w + r * in;
+    const float* w1 = w0 + in;
+    const float* w2 = w1 + in;
+    const float* w3 = w2 + in;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t k = 0; k < in; ++k) {
+      a0 += w0[k] * x[k];
+      a1 += w1[k] * x[k];
+      a2 += w2[k] * x[k];
+      a3 += w3[k] * x[k];
+    }
+    y[r] = a0, y[r + 1] = a1, y[r + 2] = a2, y[r + 3] = a3;
+  }
+  for (; r < end; ++r) {
+    const float* wr = w + r * in;
+    float a = 0;
+#pragma omp simd reduction(+ : a)
+    for (int64_t k = 0; k < in; ++k) a += wr[k] * x[k];
+    y[r] = a;
+  }
+}
+
+void Require(bool ok, const char* what) {
+  if (!ok) throw Error(ErrorKind::kInternal, std::string("cpu kernel: ") + what);
+}
+
+}  // namespace
+
+bool Wanted() {
+  const char* v = std::getenv("GRITSERVE_CPU_KERNELS");
+  return v == nullptr || std::string(v) != "aten";
+}
+
+bool Applies(const at::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
+}
+
+at::Tensor AddRmsNorm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
+                      float eps) {
+  Require(Applies(x) && x.dim() == 2 && x.is_contiguous(), "AddRmsNorm: x");
+  Require(
+      !delta.defined() || (Applies(delta) && delta.sizes() == x.sizes() && delta.is_contiguous()),
+      "AddRmsNorm: delta");
+  const int64_t n = x.size(0), h = x.size(1);
+  Require(Applies(weight) && weight.numel() == h && weight.is_contiguous(), "AddRmsNorm: weight");
+  at::Tensor y = at::empty_like(x);  // [N, H]
+  float* xp = x.data_ptr<float>();
+  const float* dp = delta.defined() ? delta.data_ptr<float>() : nullptr;
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, n, RowGrain(h),
+                   [&](int64_t b, int64_t e) { AddRmsNormRows(xp, dp, wp, yp, b, e, h, eps); });
+  return y;
+}
+
+at::Tensor RopeQk(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t b,
+                  int64_t hq, int64_t hkv, int64_t d, float q_scale) {
+  Require(Applies(qkv) && qkv.dim() == 2 && qkv.is_contiguous() &&
+              qkv.size(1) == (hq + 2 * hkv) * d && d % 2 == 0 && b > 0 && qkv.size(0) % b == 0,
+          "RopeQk: qkv");
+  const int64_t rows = qkv.size(0), t = rows / b;
+  Require(Applies(cos) && Applies(sin) && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.numel() == rows * d / 2 && sin.numel() == rows * d / 2,
+          "RopeQk: tables");
+  at::Tensor q = at::empty({b, hq, t, d}, qkv.options());  // [B, Hq, T, D]
+  float* qkvp = qkv.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  at::parallel_for(0, rows, RowGrain(qkv.size(1)), [&](int64_t begin, int64_t end) {
+    RopeRows(qkvp, qp, cp, sp, begin, end, t, hq, hkv, d, q_scale);
+  });
+  return q;
+}
+
+at::Tensor SiluMul(const at::Tensor& gu) {
+  Require(Applies(gu) && gu.dim() == 2 && gu.is_contiguous() && gu.size(1) % 2 == 0, "SiluMul: gu");
+  const int64_t n = gu.size(0), inter = gu.size(1) / 2;
+  at::Tensor out = at::empty({n, inter}, gu.options());  // [N, I]
+  const float* gp = gu.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n, RowGrain(2 * inter),
+                   [&](int64_t b, int64_t e) { SiluMulRows(gp, op, b, e, inter); });
+  return out;
+}
+
+void MaskedSoftmax(const at::Tensor& scores, const at::Tensor& mask) {
+  Require(Applies(scores) && scores.dim() == 4 && scores.is_contiguous(), "MaskedSoftmax: scores");
+  const int64_t b = scores.size(0), heads = scores.size(1), t = scores.size(2), s = scores.size(3);
+  Require(Applies(mask) && mask.is_contiguous() && mask.numel() == b * t * s,
+          "MaskedSoftmax: mask");
+  float* sp = scores.data_ptr<float>();
+  const float* mp = mask.data_ptr<float>();
+  at::parallel_for(0, b * heads * t, RowGrain(s), [&](int64_t begin, int64_t end) {
+    SoftmaxRows(sp, mp, begin, end, heads, t, s);
+  });
+}
+
+void PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>& k_src,
+             const std::vector<at::Tensor>& v_dst, const std::vector<at::Tensor>& v_src,
+             const at::Tensor& cos, const at::Tensor& sin) {
+  const size_t layers = k_src.size();
+  Require(layers > 0 && k_dst.size() == layers && v_src.size() == layers && v_dst.size() == layers,
+          "PlaceKv: layer counts");
+  KvBlock blk;
+  blk.heads = k_src[0].size(0), blk.tokens = k_src[0].size(1), blk.d = k_src[0].size(2);
+  blk.head_stride = k_dst[0].stride(0);
+  Require(Applies(cos) && Applies(sin) && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.numel() == blk.d / 2 && sin.numel() == blk.d / 2,
+          "PlaceKv: tables");
+  auto src_ok = [&](const at::Tensor& t) {
+    return Applies(t) && t.dim() == 3 && t.is_contiguous() && t.sizes() == k_src[0].sizes();
+  };
+  auto dst_ok = [&](const at::Tensor& t) {
+    return Applies(t) && t.sizes() == k_src[0].sizes() && t.stride(2) == 1 &&
+           t.stride(1) == blk.d && t.stride(0) == blk.head_stride;
+  };
+  for (size_t l = 0; l < layers; ++l) {
+    Require(src_ok(k_src[l]) && src_ok(v_src[l]), "PlaceKv: sources");
+    Require(dst_ok(k_dst[l]) && dst_ok(v_dst[l]), "PlaceKv: destinations");
+    blk.k_src.push_back(k_src[l].data_ptr<float>());
+    blk.v_src.push_back(v_src[l].data_ptr<float>());
+    blk.k_dst.push_back(k_dst[l].data_ptr<float>());
+    blk.v_dst.push_back(v_dst[l].data_ptr<float>());
+  }
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  const int64_t rows = static_cast<int64_t>(layers) * blk.heads * blk.tokens;
+  at::parallel_for(0, rows, RowGrain(2 * blk.d),
+                   [&](int64_t begin, int64_t end) { PlaceRows(blk, cp, sp, begin, end); });
+}
+
+at::Tensor Gemv(const at::Tensor& w, const at::Tensor& x) {
+  Require(Applies(w) && w.dim() == 2 && w.is_contiguous(), "Gemv: w");
+  Require(Applies(x) && x.numel() == w.size(1) && x.is_contiguous(), "Gemv: x");
+  const int64_t out = w.size(0), in = w.size(1);
+  at::Tensor y = at::empty({out}, x.options());  // [O]
+  const float* wp = w.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, out, RowGrain(in),
+                   [&](int64_t b, int64_t e) { GemvRows(wp, xp, yp, b, e, in); });
+  return y;
+}
+
+}  // namespace gritserve::cpu_kernels
