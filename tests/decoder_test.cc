@@ -188,6 +188,71 @@ TEST_F(DecoderTest, OneDnnAndLibTorchKernelsAgree) {
   }
 }
 
+// The fused CPU kernels (norm, RoPE, SiLU, masked softmax, one-row LM head,
+// document placement) against LibTorch's ops: prompts after a cache, padded
+// batches, decode rows, early-exit layer outputs and moved document keys.
+TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
+  Decoder plain(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  at::manual_seed(12);
+  const int64_t b = 2, past = 19, t = 9;
+  at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
+  at::Tensor ids = at::randint(0, 150000, {b, t}, at::kLong);        // [B, T]
+  at::Tensor valid = at::ones({b, t}, at::kBool);
+  valid[1].narrow(0, 5, t - 5).fill_(false);
+  for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
+    KvCache c1 = decoder_->NewCache(b), c2 = plain.NewCache(b);
+    ForwardInput first;
+    first.ids = prefix;
+    first.positions = at::arange(past, at::kLong).repeat({b, 1});
+    first.attention = spec;
+    std::vector<at::Tensor> l1, l2;
+    EXPECT_LT(MaxDiff(decoder_->Forward(first, &c1, &l1), plain.Forward(first, &c2, &l2)), 1e-4);
+    ASSERT_EQ(l1.size(), l2.size());
+    for (size_t i = 0; i < l1.size(); ++i) EXPECT_LT(MaxDiff(l1[i], l2[i]), 1e-4) << "layer " << i;
+    int64_t pos = past;
+    for (int64_t step_tokens : {t, int64_t{1}}) {  // a prompt, then a decode row
+      ForwardInput next;
+      next.ids = ids.narrow(1, 0, step_tokens);
+      next.positions = at::arange(pos, pos + step_tokens, at::kLong).repeat({b, 1});
+      next.valid = valid.narrow(1, 0, step_tokens);
+      next.attention = spec;
+      at::Tensor x = decoder_->Forward(next, &c1), y = plain.Forward(next, &c2);  // [B, T, H]
+      EXPECT_LT(MaxDiff(x.index({next.valid}), y.index({next.valid})), 1e-4);
+      EXPECT_LT(MaxDiff(decoder_->Logits(x[0].narrow(0, step_tokens - 1, 1)),
+                        plain.Logits(y[0].narrow(0, step_tokens - 1, 1))),
+                1e-4);
+      pos += step_tokens;
+    }
+    for (int64_t l = 0; l < c1.num_layers(); ++l) {
+      EXPECT_LT(MaxDiff(c1.keys(l), c2.keys(l)), 1e-4);
+      EXPECT_LT(MaxDiff(c1.values(l), c2.values(l)), 1e-4);
+    }
+  }
+  // Stored document K/V placed 37 positions on, with both kernel families.
+  KvCache doc = decoder_->NewCache(1);
+  ForwardInput in;
+  in.ids = prefix.narrow(0, 0, 1);
+  in.positions = at::arange(past, at::kLong).unsqueeze(0);
+  decoder_->Forward(in, &doc);
+  std::vector<at::Tensor> ks, vs;
+  for (int64_t l = 0; l < doc.num_layers(); ++l) {
+    ks.push_back(doc.keys(l)[0].contiguous());
+    vs.push_back(doc.values(l)[0].contiguous());
+  }
+  KvCache p1 = decoder_->NewCache(1), p2 = plain.NewCache(1);
+  auto [k1, v1] = p1.Slots(past);
+  auto [k2, v2] = p2.Slots(past);
+  decoder_->PlaceKv(k1, ks, v1, vs, 37);
+  plain.PlaceKv(k2, ks, v2, vs, 37);
+  for (int64_t l = 0; l < doc.num_layers(); ++l) {
+    EXPECT_LT(MaxDiff(k1[l], k2[l]), 1e-5);
+    EXPECT_LT(MaxDiff(k1[l][0], decoder_->RotateKeys(ks[l], 37)), 1e-5);
+    EXPECT_TRUE(at::equal(v1[l][0], vs[l]));
+  }
+}
+
 TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {
   std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
   ForwardInput in;

@@ -61,6 +61,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
                                            Case{16, 24, true, Linear::Layout::kOutIn, true},
                                            Case{96, 200, true, Linear::Layout::kInOut, true},
                                            Case{96, 200, false, Linear::Layout::kOutIn, false},
+                                           // one-row GEMV: row and column tails
+                                           Case{37, 1001, true, Linear::Layout::kOutIn, false},
                                            Case{200, 96, true, Linear::Layout::kInOut, false},
                                            Case{64, 1, true, Linear::Layout::kOutIn, true},
                                            Case{1, 33, false, Linear::Layout::kOutIn, true}));

@@ -56,6 +56,16 @@ void KvCache::Advance(const at::Tensor& valid) {
   length_ += t;
 }
 
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> KvCache::Slots(int64_t t) {
+  Reserve(length_ + t);
+  std::vector<at::Tensor> k, v;
+  for (int64_t l = 0; l < num_layers(); ++l) {
+    k.push_back(keys_[l].narrow(2, length_, t));
+    v.push_back(values_[l].narrow(2, length_, t));
+  }
+  return {std::move(k), std::move(v)};
+}
+
 void KvCache::AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
                         const at::Tensor& valid) {
   if (static_cast<int64_t>(k.size()) != num_layers() || k.size() != v.size()) {

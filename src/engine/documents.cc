@@ -171,24 +171,12 @@ KvCache AssembleDocuments(Engine::Impl& e, const std::vector<ResolvedDocument>& 
   int64_t offset = 0;
   for (const auto& entry : entries) {
     const int64_t n = entry->tokens();
-    const size_t layers = entry->keys.size();
     // Entries hold keys for positions 0..n-1; a rotation by the start moves
     // them exactly to where the document sits in this prompt.
     const int64_t start = positions == DocPositions::kSequential ? offset : 0;
-    // All layers rotated in one pass: op overhead, not bytes, dominates.
-    at::Tensor rotated;  // [L, Hkv, T, D]
-    if (start != 0) {
-      std::vector<at::Tensor> keys;  // on the model's device (from page-locked memory on a GPU)
-      for (const at::Tensor& k : entry->keys) keys.push_back(k.to(d.device()));
-      rotated = d.RotateKeys(at::stack(keys).to(d.dtype()), start);
-    }
-    std::vector<at::Tensor> ks, vs;  // [1, Hkv, T, D] each; Append converts dtype and device
-    for (size_t l = 0; l < layers; ++l) {
-      ks.push_back((start != 0 ? rotated[l] : entry->keys[l]).unsqueeze(0));
-      vs.push_back(entry->values[l].unsqueeze(0));
-    }
-    cache.AppendAll(ks, vs,
-                    at::ones({1, n}, at::TensorOptions().dtype(at::kBool).device(d.device())));
+    auto [ks, vs] = cache.Slots(n);  // [1, Hkv, n, D] per layer
+    d.PlaceKv(ks, entry->keys, vs, entry->values, start);
+    cache.Advance(at::ones({1, n}, at::TensorOptions().dtype(at::kBool).device(d.device())));
     offset += n;
   }
   return cache;

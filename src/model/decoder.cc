@@ -1,9 +1,11 @@
 #include "gritserve/model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
+#include "gritserve/model/cpu_kernels.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -40,8 +42,10 @@ at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
 // step) stay on LibTorch. Returns false where it does not apply.
 //   qg: [B, Hkv, G T, D]; k, v: [B, Hkv, S, D] (cache views); mask: [B, 1, 1, T, S]
 //   -> *out: [B, Hkv, G T, D]
+// `scale` multiplies q (1 when the caller already did); `fused` selects the
+// fused masked softmax.
 bool AttentionOneDnn(bool enabled, const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& mask, double scale, int64_t g, at::Tensor* out) {
+                     const at::Tensor& mask, double scale, int64_t g, bool fused, at::Tensor* out) {
 #ifdef GRITSERVE_HAVE_DNNL
   constexpr int64_t kMinRows = 16;
   const int64_t b = qg.size(0), hkv = qg.size(1), rows = qg.size(2);
@@ -50,12 +54,18 @@ bool AttentionOneDnn(bool enabled, const at::Tensor& qg, const at::Tensor& k, co
     return false;
   }
   at::Tensor scores;  // [B, Hkv, G T, S]
-  if (!onednn::BatchedMatmul(qg * scale, k.transpose(2, 3), scores)) return false;
-  at::Tensor probs = at::softmax(scores.view({b, hkv, g, t, s}).add_(mask), -1)
-                         .view({b, hkv, rows, s});  // [B, Hkv, G T, S]
-  return onednn::BatchedMatmul(probs, v, *out);
+  if (!onednn::BatchedMatmul(scale == 1.0 ? qg : qg * scale, k.transpose(2, 3), scores)) {
+    return false;
+  }
+  if (fused) {
+    cpu_kernels::MaskedSoftmax(scores.view({b, hkv * g, t, s}), mask);
+  } else {
+    scores = at::softmax(scores.view({b, hkv, g, t, s}).add_(mask), -1).view({b, hkv, rows, s});
+  }
+  return onednn::BatchedMatmul(scores, v, *out);
 #else
-  (void)enabled, (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)out;
+  (void)enabled, (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)fused;
+  (void)out;
   return false;
 #endif
 }
@@ -110,6 +120,7 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   const at::ScalarType packed = bf16 ? at::kBFloat16 : at::kFloat;
   device_ = embed_tokens_.device();
   onednn_attention_ = device_.is_cpu() && dtype_ == at::kFloat && Linear::CpuOneDnn();
+  fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && cpu_kernels::Wanted();
   norm_ = Take(weights, "model.norm.weight");
   // With tied embeddings the head is the embedding matrix itself: used in place,
   // since a packed copy would cost its full size (544 MB for Qwen2.5-0.5B).
@@ -156,17 +167,20 @@ KvCache Decoder::NewCache(int64_t batch) const {
                  dtype_, device_);
 }
 
-at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+at::Tensor Decoder::AddRmsNorm(at::Tensor& x, const at::Tensor& delta,
+                               const at::Tensor& weight) const {
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  if (fused_cpu_) return cpu_kernels::AddRmsNorm(x, delta, weight, eps);
+  if (delta.defined()) x = x + delta;
   // Statistics in float32 even when computing in half precision, as HF does.
   at::Tensor xf = x.to(at::kFloat);
-  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + config_.rms_norm_eps);
+  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
   return weight * y.to(x.scalar_type());
 }
 
 std::pair<at::Tensor, at::Tensor> Decoder::RopeTables(const at::Tensor& positions) const {
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B, T, D/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // [B, 1, T, D]
-  return {emb.cos().to(dtype_), emb.sin().to(dtype_)};
+  return {freqs.cos().to(dtype_), freqs.sin().to(dtype_)};
 }
 
 at::Tensor Decoder::RotateKeys(const at::Tensor& keys, int64_t delta) const {
@@ -177,6 +191,41 @@ at::Tensor Decoder::RotateKeys(const at::Tensor& keys, int64_t delta) const {
   // rotation matches computing the keys at the new positions directly.
   at::Tensor k = keys.to(at::kFloat);
   return ApplyRope(k, emb.cos(), emb.sin()).to(keys.scalar_type());
+}
+
+void Decoder::PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>& k_src,
+                      const std::vector<at::Tensor>& v_dst, const std::vector<at::Tensor>& v_src,
+                      int64_t delta) const {
+  const size_t layers = k_src.size();
+  if (k_dst.size() != layers || v_src.size() != layers || v_dst.size() != layers) {
+    throw Error(ErrorKind::kInternal, "PlaceKv: layer counts differ");
+  }
+  std::vector<at::Tensor> kd, vd;  // [Hkv, T, D] cache slices
+  for (size_t l = 0; l < layers; ++l) {
+    kd.push_back(k_dst[l].select(0, 0));
+    vd.push_back(v_dst[l].select(0, 0));
+  }
+  auto all_float_cpu = [](const std::vector<at::Tensor>& ts) {
+    return std::all_of(ts.begin(), ts.end(),
+                       [](const at::Tensor& t) { return cpu_kernels::Applies(t); });
+  };
+  if (fused_cpu_ && all_float_cpu(k_src) && all_float_cpu(v_src)) {
+    // Same float32 angles as RotateKeys; delta 0 rotates by cos 1, sin 0: an exact copy.
+    at::Tensor freqs = inv_freq_ * static_cast<float>(delta);  // [D/2]
+    cpu_kernels::PlaceKv(kd, k_src, vd, v_src, freqs.cos(), freqs.sin());
+    return;
+  }
+  // All layers rotated in one pass: op overhead, not bytes, dominates.
+  at::Tensor rotated;  // [L, Hkv, T, D]
+  if (delta != 0) {
+    std::vector<at::Tensor> keys;  // on the model's device (from page-locked memory on a GPU)
+    for (const at::Tensor& k : k_src) keys.push_back(k.to(device_));
+    rotated = RotateKeys(at::stack(keys).to(dtype_), delta);
+  }
+  for (size_t l = 0; l < layers; ++l) {
+    kd[l].copy_(delta != 0 ? rotated[static_cast<int64_t>(l)] : k_src[l]);
+    vd[l].copy_(v_src[l]);
+  }
 }
 
 at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
@@ -232,27 +281,42 @@ at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
 at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
                               const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
                               int64_t layer_index) const {
-  const int64_t b = cos.size(0), t = cos.size(2);
+  const int64_t b = cos.size(0), t = cos.size(1);
   const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim, g = hq / hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   at::Tensor qkv = layer.qkv_proj(x);  // [B*T, (Hq + 2 Hkv) D]
-  at::Tensor q = qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2);  // [B, Hq, T, D]
   at::Tensor k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
   at::Tensor v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
-  q = ApplyRope(q, cos, sin);                                               // [B, Hq, T, D]
-  k = ApplyRope(k, cos, sin);                                               // [B, Hkv, T, D]
+  at::Tensor q;        // [B, Hq, T, D]
+  double q_scale = 1;  // what the scores still need multiplying by
+  if (fused_cpu_) {
+    // Keys rotated in place inside qkv (k views them); q comes back scaled.
+    q = cpu_kernels::RopeQk(qkv, cos, sin, b, hq, hkv, d, static_cast<float>(scale));
+  } else {
+    at::Tensor c = at::cat({cos, cos}, -1).unsqueeze(1);  // [B, 1, T, D]
+    at::Tensor sn = at::cat({sin, sin}, -1).unsqueeze(1);
+    q = ApplyRope(qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2), c, sn);
+    k = ApplyRope(k, c, sn);  // [B, Hkv, T, D]
+    q_scale = scale;
+  }
   if (cache != nullptr) std::tie(k, v) = cache->Append(layer_index, k, v);  // [B, Hkv, S, D]
   const int64_t s = k.size(2);
   // Grouped-query attention without copying K/V per query head: the G query
   // heads that share a KV head are stacked along the token axis.
   at::Tensor qg = q.reshape({b, hkv, g * t, d});  // [B, Hkv, G T, D]
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  at::Tensor out;  // [B, Hkv, G T, D]
-  if (!AttentionOneDnn(onednn_attention_, qg, k, v, mask, scale, g, &out)) {
+  at::Tensor out;                                 // [B, Hkv, G T, D]
+  if (!AttentionOneDnn(onednn_attention_, qg, k, v, mask, q_scale, g, fused_cpu_, &out)) {
     at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
-    scores = scores.mul_(scale).view({b, hkv, g, t, s});
-    scores.add_(mask);  // [B, Hkv, G, T, S]
-    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
+    if (q_scale != 1) scores.mul_(q_scale);
+    at::Tensor probs;  // [B, Hkv, G T, S]
+    if (fused_cpu_) {
+      probs = scores.contiguous();
+      cpu_kernels::MaskedSoftmax(probs.view({b, hkv * g, t, s}), mask);
+    } else {
+      scores = scores.view({b, hkv, g, t, s}).add_(mask);  // [B, Hkv, G, T, S]
+      probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
+    }
     out = at::matmul(probs, v);
   }
   out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});  // [B*T, Hq D]
@@ -261,9 +325,10 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
 
 at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
   const int64_t inter = config_.intermediate_size;
-  at::Tensor gu = layer.gate_up_proj(x);                                             // [N, 2 I]
-  at::Tensor h = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));  // [N, I]
-  return layer.down_proj(h);                                                         // [N, H]
+  at::Tensor gu = layer.gate_up_proj(x);  // [N, 2 I]
+  at::Tensor h = fused_cpu_ ? cpu_kernels::SiluMul(gu)
+                            : at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));
+  return layer.down_proj(h);  // [N, H]
 }
 
 at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
@@ -285,18 +350,26 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
                          : at::ones({b, t}, at::TensorOptions().dtype(at::kBool).device(device_));
   at::Tensor key_valid = past > 0 ? at::cat({cache->key_valid(), valid}, 1) : valid;  // [B, S]
   at::Tensor mask = BuildMask(in, past, key_valid);        // [B, 1, 1, T, S]
-  auto [cos, sin] = RopeTables(in.positions.to(device_));  // [B, 1, T, D]
+  auto [cos, sin] = RopeTables(in.positions.to(device_));  // [B, T, D/2]
 
+  // The residual stream. Each block's output waits in `pending` and is added
+  // by the next norm, so the fused kernel does add and norm in one pass.
   at::Tensor x = at::embedding(embed_tokens_, ids).view({b * t, h});  // [B*T, H]
-  if (layer_outputs != nullptr) layer_outputs->push_back(x.view({b, t, h}));
+  at::Tensor pending;                                                 // [B*T, H]
+  if (layer_outputs != nullptr) layer_outputs->push_back(x.clone().view({b, t, h}));
   for (int64_t i = 0; i < n_layers; ++i) {
     const Layer& layer = layers_[i];
-    x = x + Attention(layer, RmsNorm(x, layer.input_layernorm), cos, sin, mask, cache, i);
-    x = x + Mlp(layer, RmsNorm(x, layer.post_attention_layernorm));
-    if (layer_outputs != nullptr) layer_outputs->push_back(x.view({b, t, h}));
+    pending =
+        Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin, mask, cache, i);
+    pending = Mlp(layer, AddRmsNorm(x, pending, layer.post_attention_layernorm));
+    if (layer_outputs != nullptr) layer_outputs->push_back((x + pending).view({b, t, h}));
   }
   if (cache != nullptr) cache->Advance(valid);
-  if (in.apply_final_norm) x = RmsNorm(x, norm_);
+  if (in.apply_final_norm) {
+    x = AddRmsNorm(x, pending, norm_);
+  } else if (pending.defined()) {
+    x = x + pending;
+  }
   return x.view({b, t, h});
 }
 

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/cpu_kernels.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -101,6 +102,13 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   out_ = layout == Layout::kOutIn ? weight.size(0) : weight.size(1);
   in_ = layout == Layout::kOutIn ? weight.size(1) : weight.size(0);
   if (bias_.defined()) bias_ = bias_.contiguous();
+  // One row against a plain [out, in] float32 matrix (the tied LM head at
+  // decode and time to first token): a GEMV streams it once at memory
+  // bandwidth, where GEMM kernels read the unpacked layout at about half that.
+  if (!pack && layout == Layout::kOutIn && cpu_kernels::Applies(weight) && weight.is_contiguous() &&
+      cpu_kernels::Wanted()) {
+    gemv_weight_ = weight;
+  }
   const bool bf16 = packed_dtype == at::kBFloat16;
   if (packed_dtype != at::kFloat &&
       !(bf16 && pack && CpuBf16Available() && weight.device().is_cpu() &&
@@ -125,6 +133,11 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
 }
 
 at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (gemv_weight_.defined() && x.size(0) == 1 && cpu_kernels::Applies(x)) {
+    at::Tensor y = cpu_kernels::Gemv(gemv_weight_, x.reshape({in_}).contiguous());  // [out]
+    if (bias_.defined()) y.add_(bias_);
+    return y.unsqueeze(0);  // [1, out]
+  }
 #ifdef GRITSERVE_HAVE_DNNL
   if (packed_ != nullptr) {
     const int64_t m = x.size(0);

@@ -39,6 +39,11 @@ class KvCache {
   // Makes room for `capacity` tokens in total without further copies.
   void Reserve(int64_t capacity);
 
+  // Writable views of the next T token slots of every layer, for callers that
+  // write keys and values in place; Advance(valid) then commits them.
+  //   -> (k[l], v[l]): [B, Hkv, T, D] each
+  std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> Slots(int64_t t);
+
   // Appends already-computed keys/values for every layer (e.g. cached documents).
   //   k[l], v[l]: [B, Hkv, T, D]; valid: [B, T] bool
   void AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,

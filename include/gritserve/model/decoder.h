@@ -56,6 +56,14 @@ class Decoder {
   //   keys: [..., T, D] -> same shape
   at::Tensor RotateKeys(const at::Tensor& keys, int64_t delta) const;
 
+  // Copies stored keys and values into KV cache slots (KvCache::Slots), the
+  // keys moved by `delta` positions on the way (as RotateKeys). Sources may be
+  // in another dtype or on the host; they are converted.
+  //   k_src[l], v_src[l]: [Hkv, T, D]; k_dst[l], v_dst[l]: [1, Hkv, T, D]
+  void PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>& k_src,
+               const std::vector<at::Tensor>& v_dst, const std::vector<at::Tensor>& v_src,
+               int64_t delta) const;
+
   // A fresh cache sized for this model.
   KvCache NewCache(int64_t batch) const;
 
@@ -73,10 +81,12 @@ class Decoder {
                        const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
                        int64_t layer_index) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
-  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
+  // kernel updates x in place; the ATen path rebinds x to a new tensor.
+  at::Tensor AddRmsNorm(at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight) const;
   // Additive mask [B, 1, 1, T, S] for T new tokens after `past` stored ones.
   at::Tensor BuildMask(const ForwardInput& input, int64_t past, const at::Tensor& key_valid) const;
-  // cos, sin: [B, 1, T, D] for positions [B, T]
+  // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once)
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
 
   ModelConfig config_;
@@ -84,6 +94,7 @@ class Decoder {
   at::ScalarType matmul_dtype_;
   at::Device device_;
   bool onednn_attention_ = false;  // prompt attention products on oneDNN (CPU float32)
+  bool fused_cpu_ = false;         // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
   at::Tensor embed_tokens_;        // [V, H]
   at::Tensor norm_;                // [H]
   Linear lm_head_;                 // H -> V (the embedding matrix when tied)

@@ -61,6 +61,7 @@ class Linear {
   Layout layout_ = Layout::kOutIn;
   at::Tensor bias_;                       // [out] or undefined
   std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
+  at::Tensor gemv_weight_;                // [out, in] float32 CPU, read in place for one-row inputs
 };
 
 }  // namespace gritserve
