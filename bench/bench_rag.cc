@@ -4,13 +4,16 @@
 // Prints JSON; not a test.
 //   bench_rag [--model DIR] [--docs 5] [--doc-tokens 256] [--question-tokens 32]
 //             [--profile-cached N]  (only the cached request, N times: for perf record)
+//             [--trace FILE]  (with --profile-cached: Chrome trace of the LibTorch ops)
 //             [--device cpu|cuda[:N]] [--dtype D]
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "bench_util.h"
@@ -34,6 +37,9 @@ int main(int argc, char** argv) {
   int profile_cached = 0;
   app.add_option("--profile-cached", profile_cached,
                  "run only the cached request this many times and print its mean TTFT");
+  std::string trace;
+  app.add_option("--trace", trace,
+                 "with --profile-cached: write a Chrome trace of those requests' LibTorch ops");
   app.add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", compute_dtype, "auto, float32, bfloat16, float16")
       ->capture_default_str();
@@ -79,9 +85,14 @@ int main(int argc, char** argv) {
     if (dtype != "float32") continue;  // timings once, on float32 storage
     if (profile_cached > 0) {
       double total = 0;
+      std::unique_ptr<torch::autograd::profiler::RecordProfile> recording;
+      if (!trace.empty()) {
+        recording = std::make_unique<torch::autograd::profiler::RecordProfile>(trace);
+      }
       for (int r = 0; r < profile_cached; ++r) {
         total += engine->Generate(question, p, nullptr, resolved).ttft_ms;
       }
+      recording.reset();  // writes the trace
       out["profile_cached_mean_ttft_s"] = total / profile_cached / 1000.0;
       break;
     }
