@@ -253,6 +253,59 @@ TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
   }
 }
 
+// Several sequences through one ForwardMany (shared linear layers, attention
+// per cache) equal each through Forward on its own: different cache lengths,
+// decode rows and a 3-token step, with either kernel family.
+TEST_F(DecoderTest, ForwardManyEqualsEachSequenceAlone) {
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
+  Decoder plain(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  at::manual_seed(13);
+  for (const Decoder* d : std::vector<const Decoder*>{decoder_, &plain}) {
+    const std::vector<int64_t> pasts = {5, 17, 0, 9}, steps = {1, 1, 3, 1};
+    std::vector<KvCache> alone, together;
+    std::vector<ForwardInput> inputs;
+    for (size_t i = 0; i < pasts.size(); ++i) {
+      alone.push_back(d->NewCache(1));
+      if (pasts[i] > 0) {
+        ForwardInput pre;
+        pre.ids = at::randint(0, 150000, {1, pasts[i]}, at::kLong);
+        pre.positions = at::arange(pasts[i], at::kLong).unsqueeze(0);
+        d->Forward(pre, &alone.back());
+      }
+      KvCache copy = d->NewCache(1);  // a deep copy: both get appended to
+      if (pasts[i] > 0) {
+        std::vector<at::Tensor> ks, vs;
+        for (int64_t l = 0; l < alone.back().num_layers(); ++l) {
+          ks.push_back(alone.back().keys(l).clone());
+          vs.push_back(alone.back().values(l).clone());
+        }
+        copy.AppendAll(ks, vs, at::ones({1, pasts[i]}, at::kBool));
+      }
+      together.push_back(std::move(copy));
+      ForwardInput in;
+      in.ids = at::randint(0, 150000, {1, steps[i]}, at::kLong);
+      in.positions = at::arange(pasts[i], pasts[i] + steps[i], at::kLong).unsqueeze(0);
+      inputs.push_back(in);
+    }
+    std::vector<KvCache*> caches;
+    for (auto& c : together) caches.push_back(&c);
+    at::Tensor many = d->ForwardMany(inputs, caches);  // [sum T_i, H]
+    int64_t row = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      at::Tensor one = d->Forward(inputs[i], &alone[i])[0];  // [T_i, H]
+      EXPECT_LT(MaxDiff(many.narrow(0, row, steps[i]), one), 1e-4) << "sequence " << i;
+      EXPECT_EQ(together[i].length(), alone[i].length());
+      row += steps[i];
+    }
+    EXPECT_EQ(row, many.size(0));
+    at::Tensor bad = inputs[0].ids;
+    inputs[0].ids = at::zeros({2, 1}, at::kLong);  // a batch of two is not one sequence
+    EXPECT_THROW(d->ForwardMany(inputs, caches), std::exception);
+    inputs[0].ids = bad;
+  }
+}
+
 TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {
   std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
   ForwardInput in;

@@ -279,8 +279,9 @@ at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
 }
 
 at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
-                              const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                              const at::Tensor& sin, const std::vector<Segment>& segments,
                               int64_t layer_index) const {
+  // Rows of x are [B, T] for one segment, [1, sum T_i] for several (each B_i = 1).
   const int64_t b = cos.size(0), t = cos.size(1);
   const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim, g = hq / hkv;
@@ -300,27 +301,36 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
     k = ApplyRope(k, c, sn);  // [B, Hkv, T, D]
     q_scale = scale;
   }
-  if (cache != nullptr) std::tie(k, v) = cache->Append(layer_index, k, v);  // [B, Hkv, S, D]
-  const int64_t s = k.size(2);
-  // Grouped-query attention without copying K/V per query head: the G query
-  // heads that share a KV head are stacked along the token axis.
-  at::Tensor qg = q.reshape({b, hkv, g * t, d});  // [B, Hkv, G T, D]
-  at::Tensor out;                                 // [B, Hkv, G T, D]
-  if (!AttentionOneDnn(onednn_attention_, qg, k, v, mask, q_scale, g, fused_cpu_, &out)) {
-    at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, Hkv, G T, S]
-    if (q_scale != 1) scores.mul_(q_scale);
-    at::Tensor probs;  // [B, Hkv, G T, S]
-    if (fused_cpu_) {
-      probs = scores.contiguous();
-      cpu_kernels::MaskedSoftmax(probs.view({b, hkv * g, t, s}), mask);
-    } else {
-      scores = scores.view({b, hkv, g, t, s}).add_(mask);  // [B, Hkv, G, T, S]
-      probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({b, hkv, g * t, s});
+  std::vector<at::Tensor> outs;  // [B_i*T_i, Hq D] per segment
+  int64_t offset = 0;
+  for (const Segment& seg : segments) {
+    const bool whole = segments.size() == 1;
+    at::Tensor qs = whole ? q : q.narrow(2, offset, seg.t);  // [B_i, Hq, T_i, D]
+    at::Tensor ks = whole ? k : k.narrow(2, offset, seg.t);  // [B_i, Hkv, T_i, D]
+    at::Tensor vs = whole ? v : v.narrow(2, offset, seg.t);
+    offset += seg.t;
+    if (seg.cache != nullptr) std::tie(ks, vs) = seg.cache->Append(layer_index, ks, vs);
+    const int64_t sb = qs.size(0), st = qs.size(2), s = ks.size(2);
+    // Grouped-query attention without copying K/V per query head: the G query
+    // heads that share a KV head are stacked along the token axis.
+    at::Tensor qg = qs.reshape({sb, hkv, g * st, d});  // [B_i, Hkv, G T_i, D]
+    at::Tensor out;                                    // [B_i, Hkv, G T_i, D]
+    if (!AttentionOneDnn(onednn_attention_, qg, ks, vs, seg.mask, q_scale, g, fused_cpu_, &out)) {
+      at::Tensor scores = at::matmul(qg, ks.transpose(-1, -2));  // [B_i, Hkv, G T_i, S]
+      if (q_scale != 1) scores.mul_(q_scale);
+      at::Tensor probs;  // [B_i, Hkv, G T_i, S]
+      if (fused_cpu_) {
+        probs = scores.contiguous();
+        cpu_kernels::MaskedSoftmax(probs.view({sb, hkv * g, st, s}), seg.mask);
+      } else {
+        scores = scores.view({sb, hkv, g, st, s}).add_(seg.mask);  // [B_i, Hkv, G, T_i, S]
+        probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({sb, hkv, g * st, s});
+      }
+      out = at::matmul(probs, vs);
     }
-    out = at::matmul(probs, v);
+    outs.push_back(out.view({sb, hq, st, d}).transpose(1, 2).reshape({sb * st, hq * d}));
   }
-  out = out.view({b, hq, t, d}).transpose(1, 2).reshape({b * t, hq * d});  // [B*T, Hq D]
-  return layer.o_proj(out);                                                // [B*T, H]
+  return layer.o_proj(outs.size() == 1 ? outs[0] : at::cat(outs, 0));  // [B*T, H]
 }
 
 at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
@@ -359,8 +369,8 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
   if (layer_outputs != nullptr) layer_outputs->push_back(x.clone().view({b, t, h}));
   for (int64_t i = 0; i < n_layers; ++i) {
     const Layer& layer = layers_[i];
-    pending =
-        Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin, mask, cache, i);
+    pending = Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin,
+                        {Segment{t, mask, cache}}, i);
     pending = Mlp(layer, AddRmsNorm(x, pending, layer.post_attention_layernorm));
     if (layer_outputs != nullptr) layer_outputs->push_back((x + pending).view({b, t, h}));
   }
@@ -371,6 +381,44 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
     x = x + pending;
   }
   return x.view({b, t, h});
+}
+
+at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
+                                const std::vector<KvCache*>& caches) const {
+  if (inputs.empty() || inputs.size() != caches.size()) {
+    throw Error(ErrorKind::kInternal, "ForwardMany: one cache per input");
+  }
+  const int64_t h = config_.hidden_size;
+  std::vector<Segment> segments;
+  std::vector<at::Tensor> ids, positions, valid;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const ForwardInput& in = inputs[i];
+    KvCache* cache = caches[i];
+    if (in.ids.dim() != 2 || in.ids.size(0) != 1 || in.positions.sizes() != in.ids.sizes() ||
+        in.valid.defined() || in.attention.mode != AttentionMode::kCausal || in.num_layers >= 0 ||
+        !in.apply_final_norm || cache == nullptr || cache->batch() != 1) {
+      throw Error(ErrorKind::kInternal, "ForwardMany: one causal, unpadded sequence per cache");
+    }
+    const int64_t t = in.ids.size(1);
+    valid.push_back(at::ones({1, t}, at::TensorOptions().dtype(at::kBool).device(device_)));
+    at::Tensor key_valid = at::cat({cache->key_valid().to(device_), valid.back()}, 1);  // [1, S]
+    segments.push_back(Segment{t, BuildMask(in, cache->length(), key_valid), cache});
+    ids.push_back(in.ids.to(device_));
+    positions.push_back(in.positions.to(device_));
+  }
+  at::Tensor all_ids = at::cat(ids, 1);                 // [1, N]
+  auto [cos, sin] = RopeTables(at::cat(positions, 1));  // [1, N, D/2]
+  const int64_t n = all_ids.size(1);
+  at::Tensor x = at::embedding(embed_tokens_, all_ids).view({n, h});  // [N, H]
+  at::Tensor pending;                                                 // [N, H]
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    const Layer& layer = layers_[i];
+    pending =
+        Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin, segments, i);
+    pending = Mlp(layer, AddRmsNorm(x, pending, layer.post_attention_layernorm));
+  }
+  for (size_t i = 0; i < caches.size(); ++i) caches[i]->Advance(valid[i]);
+  return AddRmsNorm(x, pending, norm_);  // [N, H]
 }
 
 at::Tensor Decoder::Logits(const at::Tensor& hidden) const {

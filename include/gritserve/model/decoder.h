@@ -49,6 +49,15 @@ class Decoder {
   at::Tensor Forward(const ForwardInput& input, KvCache* cache,
                      std::vector<at::Tensor>* layer_outputs = nullptr) const;
 
+  // One pass for several independent causal sequences, each [1, T_i] with its
+  // own cache (KV-cached decode steps of concurrent generations): the linear
+  // layers and the LM head read the weights once for all of them, attention
+  // runs per sequence over its own cache. Equals Forward on each alone up to
+  // the summation order of the products.
+  //   returns [sum T_i, H], the sequences' rows in order
+  at::Tensor ForwardMany(const std::vector<ForwardInput>& inputs,
+                         const std::vector<KvCache*>& caches) const;
+
   // LM head on selected hidden states only.  hidden: [N, H] -> [N, V] float32
   at::Tensor Logits(const at::Tensor& hidden) const;
 
@@ -77,8 +86,15 @@ class Decoder {
     Linear down_proj;                     // I -> H
   };
 
+  // Sequences whose rows lie one after another in a forward's activations.
+  struct Segment {
+    int64_t t;        // tokens per row of the segment's batch
+    at::Tensor mask;  // [B_i, 1, 1, T_i, S_i]
+    KvCache* cache;   // or nullptr
+  };
+  // cos, sin: [B, T, D/2] over all rows (B = 1 when there are several segments)
   at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
-                       const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                       const at::Tensor& sin, const std::vector<Segment>& segments,
                        int64_t layer_index) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
   // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
