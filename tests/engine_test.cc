@@ -157,6 +157,93 @@ TEST_F(EngineTest, GreedyGenerationEqualsRecomputingEveryStep) {
   EXPECT_EQ(r.text, e.tokenizer().Decode(r.tokens, true));
 }
 
+// Concurrent generations decode in one shared forward (StepAll): each gets the
+// tokens and logits it gets alone, whatever joins or leaves the batch when, a
+// sampled one keeps its seed's sequence, and a cancelled one leaves the rest.
+TEST_F(EngineTest, BatchedDecodingEqualsOneAtATime) {
+  Engine& e = *tiny_->engine;
+  struct Run {
+    std::string prompt;
+    int max_tokens;
+    double temperature;
+    std::vector<std::string> docs;
+  };
+  const std::vector<Run> runs = {{"Once upon a time", 9, 0, {}},
+                                 {"The weather today", 3, 0, {}},
+                                 {"Sample something", 7, 1.0, {}},
+                                 {"A question about the documents", 6, 0, {"first doc", "second"}},
+                                 {"x", 11, 0, {}}};
+  auto params = [](const Run& r) {
+    SamplingParams p;
+    p.temperature = r.temperature;
+    p.seed = 5;
+    p.max_tokens = r.max_tokens;
+    p.ignore_eos = true;
+    p.capture_logits = true;
+    return p;
+  };
+  auto start = [&](const Run& r) {
+    std::vector<DocumentRef> refs;
+    for (const auto& d : r.docs) refs.push_back(DocumentRef{"", d, {}});
+    return e.StartGeneration(e.EncodeGenerate(r.prompt, false), params(r), nullptr,
+                             e.ResolveDocuments(refs, KvSource::kCausal));
+  };
+  std::vector<GenerateResult> alone;
+  for (const Run& r : runs) {
+    auto g = start(r);
+    while (g->Step()) {
+    }
+    alone.push_back(g->result());
+  }
+  // Together: two start at once, the others join one step apart; one more is
+  // started and cancelled on its second step.
+  std::vector<std::unique_ptr<Generation>> gens;
+  std::vector<size_t> index;  // gens[i] is runs[index[i]]
+  std::unique_ptr<Generation> cancelled = start(runs[0]);
+  std::vector<bool> running;
+  size_t next = 0;
+  for (int round = 0; round < 40; ++round) {
+    for (size_t j = 0; j < (round == 0 ? 2u : 1u) && next < runs.size(); ++j, ++next) {
+      gens.push_back(start(runs[next]));
+      index.push_back(next);
+      running.push_back(true);
+    }
+    std::vector<Generation*> step;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < gens.size(); ++i) {
+      if (running[i]) step.push_back(gens[i].get()), which.push_back(i);
+    }
+    if (!cancelled->finished()) {
+      if (round == 2) cancelled->Cancel();
+      step.push_back(cancelled.get());
+    }
+    if (step.empty()) break;
+    std::vector<std::exception_ptr> errors;
+    std::vector<bool> more = e.StepAll(step, &errors);
+    ASSERT_EQ(more.size(), step.size());
+    for (size_t j = 0; j < which.size(); ++j) {
+      ASSERT_FALSE(errors[j]);
+      running[which[j]] = more[j];
+    }
+  }
+  ASSERT_EQ(gens.size(), runs.size());
+  for (size_t i = 0; i < gens.size(); ++i) {
+    const GenerateResult& r = gens[i]->result();
+    const GenerateResult& a = alone[index[i]];
+    ASSERT_TRUE(gens[i]->finished());
+    EXPECT_EQ(r.tokens, a.tokens) << runs[index[i]].prompt;
+    EXPECT_EQ(r.finish_reason, "length");
+    EXPECT_EQ(r.cached_tokens, a.cached_tokens);
+    ASSERT_EQ(r.step_logits.size(), a.step_logits.size());
+    for (size_t s = 0; s < r.step_logits.size(); ++s) {
+      EXPECT_LT(MaxDiff(Vec(r.step_logits[s]), Vec(a.step_logits[s])), 1e-4)
+          << runs[index[i]].prompt << " step " << s;
+    }
+  }
+  EXPECT_EQ(cancelled->result().finish_reason, "cancelled");
+  EXPECT_LE(cancelled->result().completion_tokens, 2);
+}
+
 TEST_F(EngineTest, LongPromptsArePrefilledInChunksExactly) {
   Engine& e = *tiny_->engine;
   // Longer than the 256-token prefill chunk, so the prompt spans three chunks.

@@ -308,6 +308,11 @@ std::unique_ptr<Generation> Engine::StartGeneration(std::vector<int32_t> prompt_
                         std::move(documents), positions);
 }
 
+std::vector<bool> Engine::StepAll(const std::vector<Generation*>& gens,
+                                  std::vector<std::exception_ptr>* errors) {
+  return StepGenerations(*impl_, gens, errors);
+}
+
 GenerateResult Engine::Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
                                 TextCallback on_text, std::vector<ResolvedDocument> documents,
                                 DocPositions positions) {

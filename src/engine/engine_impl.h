@@ -52,6 +52,12 @@ class Sampler {
   double NextUniform();
 };
 
+// One step of each generation: those past their prefill share one forward
+// pass; the others step on their own. Per generation: whether it continues,
+// and in `errors` what it failed with (nullptr if nothing).
+std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Generation*>& gens,
+                                  std::vector<std::exception_ptr>* errors);
+
 std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
                                            const SamplingParams& params, TextCallback on_text,
                                            std::vector<ResolvedDocument> documents,

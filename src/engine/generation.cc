@@ -136,6 +136,19 @@ class GenerationImpl : public Generation {
       logits = Run({result_.tokens.back()}, cache_.length());
       result_.decode_ms += MsSince(t0);
     }
+    return Consume(logits);
+  }
+
+  // Batched decoding (StepGenerations): past its prefill, a generation's next
+  // step is its last token through a forward shared with other generations.
+  bool Batchable() const { return prefilled_ && !finished_; }
+  int32_t NextInput() const { return result_.tokens.back(); }
+  KvCache* cache() { return &cache_; }
+  void AddDecodeMs(double ms) { result_.decode_ms += ms; }
+
+  // The rest of a step once its logits are known: sample, then stop checks
+  // and streaming.  logits: [V]
+  bool Consume(const at::Tensor& logits) {
     if (params_.capture_logits) {
       at::Tensor l = logits.to(at::kFloat).contiguous();
       result_.step_logits.emplace_back(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
@@ -262,6 +275,66 @@ class GenerationImpl : public Generation {
 };
 
 }  // namespace
+
+std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Generation*>& gens,
+                                  std::vector<std::exception_ptr>* errors) {
+  c10::InferenceMode guard;
+  std::vector<bool> more(gens.size(), false);
+  errors->assign(gens.size(), nullptr);
+  std::vector<size_t> batch;
+  for (size_t i = 0; i < gens.size(); ++i) {
+    auto* g = dynamic_cast<GenerationImpl*>(gens[i]);
+    if (g != nullptr && g->Batchable()) {
+      batch.push_back(i);
+      continue;
+    }
+    try {
+      more[i] = gens[i]->Step();  // prefills (and finished ones) go alone
+    } catch (...) {
+      (*errors)[i] = std::current_exception();
+    }
+  }
+  if (batch.size() == 1) {
+    try {
+      more[batch[0]] = gens[batch[0]]->Step();
+    } catch (...) {
+      (*errors)[batch[0]] = std::current_exception();
+    }
+    return more;
+  }
+  if (batch.empty()) return more;
+  // Decode steps share one forward: N generations read the weights once.
+  at::Tensor logits;  // [N, V]
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    std::vector<ForwardInput> inputs;
+    std::vector<KvCache*> caches;
+    for (size_t i : batch) {
+      auto* g = static_cast<GenerationImpl*>(gens[i]);
+      ForwardInput in;
+      in.ids = at::full({1, 1}, static_cast<int64_t>(g->NextInput()), at::kLong);  // [1, 1]
+      in.positions = at::full({1, 1}, g->cache()->length(), at::kLong);            // [1, 1]
+      in.attention = AttentionSpec::Causal();
+      inputs.push_back(std::move(in));
+      caches.push_back(g->cache());
+    }
+    logits = engine.decoder->Logits(engine.decoder->ForwardMany(inputs, caches)).to(at::kCPU);
+  } catch (...) {
+    for (size_t i : batch) (*errors)[i] = std::current_exception();
+    return more;
+  }
+  const double ms = MsSince(t0);
+  for (size_t k = 0; k < batch.size(); ++k) {
+    auto* g = static_cast<GenerationImpl*>(gens[batch[k]]);
+    try {
+      g->AddDecodeMs(ms);
+      more[batch[k]] = g->Consume(logits[static_cast<int64_t>(k)]);
+    } catch (...) {
+      (*errors)[batch[k]] = std::current_exception();
+    }
+  }
+  return more;
+}
 
 std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
                                            const SamplingParams& params, TextCallback on_text,

@@ -274,26 +274,35 @@ void Scheduler::Loop() {
         }
       }
     }
-    for (size_t i = 0; i < active.size();) {
-      Active& a = active[i];
-      bool more = false, failed = false;
-      try {
-        if (a.job->cancelled()) a.gen->Cancel();
-        more = a.gen->Step();
-      } catch (...) {
-        a.job->Fail(std::current_exception());
-        failed = true;
+    // Every active generation advances one token per round; their decode
+    // steps share one forward pass.
+    std::vector<Generation*> gens;
+    for (Active& a : active) {
+      if (a.job->cancelled()) a.gen->Cancel();
+      gens.push_back(a.gen.get());
+    }
+    std::vector<std::exception_ptr> errors;
+    const std::vector<bool> more =
+        gens.empty() ? std::vector<bool>() : engine_.StepAll(gens, &errors);
+    std::vector<Active> still;
+    std::vector<std::pair<Active, std::exception_ptr>> ended;
+    for (size_t i = 0; i < active.size(); ++i) {
+      if (more[i] && !errors[i]) {
+        still.push_back(std::move(active[i]));
+      } else {
+        ended.emplace_back(std::move(active[i]), errors[i]);
       }
-      if (more) {
-        ++i;
-        continue;
-      }
+    }
+    active = std::move(still);
+    for (auto& [finished, error] : ended) {
       // Counters first, then the answer: a client that reads /metrics right
       // after its response must see its own tokens counted.
-      Active finished = std::move(a);
-      active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
       done_one(finished.gen->result().completion_tokens);
-      if (!failed) finished.job->Finish(finished.gen->result());
+      if (error) {
+        finished.job->Fail(error);
+      } else {
+        finished.job->Finish(finished.gen->result());
+      }
     }
   }
   // Stopped: nothing left may wait forever.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -143,6 +144,13 @@ class Engine {
                                               TextCallback on_text = nullptr,
                                               std::vector<ResolvedDocument> documents = {},
                                               DocPositions positions = DocPositions::kSequential);
+  // One step of each of several generations (from StartGeneration), as the
+  // scheduler runs concurrent requests: those past their prefill decode in one
+  // shared forward pass (each weight read once for all of them), the others
+  // step on their own. Returns per generation whether it continues; `errors`
+  // gets what each failed with (nullptr where it did not), the others go on.
+  std::vector<bool> StepAll(const std::vector<Generation*>& gens,
+                            std::vector<std::exception_ptr>* errors);
   // Runs a generation to the end.
   GenerateResult Generate(std::vector<int32_t> prompt_ids, const SamplingParams& params,
                           TextCallback on_text = nullptr,
