@@ -157,10 +157,16 @@ TEST_F(EngineTest, GreedyGenerationEqualsRecomputingEveryStep) {
   EXPECT_EQ(r.text, e.tokenizer().Decode(r.tokens, true));
 }
 
-// Concurrent generations decode in one shared forward (StepAll): each gets the
+std::string LongText() {
+  std::string s;
+  for (int i = 0; i < 300; ++i) s += "word" + std::to_string(i % 17) + " ";
+  return s;
+}
+
+// Concurrent generations prefill and decode in shared forwards (StepAll): each gets the
 // tokens and logits it gets alone, whatever joins or leaves the batch when, a
 // sampled one keeps its seed's sequence, and a cancelled one leaves the rest.
-TEST_F(EngineTest, BatchedDecodingEqualsOneAtATime) {
+TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
   Engine& e = *tiny_->engine;
   struct Run {
     std::string prompt;
@@ -172,7 +178,8 @@ TEST_F(EngineTest, BatchedDecodingEqualsOneAtATime) {
                                  {"The weather today", 3, 0, {}},
                                  {"Sample something", 7, 1.0, {}},
                                  {"A question about the documents", 6, 0, {"first doc", "second"}},
-                                 {"x", 11, 0, {}}};
+                                 {"x", 11, 0, {}},
+                                 {LongText(), 4, 0, {}}};  // over a prefill chunk: alone
   auto params = [](const Run& r) {
     SamplingParams p;
     p.temperature = r.temperature;

@@ -69,6 +69,9 @@ double MsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
+// Long prompts are prefilled in chunks of this many tokens (see Run).
+constexpr int64_t kChunk = 256;
+
 class GenerationImpl : public Generation {
  public:
   GenerationImpl(Engine::Impl& engine, std::vector<int32_t> prompt, const SamplingParams& params,
@@ -118,25 +121,40 @@ class GenerationImpl : public Generation {
     }
     at::Tensor logits;  // [V]
     if (!prefilled_) {
-      const auto t0 = std::chrono::steady_clock::now();
-      // Documents come from the store (or are computed once and stored); only
-      // the prompt itself is prefilled, after them.
-      cache_ = documents_.empty()
-                   ? e_.decoder->NewCache(1)
-                   : AssembleDocuments(e_, documents_, positions_,
-                                       static_cast<int64_t>(prompt_.size()) +
-                                           std::min<int64_t>(params_.max_tokens, 1024));
-      result_.documents_ms = MsSince(t0);
-      result_.cached_tokens = cache_.length();
+      PlaceDocuments();
       logits = Run(prompt_, cache_.length());
-      result_.prefill_ms = MsSince(t0);
-      prefilled_ = true;
+      EndPrefill();
     } else {
       const auto t0 = std::chrono::steady_clock::now();
       logits = Run({result_.tokens.back()}, cache_.length());
       result_.decode_ms += MsSince(t0);
     }
     return Consume(logits);
+  }
+
+  // Batched prefill (StepGenerations): a prompt within one prefill chunk joins
+  // the shared forward, after its documents are placed.
+  bool CanJoinPrefill() const {
+    return !prefilled_ && !finished_ && params_.max_tokens > 0 &&
+           static_cast<int64_t>(prompt_.size()) <= kChunk;
+  }
+  const std::vector<int32_t>& prompt() const { return prompt_; }
+
+  // Documents come from the store (or are computed once and stored); only
+  // the prompt itself is prefilled, after them.
+  void PlaceDocuments() {
+    prefill_start_ = std::chrono::steady_clock::now();
+    cache_ = documents_.empty()
+                 ? e_.decoder->NewCache(1)
+                 : AssembleDocuments(e_, documents_, positions_,
+                                     static_cast<int64_t>(prompt_.size()) +
+                                         std::min<int64_t>(params_.max_tokens, 1024));
+    result_.documents_ms = MsSince(prefill_start_);
+    result_.cached_tokens = cache_.length();
+  }
+  void EndPrefill() {
+    result_.prefill_ms = MsSince(prefill_start_);
+    prefilled_ = true;
   }
 
   // Batched decoding (StepGenerations): past its prefill, a generation's next
@@ -171,7 +189,6 @@ class GenerationImpl : public Generation {
   // and it keeps activations small (glibc hands allocations over 32 MB back to
   // the OS each time, so one huge pass spends its time page-faulting).
   at::Tensor Run(const std::vector<int32_t>& tokens, int64_t pos) {
-    constexpr int64_t kChunk = 256;
     const int64_t total = static_cast<int64_t>(tokens.size());
     at::Tensor h;  // [1, T, H] of the last chunk
     for (int64_t begin = 0; begin < total; begin += kChunk) {
@@ -269,6 +286,7 @@ class GenerationImpl : public Generation {
   std::vector<std::string> stops_;
   std::vector<int32_t> stop_ids_;
   std::string pending_;
+  std::chrono::steady_clock::time_point prefill_start_;
   bool prefilled_ = false;
   bool finished_ = false;
   GenerateResult result_;
@@ -281,56 +299,88 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   c10::InferenceMode guard;
   std::vector<bool> more(gens.size(), false);
   errors->assign(gens.size(), nullptr);
-  std::vector<size_t> batch;
+  // Who joins the shared forward, with what tokens; the rest step alone.
+  struct Member {
+    size_t index;
+    GenerationImpl* gen;
+    bool prefill;
+  };
+  std::vector<Member> members;
+  std::vector<size_t> alone;
   for (size_t i = 0; i < gens.size(); ++i) {
     auto* g = dynamic_cast<GenerationImpl*>(gens[i]);
-    if (g != nullptr && g->Batchable()) {
-      batch.push_back(i);
-      continue;
+    if (g != nullptr && (g->Batchable() || g->CanJoinPrefill())) {
+      members.push_back({i, g, !g->Batchable()});
+    } else {
+      alone.push_back(i);
     }
+  }
+  // A lone decode step keeps the single-sequence path (its one-row kernels).
+  if (members.size() == 1 && !members[0].prefill) {
+    alone.push_back(members[0].index);
+    members.clear();
+  }
+  for (size_t i : alone) {
     try {
-      more[i] = gens[i]->Step();  // prefills (and finished ones) go alone
+      more[i] = gens[i]->Step();  // long prompts, finished ones, lone decodes
     } catch (...) {
       (*errors)[i] = std::current_exception();
     }
   }
-  if (batch.size() == 1) {
-    try {
-      more[batch[0]] = gens[batch[0]]->Step();
-    } catch (...) {
-      (*errors)[batch[0]] = std::current_exception();
-    }
-    return more;
-  }
-  if (batch.empty()) return more;
-  // Decode steps share one forward: N generations read the weights once.
-  at::Tensor logits;  // [N, V]
+  if (members.empty()) return more;
+
+  std::vector<ForwardInput> inputs;
+  std::vector<KvCache*> caches;
+  std::vector<Member> joined;
+  std::vector<int64_t> last_rows;  // per member: its last row in the pass
+  int64_t rows = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    std::vector<ForwardInput> inputs;
-    std::vector<KvCache*> caches;
-    for (size_t i : batch) {
-      auto* g = static_cast<GenerationImpl*>(gens[i]);
+  for (const Member& m : members) {
+    try {
+      std::vector<int64_t> ids;
+      if (m.prefill) {
+        m.gen->PlaceDocuments();  // may compute and store missing documents
+        ids.assign(m.gen->prompt().begin(), m.gen->prompt().end());
+      } else {
+        ids.push_back(m.gen->NextInput());
+      }
+      const int64_t n = static_cast<int64_t>(ids.size());
+      const int64_t pos = m.gen->cache()->length();
       ForwardInput in;
-      in.ids = at::full({1, 1}, static_cast<int64_t>(g->NextInput()), at::kLong);  // [1, 1]
-      in.positions = at::full({1, 1}, g->cache()->length(), at::kLong);            // [1, 1]
+      in.ids = at::tensor(ids, at::kLong).view({1, n});                 // [1, T]
+      in.positions = at::arange(pos, pos + n, at::kLong).view({1, n});  // [1, T]
       in.attention = AttentionSpec::Causal();
       inputs.push_back(std::move(in));
-      caches.push_back(g->cache());
+      caches.push_back(m.gen->cache());
+      joined.push_back(m);
+      rows += n;
+      last_rows.push_back(rows - 1);
+    } catch (...) {
+      (*errors)[m.index] = std::current_exception();
     }
-    logits = engine.decoder->Logits(engine.decoder->ForwardMany(inputs, caches)).to(at::kCPU);
+  }
+  if (joined.empty()) return more;
+  at::Tensor logits;  // [N, V], one row per member
+  try {
+    at::Tensor hidden = engine.decoder->ForwardMany(inputs, caches);  // [rows, H]
+    at::Tensor last = hidden.index_select(0, at::tensor(last_rows, at::kLong).to(hidden.device()));
+    logits = engine.decoder->Logits(last).to(at::kCPU);
   } catch (...) {
-    for (size_t i : batch) (*errors)[i] = std::current_exception();
+    for (const Member& m : joined) (*errors)[m.index] = std::current_exception();
     return more;
   }
   const double ms = MsSince(t0);
-  for (size_t k = 0; k < batch.size(); ++k) {
-    auto* g = static_cast<GenerationImpl*>(gens[batch[k]]);
+  for (size_t k = 0; k < joined.size(); ++k) {
+    const Member& m = joined[k];
     try {
-      g->AddDecodeMs(ms);
-      more[batch[k]] = g->Consume(logits[static_cast<int64_t>(k)]);
+      if (m.prefill) {
+        m.gen->EndPrefill();
+      } else {
+        m.gen->AddDecodeMs(ms);
+      }
+      more[m.index] = m.gen->Consume(logits[static_cast<int64_t>(k)]);
     } catch (...) {
-      (*errors)[batch[k]] = std::current_exception();
+      (*errors)[m.index] = std::current_exception();
     }
   }
   return more;

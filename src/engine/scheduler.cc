@@ -44,6 +44,10 @@ void GenerationJob::Fail(std::exception_ptr error) {
 
 namespace {
 constexpr size_t kMaxMergedInputs = 256;
+// Generation requests that start in one round (their prefills share a pass),
+// and their prompt tokens in total.
+constexpr size_t kMaxStartingGenerations = 16;
+constexpr size_t kMaxStartingTokens = 2048;
 }  // namespace
 
 struct Scheduler::Job {
@@ -253,22 +257,41 @@ void Scheduler::Loop() {
           done_one(0);
           break;
         case Job::Kind::kGenerate: {
-          auto g = job->generation;
-          try {
-            auto gen = engine_.StartGeneration(
-                g->prompt, g->params,
-                [g](const std::string& s) {
-                  g->PushText(s);
-                  return !g->cancelled();
-                },
-                g->documents, g->positions);
-            active.push_back({g, std::move(gen)});
+          // Generation jobs queued right behind this one start with it, so
+          // their prefills share a forward pass as well.
+          std::vector<std::unique_ptr<Job>> starting;
+          starting.push_back(std::move(job));
+          {
             std::lock_guard<std::mutex> lock(mu_);
-            stats_.prompt_tokens += static_cast<int64_t>(g->prompt.size());
-            stats_.active_generations = static_cast<int64_t>(active.size());
-          } catch (...) {
-            g->Fail(std::current_exception());
-            done_one(0);
+            size_t tokens = starting[0]->generation->prompt.size();
+            while (!queue_.empty() && queue_.front()->kind == Job::Kind::kGenerate &&
+                   starting.size() < kMaxStartingGenerations &&
+                   tokens + queue_.front()->generation->prompt.size() <= kMaxStartingTokens) {
+              tokens += queue_.front()->generation->prompt.size();
+              starting.push_back(std::move(queue_.front()));
+              queue_.pop_front();
+              ++active_;
+            }
+            stats_.queued = static_cast<int64_t>(queue_.size());
+          }
+          for (auto& j : starting) {
+            auto g = j->generation;
+            try {
+              auto gen = engine_.StartGeneration(
+                  g->prompt, g->params,
+                  [g](const std::string& s) {
+                    g->PushText(s);
+                    return !g->cancelled();
+                  },
+                  g->documents, g->positions);
+              active.push_back({g, std::move(gen)});
+              std::lock_guard<std::mutex> lock(mu_);
+              stats_.prompt_tokens += static_cast<int64_t>(g->prompt.size());
+              stats_.active_generations = static_cast<int64_t>(active.size());
+            } catch (...) {
+              g->Fail(std::current_exception());
+              done_one(0);
+            }
           }
           break;
         }
