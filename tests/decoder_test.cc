@@ -306,6 +306,35 @@ TEST_F(DecoderTest, ForwardManyEqualsEachSequenceAlone) {
   }
 }
 
+// Weights that are bfloat16 numbers (a bfloat16 checkpoint run in float32):
+// the LM head and tied embedding table are held in bfloat16, exactly, and
+// hidden states and logits equal those of the float32-held model.
+TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
+  WeightMap w = LoadWeights(dir_, *config_, at::kFloat, at::kCPU);
+  {
+    WeightMap off = LoadWeights(dir_, *config_, at::kFloat, at::kCPU);
+    at::Tensor& e = off.at("model.embed_tokens.weight");
+    e.add_(at::randn(e.sizes()) * 1e-3);  // no longer bfloat16 numbers
+    EXPECT_FALSE(Decoder(*config_, std::move(off)).lm_head_in_bfloat16());
+  }
+  for (auto& [name, t] : w) t = t.to(at::kBFloat16).to(at::kFloat);  // round every value
+  WeightMap w2;
+  for (auto& [name, t] : w) w2[name] = t.clone();
+  Decoder held(*config_, std::move(w));
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
+  Decoder plain(*config_, std::move(w2));
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  EXPECT_TRUE(held.lm_head_in_bfloat16());
+  EXPECT_FALSE(plain.lm_head_in_bfloat16());
+  ForwardInput in;
+  in.ids = Ids({9707, 1879, 11, 1246, 525, 151643});
+  in.positions = Positions(0, 6);
+  at::Tensor a = held.Forward(in, nullptr)[0], b = plain.Forward(in, nullptr)[0];  // [T, H]
+  EXPECT_LT(MaxDiff(a, b), 1e-4);
+  EXPECT_LT(MaxDiff(held.Logits(a), plain.Logits(b)), 1e-4);
+  EXPECT_LT(MaxDiff(held.Logits(a.narrow(0, 5, 1)), plain.Logits(b.narrow(0, 5, 1))), 1e-4);
+}
+
 TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {
   std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
   ForwardInput in;

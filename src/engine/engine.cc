@@ -104,6 +104,11 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   if (device.is_cpu()) {
     spdlog::info("CPU matrix products: {}{}", Linear::CpuBackend(),
                  cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "");
+    if (impl->decoder->lm_head_in_bfloat16()) {
+      spdlog::info(
+          "LM head held in bfloat16: its float32 values are all bfloat16 numbers "
+          "(exact; half the bytes per generated token)");
+    }
   }
 
   for (int64_t id : impl->config.eos_token_ids) impl->eos_ids.insert(static_cast<int32_t>(id));

@@ -198,6 +198,64 @@ void GemvRows(const float* w, const float* x, float* y, int64_t begin, int64_t e
   }
 }
 
+inline float Bf16ToFloat(uint16_t v) {
+  return BitsToFloat(static_cast<int32_t>(uint32_t{v} << 16));
+}
+
+// Rows [begin, end) of W against up to four rows of x at once: each pass over
+// W serves all of them.
+GRITSERVE_ISA_CLONES
+void Bf16WeightRows(const uint16_t* w, const float* x, float* y, int64_t begin, int64_t end,
+                    int64_t in, int64_t out, int64_t m) {
+  if (m == 1) {  // one row of x (decode, time to first token): four rows of W per pass
+    int64_t r = begin;
+    for (; r + 4 <= end; r += 4) {
+      const uint16_t* w0 = w + r * in;
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t k = 0; k < in; ++k) {
+        a0 += Bf16ToFloat(w0[k]) * x[k];
+        a1 += Bf16ToFloat(w0[in + k]) * x[k];
+        a2 += Bf16ToFloat(w0[2 * in + k]) * x[k];
+        a3 += Bf16ToFloat(w0[3 * in + k]) * x[k];
+      }
+      y[r] = a0, y[r + 1] = a1, y[r + 2] = a2, y[r + 3] = a3;
+    }
+    for (; r < end; ++r) {
+      float a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < in; ++k) a += Bf16ToFloat(w[r * in + k]) * x[k];
+      y[r] = a;
+    }
+    return;
+  }
+  for (int64_t m0 = 0; m0 < m; m0 += 4) {
+    const int64_t mc = std::min<int64_t>(4, m - m0);
+    const float* x0 = x + m0 * in;
+    // Rows past the end of x alias row 0; their sums are dropped.
+    const float* x1 = mc > 1 ? x0 + in : x0;
+    const float* x2 = mc > 2 ? x0 + 2 * in : x0;
+    const float* x3 = mc > 3 ? x0 + 3 * in : x0;
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* wr = w + r * in;
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t k = 0; k < in; ++k) {
+        const float wk = Bf16ToFloat(wr[k]);
+        a0 += wk * x0[k];
+        a1 += wk * x1[k];
+        a2 += wk * x2[k];
+        a3 += wk * x3[k];
+      }
+      float* yr = y + m0 * out + r;
+      yr[0] = a0;
+      if (mc > 1) yr[out] = a1;
+      if (mc > 2) yr[2 * out] = a2;
+      if (mc > 3) yr[3 * out] = a3;
+    }
+  }
+}
+
 void Require(bool ok, const char* what) {
   if (!ok) throw Error(ErrorKind::kInternal, std::string("cpu kernel: ") + what);
 }
@@ -318,6 +376,23 @@ at::Tensor Gemv(const at::Tensor& w, const at::Tensor& x) {
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, out, RowGrain(in),
                    [&](int64_t b, int64_t e) { GemvRows(wp, xp, yp, b, e, in); });
+  return y;
+}
+
+at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w) {
+  Require(w.defined() && w.device().is_cpu() && w.scalar_type() == at::kBFloat16 && w.dim() == 2 &&
+              w.is_contiguous(),
+          "MatmulBf16Weights: w");
+  Require(Applies(x) && x.dim() == 2 && x.size(1) == w.size(1) && x.is_contiguous(),
+          "MatmulBf16Weights: x");
+  const int64_t m = x.size(0), out = w.size(0), in = w.size(1);
+  at::Tensor y = at::empty({m, out}, x.options());  // [M, O]
+  if (m == 0) return y;
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, out, RowGrain(in),
+                   [&](int64_t b, int64_t e) { Bf16WeightRows(wp, xp, yp, b, e, in, out, m); });
   return y;
 }
 

@@ -30,6 +30,13 @@ at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
   return present ? Take(w, name) : at::Tensor();
 }
 
+// Whether a float32 CPU tensor holds only bfloat16 values (one loaded from a
+// bfloat16 checkpoint).
+bool IsBfloat16Exact(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat &&
+         at::equal(t.to(at::kBFloat16).to(at::kFloat), t);
+}
+
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   if (!parts[0].defined()) return at::Tensor();
   return at::cat(parts, 0).contiguous();
@@ -122,12 +129,23 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   onednn_attention_ = device_.is_cpu() && dtype_ == at::kFloat && Linear::CpuOneDnn();
   fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && cpu_kernels::Wanted();
   norm_ = Take(weights, "model.norm.weight");
-  // With tied embeddings the head is the embedding matrix itself: used in place,
-  // since a packed copy would cost its full size (544 MB for Qwen2.5-0.5B).
-  // In bfloat16 the head gets its own half-size copy: decode reads it every step.
-  lm_head_ = Linear(config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight"),
-                    Linear::Layout::kOutIn, at::Tensor(),
-                    /*pack=*/bf16 || !config.tie_word_embeddings, packed);
+  at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
+  if (fused_cpu_ && !bf16 && IsBfloat16Exact(head)) {
+    // A bfloat16 checkpoint computed in float32: the head's values are
+    // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
+    // bytes that every generated token streams (and, tied, the embedding
+    // table shares it: rows widen exactly on lookup).
+    lm_head_bf16_ = head.to(at::kBFloat16);
+    if (config.tie_word_embeddings) embed_tokens_ = lm_head_bf16_;
+  } else {
+    // With tied embeddings the head is the embedding matrix itself: used in
+    // place, since a packed copy would cost its full size (544 MB for
+    // Qwen2.5-0.5B). In bfloat16 the head gets its own half-size copy: decode
+    // reads it every step.
+    lm_head_ = Linear(head, Linear::Layout::kOutIn, at::Tensor(),
+                      /*pack=*/bf16 || !config.tie_word_embeddings, packed);
+  }
+  head = at::Tensor();
   inv_freq_ = InverseFrequencies(config).to(device_);
 
   layers_.resize(config.num_hidden_layers);
@@ -364,8 +382,8 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
 
   // The residual stream. Each block's output waits in `pending` and is added
   // by the next norm, so the fused kernel does add and norm in one pass.
-  at::Tensor x = at::embedding(embed_tokens_, ids).view({b * t, h});  // [B*T, H]
-  at::Tensor pending;                                                 // [B*T, H]
+  at::Tensor x = Embed(ids).view({b * t, h});  // [B*T, H]
+  at::Tensor pending;                          // [B*T, H]
   if (layer_outputs != nullptr) layer_outputs->push_back(x.clone().view({b, t, h}));
   for (int64_t i = 0; i < n_layers; ++i) {
     const Layer& layer = layers_[i];
@@ -409,8 +427,8 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
   at::Tensor all_ids = at::cat(ids, 1);                 // [1, N]
   auto [cos, sin] = RopeTables(at::cat(positions, 1));  // [1, N, D/2]
   const int64_t n = all_ids.size(1);
-  at::Tensor x = at::embedding(embed_tokens_, all_ids).view({n, h});  // [N, H]
-  at::Tensor pending;                                                 // [N, H]
+  at::Tensor x = Embed(all_ids).view({n, h});  // [N, H]
+  at::Tensor pending;                          // [N, H]
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     const Layer& layer = layers_[i];
     pending =
@@ -421,7 +439,15 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
   return AddRmsNorm(x, pending, norm_);  // [N, H]
 }
 
+at::Tensor Decoder::Embed(const at::Tensor& ids) const {
+  at::Tensor e = at::embedding(embed_tokens_, ids);  // [..., H]
+  return e.scalar_type() == dtype_ ? e : e.to(dtype_);
+}
+
 at::Tensor Decoder::Logits(const at::Tensor& hidden) const {
+  if (lm_head_bf16_.defined()) {
+    return cpu_kernels::MatmulBf16Weights(hidden.to(dtype_).contiguous(), lm_head_bf16_);
+  }
   return lm_head_(hidden.to(dtype_)).to(at::kFloat);  // [N, V]
 }
 

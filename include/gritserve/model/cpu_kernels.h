@@ -63,4 +63,11 @@ void PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>
 //   w: [O, I] contiguous; x: [I] contiguous  ->  [O]
 at::Tensor Gemv(const at::Tensor& w, const at::Tensor& x);
 
+// y = x W^T for float32 rows against bfloat16 weights, accumulating in
+// float32. Where W's values are bfloat16 numbers held as float32 (a bfloat16
+// checkpoint computed in float32) this equals the float32 product up to
+// summation order, reading half the bytes: the LM head's weight stream.
+//   w: [O, I] bfloat16 contiguous; x: [M, I] float32 contiguous  ->  [M, O]
+at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w);
+
 }  // namespace gritserve::cpu_kernels

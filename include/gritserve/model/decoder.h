@@ -58,6 +58,10 @@ class Decoder {
   at::Tensor ForwardMany(const std::vector<ForwardInput>& inputs,
                          const std::vector<KvCache*>& caches) const;
 
+  // Whether the LM head (and a tied embedding table) is held in bfloat16
+  // because its float32 values are all bfloat16 numbers: exact, half the bytes.
+  bool lm_head_in_bfloat16() const { return lm_head_bf16_.defined(); }
+
   // LM head on selected hidden states only.  hidden: [N, H] -> [N, V] float32
   at::Tensor Logits(const at::Tensor& hidden) const;
 
@@ -97,6 +101,8 @@ class Decoder {
                        const at::Tensor& sin, const std::vector<Segment>& segments,
                        int64_t layer_index) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
+  // Embedding rows in the compute dtype.  ids: [...] -> [..., H]
+  at::Tensor Embed(const at::Tensor& ids) const;
   // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
   // kernel updates x in place; the ATen path rebinds x to a new tensor.
   at::Tensor AddRmsNorm(at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight) const;
@@ -111,9 +117,10 @@ class Decoder {
   at::Device device_;
   bool onednn_attention_ = false;  // prompt attention products on oneDNN (CPU float32)
   bool fused_cpu_ = false;         // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
-  at::Tensor embed_tokens_;        // [V, H]
+  at::Tensor embed_tokens_;        // [V, H] (bfloat16 when it is lm_head_bf16_)
   at::Tensor norm_;                // [H]
   Linear lm_head_;                 // H -> V (the embedding matrix when tied)
+  at::Tensor lm_head_bf16_;        // [V, H] instead of lm_head_, for bfloat16-valued heads
   at::Tensor inv_freq_;            // [D / 2] float32
   std::vector<Layer> layers_;
 };
