@@ -69,6 +69,34 @@ TEST_F(SchedulerTest, QueuedEmbeddingsAreMergedWithUnchangedResults) {
   EXPECT_EQ(st.embed_batch_inputs, 7);
 }
 
+// Generation requests queued together start together and every round steps
+// all of them in one pass; the answers are those of each run alone.
+TEST_F(SchedulerTest, QueuedGenerationsRunTogetherWithUnchangedAnswers) {
+  Scheduler s(*engine_, 64);
+  const std::vector<std::string> prompts = {"Once upon a time", "The weather", "Why", "A b c d"};
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 5;
+  p.ignore_eos = true;
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& t : prompts) {
+    expected.push_back(engine_->Generate(engine_->EncodeGenerate(t, false), p).tokens);
+  }
+  std::future<void> blocked;
+  std::promise<void> release = Block(s, &blocked);
+  std::vector<std::shared_ptr<GenerationJob>> jobs;
+  for (const auto& t : prompts)
+    jobs.push_back(s.SubmitGenerate(engine_->EncodeGenerate(t, false), p));
+  const SchedulerStats before = s.stats();
+  release.set_value();
+  blocked.get();
+  for (size_t i = 0; i < jobs.size(); ++i) EXPECT_EQ(jobs[i]->Wait().tokens, expected[i]) << i;
+  const SchedulerStats after = s.stats();
+  // Five tokens each: five rounds of all four, not twenty rounds of one.
+  EXPECT_EQ(after.generation_rounds - before.generation_rounds, 5);
+  EXPECT_EQ(after.generation_round_sequences - before.generation_round_sequences, 20);
+}
+
 TEST_F(SchedulerTest, BoundedQueueAndDraining) {
   Scheduler s(*engine_, 2);
   std::future<void> blocked;

@@ -307,6 +307,11 @@ void Scheduler::Loop() {
     std::vector<std::exception_ptr> errors;
     const std::vector<bool> more =
         gens.empty() ? std::vector<bool>() : engine_.StepAll(gens, &errors);
+    if (!gens.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.generation_rounds;
+      stats_.generation_round_sequences += static_cast<int64_t>(gens.size());
+    }
     std::vector<Active> still;
     std::vector<std::pair<Active, std::exception_ptr>> ended;
     for (size_t i = 0; i < active.size(); ++i) {

@@ -58,12 +58,17 @@ void AddInfoRoutes(httplib::Server& server, ServerContext& ctx) {
         DocKvStats c = ctx.engine->document_stats();
         const double avg_batch =
             s.embed_batches > 0 ? static_cast<double>(s.embed_batch_inputs) / s.embed_batches : 0.0;
+        const double avg_round = s.generation_rounds > 0
+                                     ? static_cast<double>(s.generation_round_sequences) /
+                                           static_cast<double>(s.generation_rounds)
+                                     : 0.0;
         res.set_content(
             ctx.metrics.Render(
                 {{"gritserve_queue_size", static_cast<double>(s.queued)},
                  {"gritserve_active_generations", static_cast<double>(s.active_generations)},
                  {"gritserve_in_flight_requests", static_cast<double>(ctx.in_flight.load())},
                  {"gritserve_embed_batch_size_mean", avg_batch},
+                 {"gritserve_generation_round_size_mean", avg_round},
                  {"gritserve_doc_cache_entries", static_cast<double>(c.entries)},
                  {"gritserve_doc_cache_bytes", static_cast<double>(c.bytes)},
                  {"gritserve_doc_cache_budget_bytes", static_cast<double>(c.budget)}},
@@ -71,6 +76,9 @@ void AddInfoRoutes(httplib::Server& server, ServerContext& ctx) {
                  {"gritserve_generated_tokens_total", static_cast<double>(s.generated_tokens)},
                  {"gritserve_embed_batches_total", static_cast<double>(s.embed_batches)},
                  {"gritserve_embed_batch_inputs_total", static_cast<double>(s.embed_batch_inputs)},
+                 {"gritserve_generation_rounds_total", static_cast<double>(s.generation_rounds)},
+                 {"gritserve_generation_round_sequences_total",
+                  static_cast<double>(s.generation_round_sequences)},
                  {"gritserve_doc_cache_hits_total", static_cast<double>(c.hits)},
                  {"gritserve_doc_cache_misses_total", static_cast<double>(c.misses)},
                  {"gritserve_doc_cache_computed_total", static_cast<double>(c.computed)},

@@ -63,10 +63,12 @@ class GenerationJob {
 struct SchedulerStats {
   int64_t queued = 0;  // jobs waiting to start
   int64_t active_generations = 0;
-  int64_t embed_batches = 0;       // forward passes run for embeddings
-  int64_t embed_batch_inputs = 0;  // inputs in those passes (sum)
-  int64_t prompt_tokens = 0;       // tokens in (embedding inputs and prompts)
-  int64_t generated_tokens = 0;    // tokens out
+  int64_t embed_batches = 0;               // forward passes run for embeddings
+  int64_t embed_batch_inputs = 0;          // inputs in those passes (sum)
+  int64_t prompt_tokens = 0;               // tokens in (embedding inputs and prompts)
+  int64_t generated_tokens = 0;            // tokens out
+  int64_t generation_rounds = 0;           // rounds that stepped at least one generation
+  int64_t generation_round_sequences = 0;  // generations stepped in those rounds (sum)
 };
 
 class Scheduler {
