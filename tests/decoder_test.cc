@@ -7,6 +7,7 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "gritserve/cache/kv_cache.h"
@@ -57,6 +58,16 @@ class DecoderTest : public ::testing::Test {
   }
   static double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
     return (a - b).abs().max().item<double>();
+  }
+  // A decoder built with `var=value` in the environment (kernel choices are
+  // read at construction), over `weights` or the fixture's.
+  static std::unique_ptr<Decoder> BuiltWith(const char* var, const char* value,
+                                            WeightMap weights = {}) {
+    if (weights.empty()) weights = LoadWeights(dir_, *config_, at::kFloat, at::kCPU);
+    EXPECT_EQ(::setenv(var, value, 1), 0);
+    auto d = std::make_unique<Decoder>(*config_, std::move(weights));
+    EXPECT_EQ(::unsetenv(var), 0);
+    return d;
   }
 
   c10::InferenceMode guard_;
@@ -158,9 +169,8 @@ TEST_F(DecoderTest, PaddedBatchEqualsOneAtATime) {
 // the build has it, LibTorch otherwise); whichever runs, the answers agree:
 // padded batches, prompts after a KV cache, single decode rows, every mode.
 TEST_F(DecoderTest, OneDnnAndLibTorchKernelsAgree) {
-  ASSERT_EQ(::setenv("GRITSERVE_CPU_GEMM", "blas", 1), 0);
-  Decoder blas(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
-  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_GEMM"), 0);
+  const auto blas_decoder = BuiltWith("GRITSERVE_CPU_GEMM", "blas");
+  const Decoder& blas = *blas_decoder;
   at::manual_seed(11);
   const int64_t b = 3, past = 24, t = 20;
   at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
@@ -192,9 +202,8 @@ TEST_F(DecoderTest, OneDnnAndLibTorchKernelsAgree) {
 // document placement) against LibTorch's ops: prompts after a cache, padded
 // batches, decode rows, early-exit layer outputs and moved document keys.
 TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
-  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
-  Decoder plain(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
-  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten");
+  const Decoder& plain = *plain_decoder;
   at::manual_seed(12);
   const int64_t b = 2, past = 19, t = 9;
   at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
@@ -257,9 +266,8 @@ TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
 // per cache) equal each through Forward on its own: different cache lengths,
 // decode rows and a 3-token step, with either kernel family.
 TEST_F(DecoderTest, ForwardManyEqualsEachSequenceAlone) {
-  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
-  Decoder plain(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
-  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten");
+  const Decoder& plain = *plain_decoder;
   at::manual_seed(13);
   for (const Decoder* d : std::vector<const Decoder*>{decoder_, &plain}) {
     const std::vector<int64_t> pasts = {5, 17, 0, 9}, steps = {1, 1, 3, 1};
@@ -321,9 +329,8 @@ TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   WeightMap w2;
   for (auto& [name, t] : w) w2[name] = t.clone();
   Decoder held(*config_, std::move(w));
-  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
-  Decoder plain(*config_, std::move(w2));
-  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten", std::move(w2));
+  const Decoder& plain = *plain_decoder;
   EXPECT_TRUE(held.lm_head_in_bfloat16());
   EXPECT_FALSE(plain.lm_head_in_bfloat16());
   ForwardInput in;

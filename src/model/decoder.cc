@@ -145,7 +145,7 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
     lm_head_ = Linear(head, Linear::Layout::kOutIn, at::Tensor(),
                       /*pack=*/bf16 || !config.tie_word_embeddings, packed);
   }
-  head = at::Tensor();
+  head = at::Tensor();  // a float32 table no one holds now is freed before the layers pack
   inv_freq_ = InverseFrequencies(config).to(device_);
 
   layers_.resize(config.num_hidden_layers);
@@ -320,9 +320,9 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
     q_scale = scale;
   }
   std::vector<at::Tensor> outs;  // [B_i*T_i, Hq D] per segment
+  const bool whole = segments.size() == 1;
   int64_t offset = 0;
   for (const Segment& seg : segments) {
-    const bool whole = segments.size() == 1;
     at::Tensor qs = whole ? q : q.narrow(2, offset, seg.t);  // [B_i, Hq, T_i, D]
     at::Tensor ks = whole ? k : k.narrow(2, offset, seg.t);  // [B_i, Hkv, T_i, D]
     at::Tensor vs = whole ? v : v.narrow(2, offset, seg.t);
@@ -380,25 +380,30 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
   at::Tensor mask = BuildMask(in, past, key_valid);        // [B, 1, 1, T, S]
   auto [cos, sin] = RopeTables(in.positions.to(device_));  // [B, T, D/2]
 
-  // The residual stream. Each block's output waits in `pending` and is added
-  // by the next norm, so the fused kernel does add and norm in one pass.
   at::Tensor x = Embed(ids).view({b * t, h});  // [B*T, H]
-  at::Tensor pending;                          // [B*T, H]
-  if (layer_outputs != nullptr) layer_outputs->push_back(x.clone().view({b, t, h}));
+  at::Tensor out = Layers(x, cos, sin, {Segment{t, mask, cache}}, n_layers, in.apply_final_norm,
+                          layer_outputs, {b, t, h});
+  if (cache != nullptr) cache->Advance(valid);
+  return out.view({b, t, h});
+}
+
+at::Tensor Decoder::Layers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                           const std::vector<Segment>& segments, int64_t n_layers, bool final_norm,
+                           std::vector<at::Tensor>* layer_outputs,
+                           at::IntArrayRef output_shape) const {
+  // Each block's output waits in `pending` and is added by the next norm, so
+  // the fused kernel does add and norm in one pass.
+  at::Tensor pending;  // [N, H]
+  if (layer_outputs != nullptr) layer_outputs->push_back(x.clone().view(output_shape));
   for (int64_t i = 0; i < n_layers; ++i) {
     const Layer& layer = layers_[i];
-    pending = Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin,
-                        {Segment{t, mask, cache}}, i);
+    pending =
+        Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin, segments, i);
     pending = Mlp(layer, AddRmsNorm(x, pending, layer.post_attention_layernorm));
-    if (layer_outputs != nullptr) layer_outputs->push_back((x + pending).view({b, t, h}));
+    if (layer_outputs != nullptr) layer_outputs->push_back((x + pending).view(output_shape));
   }
-  if (cache != nullptr) cache->Advance(valid);
-  if (in.apply_final_norm) {
-    x = AddRmsNorm(x, pending, norm_);
-  } else if (pending.defined()) {
-    x = x + pending;
-  }
-  return x.view({b, t, h});
+  if (final_norm) return AddRmsNorm(x, pending, norm_);
+  return pending.defined() ? x + pending : x;
 }
 
 at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
@@ -428,15 +433,10 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
   auto [cos, sin] = RopeTables(at::cat(positions, 1));  // [1, N, D/2]
   const int64_t n = all_ids.size(1);
   at::Tensor x = Embed(all_ids).view({n, h});  // [N, H]
-  at::Tensor pending;                          // [N, H]
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    const Layer& layer = layers_[i];
-    pending =
-        Attention(layer, AddRmsNorm(x, pending, layer.input_layernorm), cos, sin, segments, i);
-    pending = Mlp(layer, AddRmsNorm(x, pending, layer.post_attention_layernorm));
-  }
+  at::Tensor out = Layers(x, cos, sin, segments, config_.num_hidden_layers, /*final_norm=*/true,
+                          nullptr, {n, h});
   for (size_t i = 0; i < caches.size(); ++i) caches[i]->Advance(valid[i]);
-  return AddRmsNorm(x, pending, norm_);  // [N, H]
+  return out;  // [N, H]
 }
 
 at::Tensor Decoder::Embed(const at::Tensor& ids) const {

@@ -100,6 +100,12 @@ class Decoder {
   at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
                        const at::Tensor& sin, const std::vector<Segment>& segments,
                        int64_t layer_index) const;
+  // The first n_layers layers over the residual stream x [N, H] (updated in
+  // place by the fused kernels), then model.norm if asked; layer outputs as
+  // in Forward, shaped `output_shape`.  -> [N, H]
+  at::Tensor Layers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                    const std::vector<Segment>& segments, int64_t n_layers, bool final_norm,
+                    std::vector<at::Tensor>* layer_outputs, at::IntArrayRef output_shape) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
   // Embedding rows in the compute dtype.  ids: [...] -> [..., H]
   at::Tensor Embed(const at::Tensor& ids) const;
