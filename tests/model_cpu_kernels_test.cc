@@ -2,6 +2,7 @@
 // with vector tails (odd widths), padding rows, extreme scores and strided
 // destinations.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,6 +23,17 @@ at::Tensor RopeReference(const at::Tensor& x, const at::Tensor& cos, const at::T
   at::Tensor c = at::cat({cos, cos}, -1), s = at::cat({sin, sin}, -1);
   at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * c + rotated * s;
+}
+
+// at::parallel_for runs serially in any file built without OpenMP; the
+// kernels' file must not be one (it silently was once, halving their speed).
+TEST(CpuKernels, SplitRowsOverLibTorchsThreads) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  EXPECT_EQ(cpu_kernels::Threads(), 2);
+  at::set_num_threads(1);
+  EXPECT_EQ(cpu_kernels::Threads(), 1);
+  at::set_num_threads(before);
 }
 
 TEST(CpuKernels, AddRmsNormAddsInPlaceAndNormalizes) {

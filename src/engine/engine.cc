@@ -12,6 +12,7 @@
 
 #include "engine_impl.h"
 #include "gritserve/common/error.h"
+#include "gritserve/model/cpu_kernels.h"
 #include "gritserve/model/linear.h"
 #include "gritserve/model/weights.h"
 
@@ -102,8 +103,13 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
         cpu_bf16_matmul ? at::kBFloat16 : dtype);
   }
   if (device.is_cpu()) {
-    spdlog::info("CPU matrix products: {}{}", Linear::CpuBackend(),
-                 cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "");
+    spdlog::info("CPU matrix products: {}{}; {} threads", Linear::CpuBackend(),
+                 cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "",
+                 threads);
+    if (cpu_kernels::Threads() < std::min(threads, at::get_num_threads())) {
+      spdlog::warn("fused CPU kernels run on {} thread(s) of {}: built without OpenMP?",
+                   cpu_kernels::Threads(), threads);
+    }
     if (impl->decoder->lm_head_in_bfloat16()) {
       spdlog::info(
           "LM head held in bfloat16: its float32 values are all bfloat16 numbers "

@@ -267,6 +267,17 @@ bool Wanted() {
   return v == nullptr || std::string(v) != "aten";
 }
 
+int Threads() {
+  // One task per thread, each recording the pool slot that ran it.
+  const int n = at::get_num_threads();
+  std::vector<int> ran(static_cast<size_t>(n), 0);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) ran[static_cast<size_t>(i)] = at::get_thread_num() + 1;
+  });
+  std::sort(ran.begin(), ran.end());
+  return static_cast<int>(std::unique(ran.begin(), ran.end()) - ran.begin());
+}
+
 bool Applies(const at::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
 }

@@ -21,6 +21,12 @@ namespace gritserve::cpu_kernels {
 // (side-by-side benchmarks, and an escape hatch); read when a model is built.
 bool Wanted();
 
+// How many threads the kernels split their rows over: LibTorch's intra-op
+// thread count when this file was built with OpenMP, 1 when it was not (then
+// at::parallel_for runs everything on the caller; the build must not let that
+// happen unnoticed, hence a test and a line in the engine's start-up log).
+int Threads();
+
 // CPU float32 (contiguity is checked by each kernel's caller).
 bool Applies(const at::Tensor& t);
 
