@@ -342,6 +342,66 @@ TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   EXPECT_LT(MaxDiff(held.Logits(a.narrow(0, 5, 1)), plain.Logits(b.narrow(0, 5, 1))), 1e-4);
 }
 
+// A prompt whose next-token logits are all that is wanted: the last layer
+// finishes only the last position of each row, and the cache gets the very
+// keys and values the full pass stores.
+TEST_F(DecoderTest, LastPositionOnlyEqualsTheLastRowAndFillsTheSameCache) {
+  const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten");
+  at::manual_seed(29);
+  for (const Decoder* d : std::vector<const Decoder*>{decoder_, plain_decoder.get()}) {
+    for (const int64_t batch : {1, 2}) {
+      KvCache full_cache = d->NewCache(batch), last_cache = d->NewCache(batch);
+      at::Tensor full, last;               // [B, T, H], [B, 1, H] of the second chunk
+      for (const int64_t past : {0, 7}) {  // a first chunk, then one after it
+        ForwardInput in;
+        const int64_t t = past == 0 ? 7 : 19;
+        in.ids = at::randint(0, 150000, {batch, t}, at::kLong);
+        in.positions = at::arange(past, past + t, at::kLong).expand({batch, t}).contiguous();
+        full = d->Forward(in, &full_cache);
+        in.last_position_only = true;
+        last = d->Forward(in, &last_cache);
+      }
+      ASSERT_EQ(last.sizes(), (std::vector<int64_t>{batch, 1, config_->hidden_size}));
+      EXPECT_LT(MaxDiff(last, full.narrow(1, 18, 1)), 1e-5) << "batch " << batch;
+      ASSERT_EQ(last_cache.length(), full_cache.length());
+      for (int64_t l = 0; l < full_cache.num_layers(); ++l) {
+        EXPECT_TRUE(at::equal(last_cache.keys(l), full_cache.keys(l))) << "layer " << l;
+        EXPECT_TRUE(at::equal(last_cache.values(l), full_cache.values(l))) << "layer " << l;
+      }
+    }
+    // The batched pass of several sequences keeps each one's last position.
+    std::vector<ForwardInput> inputs;
+    std::vector<KvCache> full_caches, last_caches;
+    for (const int64_t t : {4, 1, 6}) {
+      ForwardInput in;
+      in.ids = at::randint(0, 150000, {1, t}, at::kLong);
+      in.positions = Positions(0, t);
+      inputs.push_back(in);
+      full_caches.push_back(d->NewCache(1));
+      last_caches.push_back(d->NewCache(1));
+    }
+    std::vector<KvCache*> full_ptrs, last_ptrs;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      full_ptrs.push_back(&full_caches[i]);
+      last_ptrs.push_back(&last_caches[i]);
+    }
+    at::Tensor all = d->ForwardMany(inputs, full_ptrs);                                  // [11, H]
+    at::Tensor lasts = d->ForwardMany(inputs, last_ptrs, /*last_positions_only=*/true);  // [3, H]
+    ASSERT_EQ(lasts.size(0), 3);
+    EXPECT_LT(MaxDiff(lasts, all.index_select(0, at::tensor({3, 4, 10}, at::kLong))), 1e-5);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      EXPECT_TRUE(at::equal(last_caches[i].keys(0), full_caches[i].keys(0)));
+      EXPECT_TRUE(at::equal(last_caches[i].values(1), full_caches[i].values(1)));
+    }
+  }
+  ForwardInput in;
+  in.ids = Ids({1, 2, 3});
+  in.positions = Positions(0, 3);
+  in.last_position_only = true;
+  std::vector<at::Tensor> outputs;
+  EXPECT_THROW(decoder_->Forward(in, nullptr, &outputs), std::exception);
+}
+
 TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {
   std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525};
   ForwardInput in;

@@ -198,9 +198,10 @@ class GenerationImpl : public Generation {
       in.ids = at::tensor(ids, at::kLong).view({1, n});                                 // [1, T]
       in.positions = at::arange(pos + begin, pos + begin + n, at::kLong).view({1, n});  // [1, T]
       in.attention = AttentionSpec::Causal();
-      h = e_.decoder->Forward(in, &cache_);
+      in.last_position_only = true;          // earlier chunks only fill the cache
+      h = e_.decoder->Forward(in, &cache_);  // [1, 1, H]
     }
-    return e_.decoder->Logits(h[0].narrow(0, h.size(1) - 1, 1))[0].to(at::kCPU);  // [V]
+    return e_.decoder->Logits(h[0])[0].to(at::kCPU);  // [V]
   }
 
   void Accept(int32_t token) {
@@ -332,8 +333,6 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   std::vector<ForwardInput> inputs;
   std::vector<KvCache*> caches;
   std::vector<Member> joined;
-  std::vector<int64_t> last_rows;  // per member: its last row in the pass
-  int64_t rows = 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (const Member& m : members) {
     try {
@@ -353,8 +352,6 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
       inputs.push_back(std::move(in));
       caches.push_back(m.gen->cache());
       joined.push_back(m);
-      rows += n;
-      last_rows.push_back(rows - 1);
     } catch (...) {
       (*errors)[m.index] = std::current_exception();
     }
@@ -362,8 +359,8 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   if (joined.empty()) return more;
   at::Tensor logits;  // [N, V], one row per member
   try {
-    at::Tensor hidden = engine.decoder->ForwardMany(inputs, caches);  // [rows, H]
-    at::Tensor last = hidden.index_select(0, at::tensor(last_rows, at::kLong).to(hidden.device()));
+    // [members, H]: each member's last position
+    at::Tensor last = engine.decoder->ForwardMany(inputs, caches, /*last_positions_only=*/true);
     logits = engine.decoder->Logits(last).to(at::kCPU);
   } catch (...) {
     for (const Member& m : joined) (*errors)[m.index] = std::current_exception();

@@ -24,6 +24,11 @@ struct ForwardInput {
   AttentionSpec attention;
   int64_t num_layers = -1;       // early exit: run only the first N layers (-1: all)
   bool apply_final_norm = true;  // apply model.norm to the returned hidden states
+  // Return only each row's last position, [B, 1, H] (a prompt whose next-token
+  // logits are all that is wanted): the last layer then finishes attention,
+  // MLP and norm for those rows alone. Every position's keys and values are
+  // still computed and cached. Not with layer_outputs or early exit.
+  bool last_position_only = false;
 };
 
 class Decoder {
@@ -54,9 +59,11 @@ class Decoder {
   // layers and the LM head read the weights once for all of them, attention
   // runs per sequence over its own cache. Equals Forward on each alone up to
   // the summation order of the products.
-  //   returns [sum T_i, H], the sequences' rows in order
+  //   returns [sum T_i, H], the sequences' rows in order; with
+  //   `last_positions_only` (as ForwardInput::last_position_only) [#inputs, H]
   at::Tensor ForwardMany(const std::vector<ForwardInput>& inputs,
-                         const std::vector<KvCache*>& caches) const;
+                         const std::vector<KvCache*>& caches,
+                         bool last_positions_only = false) const;
 
   // Whether the LM head (and a tied embedding table) is held in bfloat16
   // because its float32 values are all bfloat16 numbers: exact, half the bytes.
@@ -96,17 +103,24 @@ class Decoder {
     at::Tensor mask;  // [B_i, 1, 1, T_i, S_i]
     KvCache* cache;   // or nullptr
   };
-  // cos, sin: [B, T, D/2] over all rows (B = 1 when there are several segments)
+  // cos, sin: [B, T, D/2] over all rows (B = 1 when there are several segments).
+  // Keys and values of every row go to the caches; with `last_only` the
+  // output holds each batch row's last position only.
+  //   x: [N, H] -> [N, H], or [sum_i B_i, H] with last_only
   at::Tensor Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
                        const at::Tensor& sin, const std::vector<Segment>& segments,
-                       int64_t layer_index) const;
+                       int64_t layer_index, bool last_only) const;
   // The first n_layers layers over the residual stream x [N, H] (updated in
   // place by the fused kernels), then model.norm if asked; layer outputs as
-  // in Forward, shaped `output_shape`.  -> [N, H]
+  // in Forward, shaped `output_shape`. With `last_only` the last layer keeps
+  // only each batch row's last position.  -> [N, H] or [sum_i B_i, H]
   at::Tensor Layers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
                     const std::vector<Segment>& segments, int64_t n_layers, bool final_norm,
-                    std::vector<at::Tensor>* layer_outputs, at::IntArrayRef output_shape) const;
+                    bool last_only, std::vector<at::Tensor>* layer_outputs,
+                    at::IntArrayRef output_shape) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
+  // The rows of each batch row's last position, in order.  x: [N, H] -> [R, H]
+  static at::Tensor LastRows(const at::Tensor& x, const std::vector<Segment>& segments);
   // Embedding rows in the compute dtype.  ids: [...] -> [..., H]
   at::Tensor Embed(const at::Tensor& ids) const;
   // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
