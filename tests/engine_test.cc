@@ -179,7 +179,7 @@ TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
                                  {"Sample something", 7, 1.0, {}},
                                  {"A question about the documents", 6, 0, {"first doc", "second"}},
                                  {"x", 11, 0, {}},
-                                 {LongText(), 4, 0, {}}};  // over a prefill chunk: alone
+                                 {LongText(), 4, 0, {}}};  // over a prefill chunk
   auto params = [](const Run& r) {
     SamplingParams p;
     p.temperature = r.temperature;
@@ -261,6 +261,61 @@ TEST_F(EngineTest, LongPromptsArePrefilledInChunksExactly) {
   p.max_tokens = 4;
   p.ignore_eos = true;
   EXPECT_EQ(e.Generate(prompt, p).tokens, NaiveGreedy(*tiny_, prompt, 4));
+}
+
+// A long prompt joins shared passes one 256-token chunk per round: a
+// generation already decoding gets a token every round meanwhile, both get
+// the tokens and logits they get alone, and one cancelled between its chunks
+// stops there.
+TEST_F(EngineTest, LongPromptPrefillsAChunkPerRoundWhileOthersDecode) {
+  Engine& e = *tiny_->engine;
+  std::vector<int32_t> long_prompt;  // three chunks
+  for (int i = 0; i < 600; ++i) long_prompt.push_back((i * 37 + 11) % e.tokenizer().VocabSize());
+  const std::vector<int32_t> short_prompt = e.EncodeGenerate("Once upon a time", false);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 6;
+  p.ignore_eos = true;
+  p.capture_logits = true;
+  const GenerateResult short_alone = e.Generate(short_prompt, p);
+  const GenerateResult long_alone = e.Generate(long_prompt, p);
+
+  auto decoding = e.StartGeneration(short_prompt, p);
+  ASSERT_TRUE(decoding->Step());  // prefilled, first token out
+  auto prefilling = e.StartGeneration(long_prompt, p);
+  auto dropped = e.StartGeneration(long_prompt, p);
+  std::vector<Generation*> gens = {decoding.get(), prefilling.get(), dropped.get()};
+  std::vector<std::exception_ptr> errors;
+  for (size_t round = 1; round <= 3; ++round) {
+    if (round == 2) dropped->Cancel();
+    std::vector<bool> more = e.StepAll(gens, &errors);
+    for (const auto& err : errors) ASSERT_FALSE(err);
+    EXPECT_EQ(decoding->result().tokens.size(), 1 + round) << "round " << round;
+    EXPECT_EQ(prefilling->result().tokens.size(), round == 3 ? 1u : 0u) << "round " << round;
+    EXPECT_EQ(more[2], round == 1);
+  }
+  EXPECT_EQ(dropped->result().finish_reason, "cancelled");
+  EXPECT_EQ(dropped->result().completion_tokens, 0);
+  gens = {decoding.get(), prefilling.get()};
+  while (true) {
+    std::vector<bool> more = e.StepAll(gens, &errors);
+    std::vector<Generation*> still;
+    for (size_t i = 0; i < gens.size(); ++i) {
+      ASSERT_FALSE(errors[i]);
+      if (more[i]) still.push_back(gens[i]);
+    }
+    if (still.empty()) break;
+    gens = still;
+  }
+  for (const auto& [got, want] : {std::make_pair(&decoding->result(), &short_alone),
+                                  std::make_pair(&prefilling->result(), &long_alone)}) {
+    EXPECT_EQ(got->tokens, want->tokens);
+    EXPECT_EQ(got->prompt_tokens, want->prompt_tokens);
+    ASSERT_EQ(got->step_logits.size(), want->step_logits.size());
+    for (size_t s = 0; s < got->step_logits.size(); ++s) {
+      EXPECT_LT(MaxDiff(Vec(got->step_logits[s]), Vec(want->step_logits[s])), 1e-4) << s;
+    }
+  }
 }
 
 TEST_F(EngineTest, SamplingIsReproducibleForASeed) {

@@ -71,6 +71,10 @@ double MsSince(std::chrono::steady_clock::time_point t) {
 
 // Long prompts are prefilled in chunks of this many tokens (see Run).
 constexpr int64_t kChunk = 256;
+// Prompt tokens that one shared pass takes in, over all prefilling generations
+// (each gives at most kChunk): what starts together still prefills together,
+// while a round stays short enough for those already decoding.
+constexpr int64_t kRoundPrefillTokens = 2048;
 
 class GenerationImpl : public Generation {
  public:
@@ -121,8 +125,9 @@ class GenerationImpl : public Generation {
     }
     at::Tensor logits;  // [V]
     if (!prefilled_) {
-      PlaceDocuments();
-      logits = Run(prompt_, cache_.length());
+      if (fed_ == 0) PlaceDocuments();
+      logits = Run(std::vector<int32_t>(prompt_.begin() + fed_, prompt_.end()), cache_.length());
+      fed_ = static_cast<int64_t>(prompt_.size());
       EndPrefill();
     } else {
       const auto t0 = std::chrono::steady_clock::now();
@@ -132,13 +137,23 @@ class GenerationImpl : public Generation {
     return Consume(logits);
   }
 
-  // Batched prefill (StepGenerations): a prompt within one prefill chunk joins
-  // the shared forward, after its documents are placed.
-  bool CanJoinPrefill() const {
-    return !prefilled_ && !finished_ && params_.max_tokens > 0 &&
-           static_cast<int64_t>(prompt_.size()) <= kChunk;
+  // Batched prefill (StepGenerations): a prompt joins shared forwards one
+  // chunk per round, so that a long prompt does not stall the generations
+  // already decoding for its whole prefill, and a cancelled one stops between
+  // chunks.
+  bool CanJoinPrefill() const { return !prefilled_ && !finished_ && params_.max_tokens > 0; }
+  // The next at most `limit` prompt tokens; the documents are placed before the first.
+  std::vector<int64_t> NextPrefillChunk(int64_t limit) {
+    if (fed_ == 0) PlaceDocuments();  // may compute and store missing documents
+    const int64_t n = std::min({kChunk, limit, static_cast<int64_t>(prompt_.size()) - fed_});
+    return std::vector<int64_t>(prompt_.begin() + fed_, prompt_.begin() + fed_ + n);
   }
-  const std::vector<int32_t>& prompt() const { return prompt_; }
+  // Whether `n` more prompt tokens complete the prompt.
+  bool CompletesPrefill(int64_t n) const {
+    return fed_ + n == static_cast<int64_t>(prompt_.size());
+  }
+  // After a shared pass took `n` more prompt tokens into the cache.
+  void FedPrefill(int64_t n) { fed_ += n; }
 
   // Documents come from the store (or are computed once and stored); only
   // the prompt itself is prefilled, after them.
@@ -288,6 +303,7 @@ class GenerationImpl : public Generation {
   std::vector<int32_t> stop_ids_;
   std::string pending_;
   std::chrono::steady_clock::time_point prefill_start_;
+  int64_t fed_ = 0;  // prompt tokens already in the cache (batched prefill)
   bool prefilled_ = false;
   bool finished_ = false;
   GenerateResult result_;
@@ -333,13 +349,19 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   std::vector<ForwardInput> inputs;
   std::vector<KvCache*> caches;
   std::vector<Member> joined;
+  std::vector<int64_t> fed;  // per joined member: prompt tokens it feeds (0: a decode step)
+  int64_t budget = kRoundPrefillTokens;
   const auto t0 = std::chrono::steady_clock::now();
   for (const Member& m : members) {
     try {
       std::vector<int64_t> ids;
       if (m.prefill) {
-        m.gen->PlaceDocuments();  // may compute and store missing documents
-        ids.assign(m.gen->prompt().begin(), m.gen->prompt().end());
+        if (budget == 0) {
+          more[m.index] = true;  // waits for a later round
+          continue;
+        }
+        ids = m.gen->NextPrefillChunk(budget);
+        budget -= static_cast<int64_t>(ids.size());
       } else {
         ids.push_back(m.gen->NextInput());
       }
@@ -352,30 +374,49 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
       inputs.push_back(std::move(in));
       caches.push_back(m.gen->cache());
       joined.push_back(m);
+      fed.push_back(m.prefill ? n : 0);
     } catch (...) {
       (*errors)[m.index] = std::current_exception();
     }
   }
   if (joined.empty()) return more;
-  at::Tensor logits;  // [N, V], one row per member
+  // Logits only for members with a next token to sample: decode steps, and
+  // prompts whose last chunk this is.
+  std::vector<int64_t> sampling;  // indices into joined
+  for (size_t k = 0; k < joined.size(); ++k) {
+    if (fed[k] == 0 || joined[k].gen->CompletesPrefill(fed[k])) {
+      sampling.push_back(static_cast<int64_t>(k));
+    }
+  }
+  at::Tensor logits;  // [sampling, V]
   try {
-    // [members, H]: each member's last position
+    // [joined, H]: each member's last position
     at::Tensor last = engine.decoder->ForwardMany(inputs, caches, /*last_positions_only=*/true);
-    logits = engine.decoder->Logits(last).to(at::kCPU);
+    if (!sampling.empty()) {
+      logits = engine.decoder
+                   ->Logits(last.index_select(0, at::tensor(sampling, at::kLong).to(last.device())))
+                   .to(at::kCPU);
+    }
   } catch (...) {
     for (const Member& m : joined) (*errors)[m.index] = std::current_exception();
     return more;
   }
   const double ms = MsSince(t0);
+  size_t next = 0;  // into sampling
   for (size_t k = 0; k < joined.size(); ++k) {
     const Member& m = joined[k];
+    m.gen->FedPrefill(fed[k]);
     try {
+      if (next == sampling.size() || sampling[next] != static_cast<int64_t>(k)) {
+        more[m.index] = true;  // a prompt with chunks still to come
+        continue;
+      }
       if (m.prefill) {
         m.gen->EndPrefill();
       } else {
         m.gen->AddDecodeMs(ms);
       }
-      more[m.index] = m.gen->Consume(logits[static_cast<int64_t>(k)]);
+      more[m.index] = m.gen->Consume(logits[static_cast<int64_t>(next++)]);
     } catch (...) {
       (*errors)[m.index] = std::current_exception();
     }
