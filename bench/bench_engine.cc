@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   out["device"] = engine->device_name();
   out["dtype"] = engine->dtype_name();
   out["parameters"] = engine->config().NumParameters();
+  out["loaded_resident_bytes"] = bench::ResidentBytes();
   for (int64_t n : {128, 512}) {
     double best = 1e30;
     for (int r = 0; r < repeats; ++r) {
@@ -120,6 +121,7 @@ int main(int argc, char** argv) {
     }
     out["decode_8_concurrent_tokens_per_s"] = best;
   }
+  out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";
   return 0;
 }

@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
     out["uncached_ttft_s"] = uncached / 1000.0;
     out["speedup"] = uncached / cached;
   }
+  out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";
   return 0;
 }

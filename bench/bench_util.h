@@ -1,8 +1,12 @@
 // Helpers shared by the benchmark programs.
 #pragma once
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -33,6 +37,20 @@ inline std::string DefaultBenchModel() {
     WriteCheckpoint(dir, CheckpointPreset("qwen2.5-0.5b"));
   }
   return dir;
+}
+
+// Resident memory now and at its peak, in bytes (Linux: /proc and getrusage).
+// Read right after loading, "now" is what the model costs to hold.
+inline int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+inline int64_t PeakResidentBytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;  // reported in KiB
 }
 
 }  // namespace gritserve::bench
