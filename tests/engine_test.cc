@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/memory_info.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/model/decoder.h"
 #include "gritserve/model/linear.h"
@@ -396,6 +397,35 @@ TEST_F(EngineTest, RejectsUnusableInput) {
 // --dtype bfloat16 on CPU: bfloat16 matrix products where the CPU has native
 // kernels (float32 norms, attention and KV cache), LibTorch's bfloat16 otherwise.
 // Either way the results stay close to float32 and the precision is reported.
+TEST(MemoryInfo, AvailableIsMemAvailableCappedByTheCgroupLimit) {
+  const std::string meminfo =
+      "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n";
+  const std::string stat = "anon 1000\nfile 2500000000\ninactive_file 2000000000\n";
+  EXPECT_EQ(AvailableMemoryBytes(meminfo, "", "", ""), int64_t{20000000} * 1024);
+  EXPECT_EQ(AvailableMemoryBytes(meminfo, "max\n", "123\n", stat), int64_t{20000000} * 1024);
+  EXPECT_EQ(AvailableMemoryBytes(meminfo, "8000000000\n", "3000000000\n", ""), int64_t{5000000000});
+  // Inactive page cache (a checkpoint just read) is reclaimable: not in use.
+  EXPECT_EQ(AvailableMemoryBytes(meminfo, "8000000000\n", "3000000000\n", stat),
+            int64_t{7000000000});
+  EXPECT_EQ(AvailableMemoryBytes("", "8000000000\n", "9000000000\n", ""), 0);  // over its limit
+  EXPECT_EQ(AvailableMemoryBytes("", "", "", ""), std::nullopt);
+  EXPECT_EQ(AvailableMemoryBytes("MemTotal: 5 kB\n", "max", "", ""), std::nullopt);
+  ASSERT_TRUE(AvailableMemoryBytes().has_value());  // Linux has /proc/meminfo
+  EXPECT_GT(*AvailableMemoryBytes(), 0);
+}
+
+// `auto` on a CPU: float32 while it fits (Qwen2.5-0.5B), bfloat16 products for
+// what does not (GritLM-7B on a 24 GB machine) where the CPU has them.
+TEST(AutoCpuDtype, Float32WhenItFitsElseBfloat16Products) {
+  const int64_t small = 494032768, large = 7241732096, gb = 1000000000;
+  EXPECT_EQ(AutoCpuDtype(small, 20 * gb, true), "float32");
+  EXPECT_EQ(AutoCpuDtype(large, 20 * gb, true), "bfloat16");
+  EXPECT_EQ(AutoCpuDtype(large, 20 * gb, false), "float32");  // nothing better to offer
+  EXPECT_EQ(AutoCpuDtype(large, 40 * gb, true), "float32");
+  EXPECT_EQ(AutoCpuDtype(large, std::nullopt, true), "float32");
+  EXPECT_EQ(AutoCpuDtype(small, 2 * gb, true), "bfloat16");  // headroom counts too
+}
+
 TEST_F(EngineTest, CpuBfloat16StaysCloseToFloat32AndSaysWhatItRuns) {
   EngineOptions o;
   o.model_dir = tiny_->dir;

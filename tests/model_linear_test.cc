@@ -94,6 +94,11 @@ TEST(LinearBackend, Bfloat16PackingRoundsInputsAndWeightsOnlyWhereSupported) {
   }
   Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true, at::kBFloat16);
   EXPECT_TRUE(lin.packed());
+  // Weights handed over in bfloat16 (as bfloat16-matmul models load them) pack
+  // to the very same matrix.
+  Linear from_bf16(w.to(at::kBFloat16), Linear::Layout::kOutIn, b, /*pack=*/true, at::kBFloat16);
+  const at::Tensor probe = at::randn({5, 200});
+  EXPECT_TRUE(at::equal(from_bf16(probe), lin(probe)));
   for (int64_t m : {1, 7, 64}) {
     at::Tensor x = at::randn({m, 200});
     at::Tensor y = lin(x);  // [M, out] float32

@@ -387,6 +387,29 @@ TEST(LoadWeights, FixtureLoadsAsFloat32BitExactly) {
   EXPECT_GT(weights.at("model.layers.0.self_attn.q_proj.bias").abs().max().item<float>(), 0.0f);
 }
 
+// bfloat16-matmul models take their linear layers' matrices in bfloat16 and
+// everything else (embeddings, norms, biases) in float32.
+TEST(LoadWeights, MatricesLoadInTheirOwnDtype) {
+  const ModelConfig config = ModelConfig::FromDirectory(FixtureDir());
+  const WeightMap f32 = LoadWeights(FixtureDir(), config, at::kFloat, at::Device(at::kCPU));
+  const WeightMap mixed =
+      LoadWeights(FixtureDir(), config, at::kFloat, at::Device(at::kCPU), at::kBFloat16);
+  ASSERT_EQ(mixed.size(), f32.size());
+  int matrices = 0;
+  for (const auto& [name, t] : mixed) {
+    const bool matrix = IsMatrixWeight(name);
+    matrices += matrix;
+    EXPECT_EQ(t.scalar_type(), matrix ? at::kBFloat16 : at::kFloat) << name;
+    EXPECT_TRUE(at::equal(t.to(at::kFloat),
+                          matrix ? f32.at(name).to(at::kBFloat16).to(at::kFloat) : f32.at(name)))
+        << name;
+  }
+  EXPECT_EQ(matrices, 7 * config.num_hidden_layers);  // q, k, v, o, gate, up, down (head tied)
+  EXPECT_TRUE(IsMatrixWeight("lm_head.weight"));
+  EXPECT_FALSE(IsMatrixWeight("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_FALSE(IsMatrixWeight("model.embed_tokens.weight"));
+}
+
 TEST(LoadWeights, FixtureLoadsAsBf16AndF16) {
   const ModelConfig config = ModelConfig::FromDirectory(FixtureDir());
   const WeightMap bf16 = LoadWeights(FixtureDir(), config, at::kBFloat16, at::Device(at::kCPU));

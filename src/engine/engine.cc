@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <numeric>
 #include <thread>
 
 #include "engine_impl.h"
 #include "gritserve/common/error.h"
+#include "gritserve/common/memory_info.h"
 #include "gritserve/model/cpu_kernels.h"
 #include "gritserve/model/linear.h"
 #include "gritserve/model/weights.h"
@@ -52,7 +54,25 @@ std::string PrecisionName(const Decoder& d) {
   return std::string(c10::toString(d.matmul_dtype())) + " matmul, " + c10::toString(d.dtype());
 }
 
+// Weights plus what serving needs beside them (activations, KV caches, the
+// tokenizer, the document store's default budget).
+int64_t ServingBytes(int64_t parameters, int64_t bytes_per_parameter) {
+  return parameters * bytes_per_parameter * 11 / 10 + (int64_t{1} << 30);
+}
+
+std::string Gb(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return buf;
+}
+
 }  // namespace
+
+std::string AutoCpuDtype(int64_t parameters, std::optional<int64_t> available_bytes,
+                         bool bf16_products) {
+  const bool fits = !available_bytes || ServingBytes(parameters, 4) <= *available_bytes;
+  return fits || !bf16_products ? "float32" : "bfloat16";
+}
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
@@ -68,7 +88,28 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   at::set_num_threads(threads);
 
   const at::Device device = ParseDevice(options.device);
-  const at::ScalarType requested = ParseDtype(options.dtype, device);
+  impl->config = ModelConfig::FromDirectory(options.model_dir);
+  std::string dtype_name = options.dtype;
+  if (device.is_cpu()) {
+    // Say so with the numbers before the kernel's OOM killer does it silently.
+    const int64_t params = impl->config.NumParameters();
+    const std::optional<int64_t> available = AvailableMemoryBytes();
+    if (dtype_name == "auto") {
+      dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
+      if (dtype_name != "float32") {
+        spdlog::info("float32 weights would need {} with {} available: {} matrix products",
+                     Gb(ServingBytes(params, 4)), Gb(*available), dtype_name);
+      }
+    }
+    const bool bf16_matrices = ParseDtype(dtype_name, device) != at::kFloat;
+    const int64_t weights = params * (bf16_matrices ? 2 : 4);
+    if (available && weights > *available) {
+      spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
+                   Gb(weights), bf16_matrices ? "bfloat16" : "float32", Gb(*available),
+                   bf16_matrices ? "" : " (--dtype bfloat16 halves it)");
+    }
+  }
+  const at::ScalarType requested = ParseDtype(dtype_name, device);
   // bfloat16 on a CPU with native bfloat16 kernels: the matrix products (nearly
   // all the arithmetic, and the weight bytes decode streams) run in bfloat16,
   // while norms, attention and the KV cache stay float32, where LibTorch's CPU
@@ -77,7 +118,7 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
       device.is_cpu() && requested == at::kBFloat16 && Linear::CpuBf16Available();
   const at::ScalarType dtype = cpu_bf16_matmul ? at::kFloat : requested;
   if (device.is_cpu() && dtype != at::kFloat) {
-    spdlog::warn("{} compute on CPU is far slower than float32 here", options.dtype);
+    spdlog::warn("{} compute on CPU is far slower than float32 here", dtype_name);
   }
   if (device.is_cuda() && dtype == at::kFloat) {
     // float32 means float32: with TF32 allowed, cuBLAS rounds matmul inputs to
@@ -91,7 +132,6 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
           "results on CUDA are less precise");
     }
   }
-  impl->config = ModelConfig::FromDirectory(options.model_dir);
   impl->tokenizer = Tokenizer::FromDirectory(options.model_dir);
   impl->prompt_template = options.template_path.empty()
                               ? DefaultTemplateFor(*impl->tokenizer)
@@ -99,7 +139,11 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
   {
     c10::InferenceMode guard;
     impl->decoder = std::make_unique<Decoder>(
-        impl->config, LoadWeights(options.model_dir, impl->config, dtype, device),
+        impl->config,
+        // bfloat16 products: the matrices load as bfloat16, never whole in float32
+        // (GritLM-7B would need 29 GB on the way).
+        LoadWeights(options.model_dir, impl->config, dtype, device,
+                    cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined),
         cpu_bf16_matmul ? at::kBFloat16 : dtype);
   }
   if (device.is_cpu()) {

@@ -58,12 +58,13 @@ struct Linear::Packed {
 
 namespace {
 
-// weight: [out, in] or [in, out] float32 contiguous CPU.
+// weight: [out, in] or [in, out] contiguous CPU, float32 (or bfloat16 when packing to it).
 std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linear::Layout layout,
                                                  int64_t in, int64_t out, bool pack, bool bf16) {
   auto p = std::make_shared<Linear::Packed>();
   // oneDNN's weights are [K, N] = [in, out]; the HF layout is that matrix transposed ("ba").
-  const dnnl::memory::desc plain({in, out}, Dt::f32,
+  const dnnl::memory::desc plain({in, out},
+                                 weight.scalar_type() == at::kBFloat16 ? Dt::bf16 : Dt::f32,
                                  layout == Linear::Layout::kOutIn ? Tag::ba : Tag::ab);
   if (!pack) {
     p->weights = plain;
@@ -111,13 +112,15 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
     gemv_weight_ = weight;
   }
   const bool bf16 = packed_dtype == at::kBFloat16;
+  const bool source_ok =
+      weight.scalar_type() == at::kFloat || (bf16 && weight.scalar_type() == at::kBFloat16);
   if (packed_dtype != at::kFloat &&
-      !(bf16 && pack && CpuBf16Available() && weight.device().is_cpu() &&
-        weight.scalar_type() == at::kFloat)) {
-    throw Error(ErrorKind::kInternal, "bfloat16 packing needs CPU float32 weights and oneDNN");
+      !(bf16 && pack && CpuBf16Available() && weight.device().is_cpu() && source_ok)) {
+    throw Error(ErrorKind::kInternal,
+                "bfloat16 packing needs CPU float32 or bfloat16 weights and oneDNN");
   }
 #ifdef GRITSERVE_HAVE_DNNL
-  if (weight.device().is_cpu() && weight.scalar_type() == at::kFloat && CpuOneDnn()) {
+  if (weight.device().is_cpu() && source_ok && CpuOneDnn()) {
     weight = weight.contiguous();
     packed_ = MakePacked(weight, layout, in_, out_, pack, bf16);
     return;  // packed_->storage holds whatever must stay alive

@@ -127,8 +127,13 @@ void ReleaseMappedPages(const TensorView& view) {
 
 }  // namespace
 
+bool IsMatrixWeight(const std::string& name) {
+  return name == "lm_head.weight" || EndsWith(name, "_proj.weight");
+}
+
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
-                      const at::Device& device) {
+                      const at::Device& device, at::ScalarType matrix_dtype) {
+  if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
   const auto start = std::chrono::steady_clock::now();
 
   std::vector<std::unique_ptr<SafeTensorsFile>> files;
@@ -183,7 +188,8 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
   int64_t params = 0;
   for (const TensorSpec& spec : specs) {
     const TensorView& view = *found.at(spec.name);
-    weights.emplace(spec.name, Materialize(view, dtype, device));
+    weights.emplace(spec.name,
+                    Materialize(view, IsMatrixWeight(spec.name) ? matrix_dtype : dtype, device));
     ReleaseMappedPages(view);
     file_bytes += view.nbytes;
     params += view.numel();
@@ -192,9 +198,10 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info(
-      "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {} on {} "
+      "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {}{} on {} "
       "in {:.2f} s",
       weights.size(), params, file_bytes / 1e6, files.size(), dir, c10::toString(dtype),
+      matrix_dtype == dtype ? "" : std::string(" (matrices ") + c10::toString(matrix_dtype) + ")",
       device.str(), seconds);
   return weights;
 }

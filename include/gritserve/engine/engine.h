@@ -8,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,9 @@ struct EngineOptions {
   std::string template_path;   // empty: the built-in default for the tokenizer
   int threads = 0;             // 0: all cores
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
-  std::string dtype =
-      "auto";  // auto: float32 on CPU, bfloat16 on CUDA; or float32|bfloat16|float16
+  // auto: float32 on CPU when its weights fit in memory (else bfloat16 matrix
+  // products; see AutoCpuDtype), bfloat16 on CUDA; or float32|bfloat16|float16.
+  std::string dtype = "auto";
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
   // Document KV store.
   int64_t cache_bytes = 1LL << 30;
@@ -163,6 +165,13 @@ class Engine {
   explicit Engine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// What `dtype: auto` runs a model of `parameters` in on a CPU: "float32" when
+// its float32 weights, with a margin for activations and caches, fit in
+// `available_bytes` (unknown: assumed to fit), else "bfloat16" where the CPU
+// has native bfloat16 products (half the bytes, float32 everywhere else).
+std::string AutoCpuDtype(int64_t parameters, std::optional<int64_t> available_bytes,
+                         bool bf16_products);
 
 // One sequence being generated; owned and stepped by the inference thread.
 class Generation {

@@ -30,7 +30,7 @@ class Linear {
   // With `pack`, the weights may be rewritten into a private layout (and the
   // given tensor released); without it they are used in place, so a matrix
   // shared with another user (tied embeddings) keeps a single copy.
-  // `packed_dtype` kBFloat16 (CPU float32 weights, with pack, and only where
+  // `packed_dtype` kBFloat16 (CPU float32 or bfloat16 weights, with pack, and only where
   // CpuBf16Available()) packs the weights in bfloat16: inputs are rounded to
   // bfloat16 per call, products accumulate and return in float32.
   Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,

@@ -27,7 +27,14 @@ using WeightMap = std::unordered_map<std::string, at::Tensor>;
 // Converts to `dtype` (F32/F16/BF16 sources; on CPU pass at::kFloat) on `device`. Every
 // returned tensor is contiguous and owns its memory, so the files are closed on return.
 // Shapes are those of ExpectedTensors, e.g. "model.embed_tokens.weight": [vocab, hidden].
+// `matrix_dtype`, when given, applies to the linear layers' weight matrices
+// ("*_proj.weight", "lm_head.weight") instead: bfloat16-matmul models load them
+// at half the bytes rather than widening the whole checkpoint first.
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
-                      const at::Device& device);
+                      const at::Device& device,
+                      at::ScalarType matrix_dtype = at::ScalarType::Undefined);
+
+// Whether `name` is a linear layer's weight matrix in the sense of matrix_dtype.
+bool IsMatrixWeight(const std::string& name);
 
 }  // namespace gritserve
