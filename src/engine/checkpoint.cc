@@ -49,7 +49,7 @@ ModelConfig Shape(Architecture arch, const char* name, int64_t hidden, int64_t l
 }  // namespace
 
 std::vector<std::string> CheckpointPresetNames() {
-  return {"tiny", "tiny-llama", "tiny-mistral", "demo", "qwen2.5-0.5b"};
+  return {"tiny", "tiny-llama", "tiny-mistral", "demo", "qwen2.5-0.5b", "gritlm-7b"};
 }
 
 CheckpointSpec CheckpointPreset(const std::string& name) {
@@ -72,6 +72,14 @@ CheckpointSpec CheckpointPreset(const std::string& name) {
     s.config = Shape(Architecture::kQwen2, "Qwen2ForCausalLM", 896, 24, 14, 2, 4864);
     s.config.vocab_size = 151936;
     s.config.max_position_embeddings = 32768;
+    s.tokenizer_size = 2000;
+  } else if (name == "gritlm-7b") {
+    // GritLM-7B is Mistral-7B-v0.1 in shape: 7.24B parameters, 14.5 GB in bfloat16.
+    s.config = Shape(Architecture::kMistral, "MistralForCausalLM", 4096, 32, 32, 8, 14336);
+    s.config.vocab_size = 32000;
+    s.config.max_position_embeddings = 32768;
+    s.config.sliding_window = 4096;
+    s.tokenizer = "sentencepiece";
     s.tokenizer_size = 2000;
   } else {
     std::string names;
