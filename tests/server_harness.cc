@@ -32,24 +32,21 @@ std::string TinyCheckpointDir() {
   return dir;
 }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+// The port a server started with --port 0 names in its "listening on" log
+// line, or 0 while it has not written it yet.
+int LoggedPort(const std::string& log) {
+  const std::string mark = "listening on http://127.0.0.1:";
+  const size_t at = log.find(mark);
+  if (at == std::string::npos) return 0;
+  return std::atoi(log.c_str() + at + mark.size());
 }
 
 ServerProcess::ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args) {
-  port_ = FreePort();
   log_path_ = MakeTempDir("server-log") + "/server.log";
-  std::vector<std::string> args = {BinaryPath(),          "--model",   model_dir, "--port",
-                                   std::to_string(port_), "--threads", "1"};
+  // The server binds any free port itself: a port picked here and handed over
+  // could be taken by a server of a test running alongside in between.
+  std::vector<std::string> args = {BinaryPath(), "--model",   model_dir, "--port",
+                                   "0",          "--threads", "1"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
@@ -65,6 +62,11 @@ ServerProcess::ServerProcess(const std::string& model_dir, std::vector<std::stri
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
     if (!Running()) throw std::runtime_error("server exited at start-up:\n" + Log());
+    if (port_ == 0) port_ = LoggedPort(Log());
+    if (port_ == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
     httplib::Client c("127.0.0.1", port_);
     c.set_connection_timeout(1, 0);
     if (auto res = c.Get("/health"); res && res->status == 200) return;

@@ -15,11 +15,10 @@ namespace gritserve::testing {
 // binary's own make-checkpoint subcommand).
 std::string TinyCheckpointDir();
 
-int FreePort();
-
 class ServerProcess {
  public:
-  // Starts `gritserve --model DIR --port P <extra_args>` and waits until /health
+  // Starts `gritserve --model DIR --port 0 <extra_args>` (any free port, read
+  // back from its log) and waits until /health
   // answers 200 (throws with the server log if it does not within 60 s).
   explicit ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args = {});
   ~ServerProcess();  // SIGKILL if still running

@@ -226,13 +226,16 @@ int RunServer(const ServerOptions& options) {
   AddGenerateRoutes(server, ctx);
   AddInfoRoutes(server, ctx);
 
-  if (!server.bind_to_port(options.host, options.port)) {
+  // Port 0 takes any free port and says which in the log line below: callers
+  // that start several servers at once (tests) need no free-port guess to race on.
+  const int port = options.port == 0 ? server.bind_to_any_port(options.host) : options.port;
+  if (port < 0 || (options.port != 0 && !server.bind_to_port(options.host, options.port))) {
     spdlog::error("cannot listen on {}:{}", options.host, options.port);
     return 1;
   }
   std::thread http_thread([&] { server.listen_after_bind(); });
   spdlog::info("listening on http://{}:{} (health: 503 until the model is loaded)", options.host,
-               options.port);
+               port);
 
   int exit_code = 0;
   std::thread loader([&] {

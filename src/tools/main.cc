@@ -60,7 +60,9 @@ int main(int argc, char** argv) {
   app.add_option("--config", config_path, "JSON file with any of these flags as keys");
   app.add_option("--template", o.template_path, "prompt template JSON (see configs/)");
   app.add_option("--host", o.host, "address to listen on")->capture_default_str();
-  app.add_option("--port", o.port, "port")->capture_default_str();
+  app.add_option("--port", o.port, "port (0: any free port, named in the log)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
   app.add_option("--threads", o.threads, "compute threads (0: all cores)");
   app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
