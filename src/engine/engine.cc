@@ -89,27 +89,25 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
 
   const at::Device device = ParseDevice(options.device);
   impl->config = ModelConfig::FromDirectory(options.model_dir);
+  const int64_t params = impl->config.NumParameters();
+  const std::optional<int64_t> available =
+      device.is_cpu() ? AvailableMemoryBytes() : std::optional<int64_t>();
   std::string dtype_name = options.dtype;
-  if (device.is_cpu()) {
-    // Say so with the numbers before the kernel's OOM killer does it silently.
-    const int64_t params = impl->config.NumParameters();
-    const std::optional<int64_t> available = AvailableMemoryBytes();
-    if (dtype_name == "auto") {
-      dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
-      if (dtype_name != "float32") {
-        spdlog::info("float32 weights would need {} with {} available: {} matrix products",
-                     Gb(ServingBytes(params, 4)), Gb(*available), dtype_name);
-      }
-    }
-    const bool bf16_matrices = ParseDtype(dtype_name, device) != at::kFloat;
-    const int64_t weights = params * (bf16_matrices ? 2 : 4);
-    if (available && weights > *available) {
-      spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
-                   Gb(weights), bf16_matrices ? "bfloat16" : "float32", Gb(*available),
-                   bf16_matrices ? "" : " (--dtype bfloat16 halves it)");
+  if (device.is_cpu() && dtype_name == "auto") {
+    dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
+    if (dtype_name != "float32") {
+      spdlog::info("float32 weights would need {} with {} available: {} matrix products",
+                   Gb(ServingBytes(params, 4)), Gb(*available), dtype_name);
     }
   }
   const at::ScalarType requested = ParseDtype(dtype_name, device);
+  // Say so with the numbers before the kernel's OOM killer does it silently.
+  const int64_t weight_bytes = params * (requested == at::kFloat ? 4 : 2);
+  if (available && weight_bytes > *available) {
+    spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
+                 Gb(weight_bytes), c10::toString(requested), Gb(*available),
+                 requested == at::kFloat ? " (--dtype bfloat16 halves it)" : "");
+  }
   // bfloat16 on a CPU with native bfloat16 kernels: the matrix products (nearly
   // all the arithmetic, and the weight bytes decode streams) run in bfloat16,
   // while norms, attention and the KV cache stay float32, where LibTorch's CPU
@@ -150,9 +148,9 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
     spdlog::info("CPU matrix products: {}{}; {} threads", Linear::CpuBackend(),
                  cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "",
                  threads);
-    if (cpu_kernels::Threads() < std::min(threads, at::get_num_threads())) {
-      spdlog::warn("fused CPU kernels run on {} thread(s) of {}: built without OpenMP?",
-                   cpu_kernels::Threads(), threads);
+    if (const int used = cpu_kernels::Threads(); used < at::get_num_threads()) {
+      spdlog::warn("fused CPU kernels run on {} thread(s) of {}: built without OpenMP?", used,
+                   at::get_num_threads());
     }
     if (impl->decoder->lm_head_in_bfloat16()) {
       spdlog::info(

@@ -382,9 +382,11 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   if (joined.empty()) return more;
   // Logits only for members with a next token to sample: decode steps, and
   // prompts whose last chunk this is.
-  std::vector<int64_t> sampling;  // indices into joined
+  std::vector<int64_t> sampling;                      // indices into joined
+  std::vector<int64_t> logit_row(joined.size(), -1);  // per joined member: its row, or -1
   for (size_t k = 0; k < joined.size(); ++k) {
     if (fed[k] == 0 || joined[k].gen->CompletesPrefill(fed[k])) {
+      logit_row[k] = static_cast<int64_t>(sampling.size());
       sampling.push_back(static_cast<int64_t>(k));
     }
   }
@@ -402,12 +404,11 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
     return more;
   }
   const double ms = MsSince(t0);
-  size_t next = 0;  // into sampling
   for (size_t k = 0; k < joined.size(); ++k) {
     const Member& m = joined[k];
     m.gen->FedPrefill(fed[k]);
     try {
-      if (next == sampling.size() || sampling[next] != static_cast<int64_t>(k)) {
+      if (logit_row[k] < 0) {
         more[m.index] = true;  // a prompt with chunks still to come
         continue;
       }
@@ -416,7 +417,7 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
       } else {
         m.gen->AddDecodeMs(ms);
       }
-      more[m.index] = m.gen->Consume(logits[static_cast<int64_t>(next++)]);
+      more[m.index] = m.gen->Consume(logits[logit_row[k]]);
     } catch (...) {
       (*errors)[m.index] = std::current_exception();
     }
