@@ -70,6 +70,29 @@ class DecoderTest : public ::testing::Test {
     return d;
   }
 
+  // Inputs for comparing two decoders: a random prefix [B, P] to fill their
+  // caches, then T random tokens [B, T] whose row 1 is padding from `pad_from` on.
+  struct CachedBatch {
+    at::Tensor prefix, ids, valid;
+  };
+  static CachedBatch RandomCachedBatch(int64_t b, int64_t past, int64_t t, int64_t pad_from) {
+    CachedBatch batch{at::randint(0, 150000, {b, past}, at::kLong),
+                      at::randint(0, 150000, {b, t}, at::kLong), at::ones({b, t}, at::kBool)};
+    batch.valid[1].narrow(0, pad_from, t - pad_from).fill_(false);
+    return batch;
+  }
+  // `ids` [B, T] at positions start.. in every row.
+  static ForwardInput BatchInput(const at::Tensor& ids, int64_t start, AttentionSpec spec,
+                                 const at::Tensor& valid = {}) {
+    const int64_t b = ids.size(0), t = ids.size(1);
+    ForwardInput in;
+    in.ids = ids;
+    in.positions = at::arange(start, start + t, at::kLong).repeat({b, 1});
+    in.valid = valid;
+    in.attention = spec;
+    return in;
+  }
+
   c10::InferenceMode guard_;
   static std::string dir_;
   static ModelConfig* config_;
@@ -173,22 +196,12 @@ TEST_F(DecoderTest, OneDnnAndLibTorchKernelsAgree) {
   const Decoder& blas = *blas_decoder;
   at::manual_seed(11);
   const int64_t b = 3, past = 24, t = 20;
-  at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
-  at::Tensor ids = at::randint(0, 150000, {b, t}, at::kLong);        // [B, T]
-  at::Tensor valid = at::ones({b, t}, at::kBool);
-  valid[1].narrow(0, 12, t - 12).fill_(false);  // a padded row
+  const auto [prefix, ids, valid] = RandomCachedBatch(b, past, t, /*pad_from=*/12);
   for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
     KvCache c1 = decoder_->NewCache(b), c2 = blas.NewCache(b);
-    ForwardInput first;
-    first.ids = prefix;
-    first.positions = at::arange(past, at::kLong).repeat({b, 1});
-    first.attention = spec;
+    const ForwardInput first = BatchInput(prefix, 0, spec);
     EXPECT_LT(MaxDiff(decoder_->Forward(first, &c1), blas.Forward(first, &c2)), 1e-4);
-    ForwardInput next;
-    next.ids = ids;
-    next.positions = at::arange(past, past + t, at::kLong).repeat({b, 1});
-    next.valid = valid;
-    next.attention = spec;
+    const ForwardInput next = BatchInput(ids, past, spec, valid);
     at::Tensor x = decoder_->Forward(next, &c1), y = blas.Forward(next, &c2);  // [B, T, H]
     EXPECT_LT(MaxDiff(x.index({valid}), y.index({valid})), 1e-4)
         << "mode " << static_cast<int>(spec.mode);
@@ -206,27 +219,18 @@ TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
   const Decoder& plain = *plain_decoder;
   at::manual_seed(12);
   const int64_t b = 2, past = 19, t = 9;
-  at::Tensor prefix = at::randint(0, 150000, {b, past}, at::kLong);  // [B, P]
-  at::Tensor ids = at::randint(0, 150000, {b, t}, at::kLong);        // [B, T]
-  at::Tensor valid = at::ones({b, t}, at::kBool);
-  valid[1].narrow(0, 5, t - 5).fill_(false);
+  const auto [prefix, ids, valid] = RandomCachedBatch(b, past, t, /*pad_from=*/5);
   for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
     KvCache c1 = decoder_->NewCache(b), c2 = plain.NewCache(b);
-    ForwardInput first;
-    first.ids = prefix;
-    first.positions = at::arange(past, at::kLong).repeat({b, 1});
-    first.attention = spec;
+    const ForwardInput first = BatchInput(prefix, 0, spec);
     std::vector<at::Tensor> l1, l2;
     EXPECT_LT(MaxDiff(decoder_->Forward(first, &c1, &l1), plain.Forward(first, &c2, &l2)), 1e-4);
     ASSERT_EQ(l1.size(), l2.size());
     for (size_t i = 0; i < l1.size(); ++i) EXPECT_LT(MaxDiff(l1[i], l2[i]), 1e-4) << "layer " << i;
     int64_t pos = past;
     for (int64_t step_tokens : {t, int64_t{1}}) {  // a prompt, then a decode row
-      ForwardInput next;
-      next.ids = ids.narrow(1, 0, step_tokens);
-      next.positions = at::arange(pos, pos + step_tokens, at::kLong).repeat({b, 1});
-      next.valid = valid.narrow(1, 0, step_tokens);
-      next.attention = spec;
+      const ForwardInput next =
+          BatchInput(ids.narrow(1, 0, step_tokens), pos, spec, valid.narrow(1, 0, step_tokens));
       at::Tensor x = decoder_->Forward(next, &c1), y = plain.Forward(next, &c2);  // [B, T, H]
       EXPECT_LT(MaxDiff(x.index({next.valid}), y.index({next.valid})), 1e-4);
       EXPECT_LT(MaxDiff(decoder_->Logits(x[0].narrow(0, step_tokens - 1, 1)),
