@@ -6,6 +6,7 @@
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
 #include "gritserve/model/cpu_kernels.h"
+#include "gritserve/model/host_memory.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -135,7 +136,7 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
     // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
     // bytes that every generated token streams (and, tied, the embedding
     // table shares it: rows widen exactly on lookup).
-    lm_head_bf16_ = head.to(at::kBFloat16);
+    lm_head_bf16_ = StreamedWeightCopy(head, at::kBFloat16);
     if (config.tie_word_embeddings) embed_tokens_ = lm_head_bf16_;
   } else {
     // With tied embeddings the head is the embedding matrix itself: used in

@@ -6,6 +6,7 @@
 
 #include "gritserve/common/error.h"
 #include "gritserve/model/cpu_kernels.h"
+#include "gritserve/model/host_memory.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -78,8 +79,7 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
                          dnnl::memory::desc({kLayoutRows, out}, Dt::f32, Tag::ab)),
       CpuEngine());
   p->weights = pd.weights_desc();
-  p->storage = at::empty({static_cast<int64_t>(p->weights.get_size())},
-                         at::TensorOptions().dtype(at::kByte));
+  p->storage = StreamedWeightEmpty({static_cast<int64_t>(p->weights.get_size())}, at::kByte);
   p->blocked = true;
   p->bf16 = bf16;
   // The reorder also converts float32 to bfloat16 when asked.
@@ -129,7 +129,8 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   // sgemm without a transposed operand is ~8% faster for prompt-sized inputs,
   // and gemv through the transposed view streams the same memory.
   if (pack && layout == Layout::kOutIn) {
-    weight_ = weight.t().contiguous();
+    weight_ = weight.is_cpu() ? StreamedWeightCopy(weight.t(), weight.scalar_type())
+                              : weight.t().contiguous();
     layout_ = Layout::kInOut;
   } else {
     weight_ = std::move(weight);

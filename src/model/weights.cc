@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/host_memory.h"
 #include "gritserve/model/safetensors.h"
 
 namespace gritserve {
@@ -108,9 +109,10 @@ at::Tensor Materialize(const TensorView& view, at::ScalarType dtype, const at::D
     src = at::empty(view.shape, at::TensorOptions(src_type));
     std::memcpy(src.data_ptr(), view.data, view.nbytes);
   }
-  // copy=true: with matching dtype and device `to` would otherwise alias the mapping, which
-  // is unmapped when this function's caller returns. BF16 -> F32 goes through TensorIterator's
-  // vectorised, multi-threaded copy kernel.
+  // Always a copy: the mapping is unmapped when this function's caller returns. BF16 -> F32
+  // goes through TensorIterator's vectorised, multi-threaded copy kernel. CPU weights land in
+  // huge-page memory, since every token streams them.
+  if (device.is_cpu()) return StreamedWeightCopy(src, dtype);
   return src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
 }
 

@@ -241,7 +241,7 @@ int RunServer(const ServerOptions& options) {
   std::thread loader([&] {
     try {
       LoadModel(ctx);
-      spdlog::info("ready: model '{}' on http://{}:{}", ctx.model_id, options.host, options.port);
+      spdlog::info("ready: model '{}' on http://{}:{}", ctx.model_id, options.host, port);
     } catch (const std::exception& e) {
       spdlog::error("failed to load the model: {}", e.what());
       exit_code = 1;
