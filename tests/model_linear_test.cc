@@ -41,7 +41,7 @@ TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
   Linear lin = Make(c, w, b);
   EXPECT_EQ(lin.in_features(), c.in);
   EXPECT_EQ(lin.out_features(), c.out);
-  for (int64_t m : {0, 1, 3, 17, 130}) {
+  for (int64_t m : {0, 1, 3, 17, 24, 32, 41, 64, 130}) {
     at::Tensor x = at::randn({m, c.in});  // [M, in]
     at::Tensor y = lin(x);                // [M, out]
     ASSERT_EQ(y.sizes(), (at::IntArrayRef{m, c.out})) << "rows " << m;
@@ -65,6 +65,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
                                            Case{37, 1001, true, Linear::Layout::kOutIn, false},
                                            Case{200, 96, true, Linear::Layout::kInOut, false},
                                            Case{64, 1, true, Linear::Layout::kOutIn, true},
+                                           // two K blocks with a K tail, a column tail
+                                           Case{150, 130, true, Linear::Layout::kOutIn, true},
                                            Case{1, 33, false, Linear::Layout::kOutIn, true}));
 
 TEST(LinearBackend, PacksOnlyWhereTheBackendSaysSoAndBlasGivesTheSameAnswer) {

@@ -7,6 +7,7 @@
 #include "gritserve/common/error.h"
 #include "gritserve/model/cpu_kernels.h"
 #include "gritserve/model/host_memory.h"
+#include "gritserve/model/small_gemm.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -55,6 +56,8 @@ struct Linear::Packed {
   at::Tensor storage;          // owns (or shares) the bytes `weights` describes
   bool blocked = false;
   bool bf16 = false;  // weights (and so inputs) in bfloat16
+  // float32 in the BA16a64b layout small_gemm reads (oneDNN's choice on AVX-512).
+  bool small_gemm = false;
 };
 
 namespace {
@@ -82,6 +85,8 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
   p->storage = StreamedWeightEmpty({static_cast<int64_t>(p->weights.get_size())}, at::kByte);
   p->blocked = true;
   p->bf16 = bf16;
+  p->small_gemm = !bf16 && small_gemm::Available() &&
+                  p->weights == dnnl::memory::desc({in, out}, Dt::f32, Tag::BA16a64b);
   // The reorder also converts float32 to bfloat16 when asked.
   dnnl::memory src(plain, CpuEngine(), weight.data_ptr());
   dnnl::memory dst(p->weights, CpuEngine(), p->storage.data_ptr());
@@ -148,6 +153,13 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     const int64_t m = x.size(0);
     at::Tensor out = at::empty({m, out_}, x.options());  // [N, out]
     if (m == 0) return out;
+    if (packed_->small_gemm && small_gemm::Suits(m)) {
+      const at::Tensor a = x.contiguous();
+      small_gemm::Run(a.data_ptr<float>(), m, in_,
+                      static_cast<const float*>(packed_->storage.data_ptr()), out_,
+                      bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>());
+      return out;
+    }
     at::Tensor src = packed_->bf16 ? x.to(at::kBFloat16).contiguous() : x.contiguous();
     const bool bias = bias_.defined(), bf16 = packed_->bf16;
     const Dt src_dt = bf16 ? Dt::bf16 : Dt::f32;
@@ -201,6 +213,9 @@ bool Linear::CpuBf16Available() {
 std::string Linear::CpuBackend() {
 #ifdef GRITSERVE_HAVE_DNNL
   if (!onednn::Wanted()) return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
+  if (OneDnnFast() && small_gemm::Available()) {
+    return "oneDNN brgemm, weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
+  }
   if (OneDnnFast()) return "oneDNN brgemm, weights packed at load";
   return "LibTorch BLAS (oneDNN has no fast kernels for this CPU)";
 #else
