@@ -18,9 +18,9 @@ namespace gritserve::small_gemm {
 #ifdef GRITSERVE_SMALL_GEMM
 namespace {
 
-constexpr int64_t kPanel = 64;      // columns per packed panel (the layout's 64b)
-constexpr int64_t kKBlock = 128;    // rows of a panel multiplied per pass: 32 KB of weights
-constexpr int64_t kTileRows = 6;    // 6 rows x 4 vectors = 24 accumulators
+constexpr int64_t kPanel = 64;    // columns per packed panel (the layout's 64b)
+constexpr int64_t kKBlock = 128;  // rows of a panel multiplied per pass: 32 KB of weights
+constexpr int64_t kTileRows = 6;  // 6 rows x 4 vectors = 24 accumulators
 constexpr int64_t kMaxRows = 64;
 constexpr int64_t kLineBytes = 64;
 
@@ -29,8 +29,8 @@ constexpr int64_t kLineBytes = 64;
 //   a: rows of stride lda; b: [kn][64]; acc: [MR][64] (scratch, 64-byte aligned)
 template <int MR>
 __attribute__((target("avx512f"))) void Tile(const float* a, int64_t lda, const float* b,
-                                             int64_t kn, float* acc_out, bool first,
-                                             const char* pf, int64_t npf) {
+                                             int64_t kn, float* acc_out, bool first, const char* pf,
+                                             int64_t npf) {
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r) {
     for (int j = 0; j < 4; ++j) {
@@ -61,9 +61,9 @@ constexpr TileFn kTiles[kTileRows + 1] = {nullptr,  &Tile<1>, &Tile<2>, &Tile<3>
 
 // Panels [p0, p1) of the product: each thread streams one contiguous stretch
 // of the packed weights, in memory order.
-__attribute__((target("avx512f"))) void Panels(const float* a, int64_t m, int64_t k,
-                                               const float* w, int64_t n, const float* bias,
-                                               float* c, int64_t p0, int64_t p1) {
+__attribute__((target("avx512f"))) void Panels(const float* a, int64_t m, int64_t k, const float* w,
+                                               int64_t n, const float* bias, float* c, int64_t p0,
+                                               int64_t p1) {
   const int64_t kpad = (k + 15) / 16 * 16;
   const int64_t panels = (n + kPanel - 1) / kPanel;
   const char* const w_end = reinterpret_cast<const char*>(w + panels * kpad * kPanel);
@@ -122,9 +122,8 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
     throw Error(ErrorKind::kInternal, "small_gemm::Run called outside its row range or ISA");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    Panels(a, m, k, w, n, bias, c, p0, p1);
-  });
+  at::parallel_for(0, panels, 1,
+                   [&](int64_t p0, int64_t p1) { Panels(a, m, k, w, n, bias, c, p0, p1); });
 }
 
 #else  // not x86-64 GCC/Clang
