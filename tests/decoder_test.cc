@@ -7,8 +7,10 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "gritserve/cache/kv_cache.h"
 #include "test_util.h"
@@ -404,6 +406,32 @@ TEST_F(DecoderTest, LastPositionOnlyEqualsTheLastRowAndFillsTheSameCache) {
   in.last_position_only = true;
   std::vector<at::Tensor> outputs;
   EXPECT_THROW(decoder_->Forward(in, nullptr, &outputs), std::exception);
+}
+
+// Weights are immutable and request state is passed in, so callers on several
+// threads at once must each get their own answer, prompt-sized attention
+// products (oneDNN, with packed operands in a scratchpad) included.
+TEST_F(DecoderTest, ConcurrentForwardsFromSeveralThreadsEqualSerialOnes) {
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t i = 0; i < 4; ++i) {
+    std::vector<int64_t> ids;
+    for (int64_t j = 0; j < 20 + 7 * i; ++j) ids.push_back(100 + 37 * j + 1000 * i);
+    prompts.push_back(ids);
+  }
+  std::vector<at::Tensor> serial;
+  for (const auto& ids : prompts) serial.push_back(Run(ids, AttentionSpec::Causal()));
+  std::vector<double> worst(prompts.size(), 0);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] {
+      c10::InferenceMode guard;
+      for (int rep = 0; rep < 10; ++rep) {
+        worst[i] = std::max(worst[i], MaxDiff(Run(prompts[i], AttentionSpec::Causal()), serial[i]));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_LT(worst[i], 1e-4) << "caller " << i;
 }
 
 TEST_F(DecoderTest, EarlyExitEqualsIntermediateHiddenState) {

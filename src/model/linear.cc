@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <unordered_map>
+#include <utility>
 
 #include "gritserve/common/error.h"
 #include "gritserve/model/cpu_kernels.h"
@@ -168,19 +169,18 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     const dnnl::memory::desc bias_md({1, out_}, Dt::f32, Tag::ab);
     // One primitive per (rows, shape, bias, layout, precision), shared by every
     // layer of that shape.
-    dnnl::matmul prim = onednn::CachedMatmul({0, m, in_, out_, bias, packed_->blocked, bf16}, [&] {
-      return bias ? dnnl::matmul::primitive_desc(
-                        dnnl::matmul::desc(src_md, packed_->weights, bias_md, dst_md), CpuEngine())
-                  : dnnl::matmul::primitive_desc(
-                        dnnl::matmul::desc(src_md, packed_->weights, dst_md), CpuEngine());
-    });
+    const onednn::Matmul prim =
+        onednn::CachedMatmul({0, m, in_, out_, bias, packed_->blocked, bf16}, [&] {
+          return bias ? dnnl::matmul::desc(src_md, packed_->weights, bias_md, dst_md)
+                      : dnnl::matmul::desc(src_md, packed_->weights, dst_md);
+        });
     dnnl::engine& engine = CpuEngine();
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, dnnl::memory(src_md, engine, src.data_ptr())},
         {DNNL_ARG_WEIGHTS, dnnl::memory(packed_->weights, engine, packed_->storage.data_ptr())},
         {DNNL_ARG_DST, dnnl::memory(dst_md, engine, out.data_ptr())}};
     if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, engine, bias_.data_ptr()));
-    onednn::Execute(prim, args);
+    onednn::Execute(prim, std::move(args));
     return out;
   }
 #endif

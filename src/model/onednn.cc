@@ -21,8 +21,7 @@ struct KeyHash {
 
 class PrimitiveCache {
  public:
-  dnnl::matmul Get(const std::vector<int64_t>& key,
-                   const std::function<dnnl::matmul::primitive_desc()>& make) {
+  Matmul Get(const std::vector<int64_t>& key, const std::function<dnnl::matmul::desc()>& make) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = map_.find(key);
@@ -31,7 +30,11 @@ class PrimitiveCache {
         return it->second.first;
       }
     }
-    dnnl::matmul prim(make());  // outside the lock: other shapes need not wait
+    // Outside the lock: other shapes need not wait.
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::matmul::primitive_desc pd(make(), attr, CpuEngine());
+    const Matmul prim{dnnl::matmul(pd), pd.scratchpad_desc().get_size()};
     std::lock_guard<std::mutex> lock(mu_);
     if (map_.count(key) == 0) {
       if (map_.size() >= kCapacity) {
@@ -49,7 +52,7 @@ class PrimitiveCache {
   std::mutex mu_;
   std::list<std::vector<int64_t>> lru_;
   std::unordered_map<std::vector<int64_t>,
-                     std::pair<dnnl::matmul, std::list<std::vector<int64_t>>::iterator>, KeyHash>
+                     std::pair<Matmul, std::list<std::vector<int64_t>>::iterator>, KeyHash>
       map_;
 };
 
@@ -65,19 +68,29 @@ dnnl::engine& CpuEngine() {
   return engine;
 }
 
-dnnl::matmul CachedMatmul(const std::vector<int64_t>& key,
-                          const std::function<dnnl::matmul::primitive_desc()>& make) {
+Matmul CachedMatmul(const std::vector<int64_t>& key,
+                    const std::function<dnnl::matmul::desc()>& make) {
   static PrimitiveCache cache;
   return cache.Get(key, make);
 }
 
-void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args) {
+void Execute(const Matmul& matmul, std::unordered_map<int, dnnl::memory> args) {
   // oneDNN runs on OpenMP in the calling thread; give it LibTorch's thread count.
   at::internal::lazy_init_num_threads();
   // A CPU stream carries no state between calls; one per thread saves
-  // creating one for every layer of every token.
+  // creating one for every layer of every token. The scratchpad is per thread
+  // too, grown to the largest any primitive here has asked for.
   thread_local dnnl::stream stream(CpuEngine());
-  prim.execute(stream, args);
+  thread_local at::Tensor scratchpad;
+  if (matmul.scratchpad_bytes > 0) {
+    const auto bytes = static_cast<int64_t>(matmul.scratchpad_bytes);
+    if (!scratchpad.defined() || scratchpad.numel() < bytes) {
+      scratchpad = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+    }
+    const dnnl::memory::desc md({bytes}, dnnl::memory::data_type::u8, dnnl::memory::format_tag::a);
+    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, CpuEngine(), scratchpad.data_ptr()));
+  }
+  matmul.prim.execute(stream, args);
   stream.wait();
 }
 
@@ -97,9 +110,7 @@ bool BatchedMatmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
   std::vector<int64_t> key{1, n0, n1, m, k, p};
   key.insert(key.end(), a_st.begin(), a_st.end());
   key.insert(key.end(), b_st.begin(), b_st.end());
-  dnnl::matmul prim = CachedMatmul(key, [&] {
-    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), CpuEngine());
-  });
+  const Matmul prim = CachedMatmul(key, [&] { return dnnl::matmul::desc(a_md, b_md, c_md); });
   out = at::empty({n0, n1, m, p}, a.options());
   dnnl::engine& e = CpuEngine();
   Execute(prim, {{DNNL_ARG_SRC, dnnl::memory(a_md, e, a.data_ptr())},

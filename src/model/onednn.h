@@ -18,15 +18,27 @@ bool Wanted();
 
 dnnl::engine& CpuEngine();
 
+// A primitive and the scratchpad it needs. Every primitive here takes its
+// scratchpad from the caller (a buffer per thread): oneDNN documents its
+// library-managed scratchpad as shared between primitives unless the library
+// was built for concurrent execution, which a distribution's build need not
+// be. Observed here: attention products run from both OpenMP threads at once
+// returned wrong values until the scratchpads were per thread.
+struct Matmul {
+  dnnl::matmul prim;
+  size_t scratchpad_bytes = 0;
+};
+
 // oneDNN fixes every shape when a primitive is created, and creating one costs
 // 0.5-1 ms (an implementation search), so primitives are kept by a caller-built
 // key (kind tag first, then shapes and strides). LRU-bounded: embedding batches
 // and prompts bring many distinct sizes.
-dnnl::matmul CachedMatmul(const std::vector<int64_t>& key,
-                          const std::function<dnnl::matmul::primitive_desc()>& make);
+Matmul CachedMatmul(const std::vector<int64_t>& key,
+                    const std::function<dnnl::matmul::desc()>& make);
 
-// Runs `prim` on the calling thread's OpenMP team, sized like LibTorch's.
-void Execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args);
+// Runs a primitive on the calling thread's OpenMP team, sized like LibTorch's
+// (alone, inside a parallel region), with a per-thread scratchpad.
+void Execute(const Matmul& matmul, std::unordered_map<int, dnnl::memory> args);
 
 // out = a @ b for 4-D float32 CPU tensors of any strides: a [N0, N1, M, K],
 // b [N0, N1, K, P] -> out [N0, N1, M, P] contiguous. Returns false (doing
