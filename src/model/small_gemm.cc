@@ -75,8 +75,10 @@ __attribute__((target("avx512f"))) void Panels(const float* a, int64_t m, int64_
       const int64_t kn = std::min(k, k0 + kKBlock) - k0;
       const float* block = panel + k0 * kPanel;  // [kn][64]
       // The next block in memory order (the next panel's first after the
-      // last), shared out over this block's tiles so that every inner step
-      // asks for one line: the bus works while the FMA units do.
+      // last), shared out over this block's tiles so that each inner step
+      // asks for at most one line: the bus works while the FMA units do.
+      // From 4 tiles (24 rows, see Suits) the tiles have steps enough to
+      // cover all 4 lines per weight row of the block.
       const char* next = reinterpret_cast<const char*>(block + kn * kPanel);
       const int64_t lines = kn * kPanel * 4 / kLineBytes;
       int64_t row = 0;
