@@ -101,7 +101,7 @@ TEST(LinearBackend, Bfloat16PackingRoundsInputsAndWeightsOnlyWhereSupported) {
   Linear from_bf16(w.to(at::kBFloat16), Linear::Layout::kOutIn, b, /*pack=*/true, at::kBFloat16);
   const at::Tensor probe = at::randn({5, 200});
   EXPECT_TRUE(at::equal(from_bf16(probe), lin(probe)));
-  for (int64_t m : {1, 7, 64}) {
+  for (int64_t m : {1, 7, 32, 64}) {
     at::Tensor x = at::randn({m, 200});
     at::Tensor y = lin(x);  // [M, out] float32
     ASSERT_EQ(y.scalar_type(), at::kFloat);
