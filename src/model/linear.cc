@@ -86,7 +86,7 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
   p->storage = StreamedWeightEmpty({static_cast<int64_t>(p->weights.get_size())}, at::kByte);
   p->blocked = true;
   p->bf16 = bf16;
-  p->small_gemm = !bf16 && small_gemm::Available() &&
+  p->small_gemm = !bf16 && small_gemm::Available() && !onednn::OnlyOneDnn() &&
                   p->weights == dnnl::memory::desc({in, out}, Dt::f32, Tag::BA16a64b);
   // The reorder also converts float32 to bfloat16 when asked.
   dnnl::memory src(plain, CpuEngine(), weight.data_ptr());
@@ -213,7 +213,7 @@ bool Linear::CpuBf16Available() {
 std::string Linear::CpuBackend() {
 #ifdef GRITSERVE_HAVE_DNNL
   if (!onednn::Wanted()) return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
-  if (OneDnnFast() && small_gemm::Available()) {
+  if (OneDnnFast() && small_gemm::Available() && !onednn::OnlyOneDnn()) {
     return "oneDNN brgemm, weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
   }
   if (OneDnnFast()) return "oneDNN brgemm, weights packed at load";

@@ -63,6 +63,11 @@ bool Wanted() {
   return v == nullptr || std::strcmp(v, "blas") != 0;
 }
 
+bool OnlyOneDnn() {
+  const char* v = std::getenv("GRITSERVE_CPU_GEMM");
+  return v != nullptr && std::strcmp(v, "onednn") == 0;
+}
+
 dnnl::engine& CpuEngine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;

@@ -12,9 +12,11 @@
 
 namespace gritserve::onednn {
 
-// False when GRITSERVE_CPU_GEMM=blas asks for LibTorch's BLAS path instead
-// (side-by-side benchmarks, and an escape hatch).
+// GRITSERVE_CPU_GEMM, for side-by-side benchmarks and as an escape hatch:
+// "blas" asks for LibTorch's BLAS path instead of oneDNN, "onednn" for
+// oneDNN at every row count (no small_gemm).
 bool Wanted();
+bool OnlyOneDnn();
 
 dnnl::engine& CpuEngine();
 

@@ -3,8 +3,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "gritserve/common/error.h"
 
@@ -110,13 +108,7 @@ __attribute__((target("avx512f"))) void Panels(const float* a, int64_t m, int64_
 
 }  // namespace
 
-bool Available() {
-  static const bool available = [] {
-    const char* v = std::getenv("GRITSERVE_CPU_GEMM");
-    return __builtin_cpu_supports("avx512f") && (v == nullptr || std::strcmp(v, "onednn") != 0);
-  }();
-  return available;
-}
+bool Available() { return __builtin_cpu_supports("avx512f"); }
 
 void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const float* bias,
          float* c) {

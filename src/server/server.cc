@@ -228,8 +228,10 @@ int RunServer(const ServerOptions& options) {
 
   // Port 0 takes any free port and says which in the log line below: callers
   // that start several servers at once (tests) need no free-port guess to race on.
-  const int port = options.port == 0 ? server.bind_to_any_port(options.host) : options.port;
-  if (port < 0 || (options.port != 0 && !server.bind_to_port(options.host, options.port))) {
+  const int port = options.port == 0 ? server.bind_to_any_port(options.host)
+                   : server.bind_to_port(options.host, options.port) ? options.port
+                                                                     : -1;
+  if (port < 0) {
     spdlog::error("cannot listen on {}:{}", options.host, options.port);
     return 1;
   }

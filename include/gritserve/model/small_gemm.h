@@ -18,8 +18,7 @@
 
 namespace gritserve::small_gemm {
 
-// Whether this CPU and build run the kernel (x86-64 with AVX-512F), and
-// GRITSERVE_CPU_GEMM is not "onednn" (side-by-side comparisons).
+// Whether this CPU and build run the kernel (x86-64 with AVX-512F).
 bool Available();
 
 // The row counts the kernel is chosen for; oneDNN's kernels win elsewhere
