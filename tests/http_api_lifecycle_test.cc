@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <chrono>
 #include <fstream>
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -113,6 +115,24 @@ TEST(HttpShutdownTest, SigtermDrainsInFlightRequestsThenExitsZero) {
   EXPECT_FALSE(g["text"].get<std::string>().empty());
   // Signal 0 sends nothing: this only waits for the exit.
   EXPECT_EQ(server.Signal(0), 0) << server.Log();
+}
+
+TEST(HttpStartupTest, PortZeroBindsAFreePortThatBothLogLinesName) {
+  ServerProcess server(TinyCheckpointDir());  // started with --port 0
+  ASSERT_GT(server.port(), 0);
+  const std::string where = "http://127.0.0.1:" + std::to_string(server.port());
+  // Healthy means loaded; the "ready" line follows the load within moments.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server.Log().find("ready: model") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string log = server.Log();
+  EXPECT_NE(log.find("listening on " + where + " "), std::string::npos) << log;
+  const size_t ready = log.find("ready: model");
+  ASSERT_NE(ready, std::string::npos) << log;
+  const std::string line = log.substr(ready, log.find('\n', ready) - ready);
+  EXPECT_EQ(line.substr(line.size() - where.size()), where) << line;
 }
 
 TEST(HttpShutdownTest, SigintWhenIdleExitsZero) {
