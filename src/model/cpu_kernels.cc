@@ -11,6 +11,7 @@
 #include <string>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/work_steal.h"
 
 // One copy of each hot loop per ISA level, picked once at load time by the
 // dynamic linker (an ifunc): the binary stays portable to any x86-64 while
@@ -29,6 +30,18 @@ namespace {
 // below that, waking the second thread costs more than the work.
 int64_t RowGrain(int64_t row_floats) {
   return std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, row_floats));
+}
+
+// Rows [0, rows) of a weight-streaming product in pieces of about 256 KB,
+// shared out with work stealing: these loops are bound by memory bandwidth,
+// which neighbours on the bus take unevenly from the two cores.
+template <class Fn>
+void StreamRows(int64_t rows, int64_t row_bytes, const Fn& fn) {
+  const int64_t piece =
+      std::max<int64_t>(1, (int64_t{256} << 10) / std::max<int64_t>(1, row_bytes));
+  work_steal::ParallelFor((rows + piece - 1) / piece, [&](int64_t i, int64_t) {
+    fn(i * piece, std::min(rows, (i + 1) * piece));
+  });
 }
 
 float BitsToFloat(int32_t bits) {
@@ -385,8 +398,7 @@ at::Tensor Gemv(const at::Tensor& w, const at::Tensor& x) {
   const float* wp = w.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, out, RowGrain(in),
-                   [&](int64_t b, int64_t e) { GemvRows(wp, xp, yp, b, e, in); });
+  StreamRows(out, in * 4, [&](int64_t b, int64_t e) { GemvRows(wp, xp, yp, b, e, in); });
   return y;
 }
 
@@ -402,8 +414,8 @@ at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w) {
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, out, RowGrain(in),
-                   [&](int64_t b, int64_t e) { Bf16WeightRows(wp, xp, yp, b, e, in, out, m); });
+  StreamRows(out, in * 2,
+             [&](int64_t b, int64_t e) { Bf16WeightRows(wp, xp, yp, b, e, in, out, m); });
   return y;
 }
 

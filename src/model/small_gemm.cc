@@ -1,10 +1,9 @@
 #include "gritserve/model/small_gemm.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/work_steal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -57,51 +56,52 @@ using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bo
 constexpr TileFn kTiles[kTileRows + 1] = {nullptr,  &Tile<1>, &Tile<2>, &Tile<3>,
                                           &Tile<4>, &Tile<5>, &Tile<6>};
 
-// Panels [p0, p1) of the product: each thread streams one contiguous stretch
-// of the packed weights, in memory order.
-__attribute__((target("avx512f"))) void Panels(const float* a, int64_t m, int64_t k, const float* w,
-                                               int64_t n, const float* bias, float* c, int64_t p0,
-                                               int64_t p1) {
+// Panel p of the product, asking for panel `next` (-1: none) to be brought
+// into L2 while the last block of p is multiplied.
+__attribute__((target("avx512f"))) void Panel(const float* a, int64_t m, int64_t k, const float* w,
+                                              int64_t n, const float* bias, float* c, int64_t p,
+                                              int64_t next) {
   const int64_t kpad = (k + 15) / 16 * 16;
-  const int64_t panels = (n + kPanel - 1) / kPanel;
-  const char* const w_end = reinterpret_cast<const char*>(w + panels * kpad * kPanel);
   const int64_t tiles = (m + kTileRows - 1) / kTileRows;
-  alignas(64) float acc[kMaxRows * kPanel];  // [m][64]: one panel's outputs
-  for (int64_t p = p0; p < p1; ++p) {
-    const float* panel = w + p * kpad * kPanel;
-    for (int64_t k0 = 0; k0 < k; k0 += kKBlock) {
-      const int64_t kn = std::min(k, k0 + kKBlock) - k0;
-      const float* block = panel + k0 * kPanel;  // [kn][64]
-      // The next block in memory order (the next panel's first after the
-      // last), shared out over this block's tiles so that each inner step
-      // asks for at most one line: the bus works while the FMA units do.
-      // From 4 tiles (24 rows, see Suits) the tiles have steps enough to
-      // cover all 4 lines per weight row of the block.
-      const char* next = reinterpret_cast<const char*>(block + kn * kPanel);
-      const int64_t lines = kn * kPanel * 4 / kLineBytes;
-      int64_t row = 0;
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t rows = (m - row + (tiles - t) - 1) / (tiles - t);  // even split
-        const char* pf = next + kLineBytes * (lines * t / tiles);
-        int64_t npf = lines * (t + 1) / tiles - lines * t / tiles;
-        npf = std::max<int64_t>(0, std::min<int64_t>(npf, (w_end - pf) / kLineBytes));
-        kTiles[rows](a + row * k + k0, k, block, kn, acc + row * kPanel, k0 == 0, pf, npf);
-        row += rows;
-      }
+  alignas(64) float acc[kMaxRows * kPanel];  // [m][64]: the panel's outputs
+  const float* panel = w + p * kpad * kPanel;
+  for (int64_t k0 = 0; k0 < k; k0 += kKBlock) {
+    const int64_t kn = std::min(k, k0 + kKBlock) - k0;
+    const float* block = panel + k0 * kPanel;  // [kn][64]
+    // The block multiplied next (the next panel's first after the last),
+    // shared out over this block's tiles so that each inner step asks for at
+    // most one line: the bus works while the FMA units do. From 4 tiles (24
+    // rows, see Suits) the tiles have steps enough to cover all 4 lines per
+    // weight row of the block.
+    const bool last = k0 + kn >= k;
+    const float* next_block = !last       ? block + kn * kPanel
+                              : next >= 0 ? w + next * kpad * kPanel
+                                          : nullptr;
+    const int64_t next_rows = !last ? std::min(k, k0 + kn + kKBlock) - (k0 + kn) : kKBlock;
+    const char* pf = reinterpret_cast<const char*>(next_block);
+    const int64_t lines =
+        next_block == nullptr ? 0 : std::min(kn, next_rows) * kPanel * 4 / kLineBytes;
+    int64_t row = 0;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t rows = (m - row + (tiles - t) - 1) / (tiles - t);  // even split
+      const int64_t l0 = lines * t / tiles, l1 = lines * (t + 1) / tiles;
+      kTiles[rows](a + row * k + k0, k, block, kn, acc + row * kPanel, k0 == 0,
+                   pf == nullptr ? nullptr : pf + kLineBytes * l0, l1 - l0);
+      row += rows;
     }
-    const int64_t cols = std::min(kPanel, n - p * kPanel);
-    const __mmask16 full = 0xFFFF;
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < 4; ++j) {
-        const int64_t left = cols - 16 * j;
-        if (left <= 0) break;
-        const __mmask16 mask = left >= 16 ? full : static_cast<__mmask16>((1u << left) - 1);
-        __m512 v = _mm512_load_ps(acc + r * kPanel + 16 * j);
-        if (bias != nullptr) {
-          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + p * kPanel + 16 * j));
-        }
-        _mm512_mask_storeu_ps(c + r * n + p * kPanel + 16 * j, mask, v);
+  }
+  const int64_t cols = std::min(kPanel, n - p * kPanel);
+  const __mmask16 full = 0xFFFF;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < 4; ++j) {
+      const int64_t left = cols - 16 * j;
+      if (left <= 0) break;
+      const __mmask16 mask = left >= 16 ? full : static_cast<__mmask16>((1u << left) - 1);
+      __m512 v = _mm512_load_ps(acc + r * kPanel + 16 * j);
+      if (bias != nullptr) {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + p * kPanel + 16 * j));
       }
+      _mm512_mask_storeu_ps(c + r * n + p * kPanel + 16 * j, mask, v);
     }
   }
 }
@@ -116,8 +116,8 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
     throw Error(ErrorKind::kInternal, "small_gemm::Run called outside its row range or ISA");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  at::parallel_for(0, panels, 1,
-                   [&](int64_t p0, int64_t p1) { Panels(a, m, k, w, n, bias, c, p0, p1); });
+  work_steal::ParallelFor(panels,
+                          [&](int64_t p, int64_t next) { Panel(a, m, k, w, n, bias, c, p, next); });
 }
 
 #else  // not x86-64 GCC/Clang
