@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "gritserve/cache/kv_cache.h"
+#include "gritserve/model/checkpoint_writer.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -266,6 +267,67 @@ TEST_F(DecoderTest, FusedAndLibTorchElementwiseKernelsAgree) {
     EXPECT_LT(MaxDiff(k1[l][0], decoder_->RotateKeys(ks[l], 37)), 1e-5);
     EXPECT_TRUE(at::equal(v1[l][0], vs[l]));
   }
+}
+
+// At head_dim 64 (Qwen2.5's) prompt-sized attention runs as one fused CPU
+// pass (cpu_attention); the fixture's head_dim 16 never reaches it. Against
+// LibTorch's three steps on a random checkpoint of that shape: a padded batch
+// after a cache longer than one softmax chunk, bidirectional rows, and the
+// cached-documents layout (documents bidirectional in blocks, the prompt
+// causal over all of them).
+TEST_F(DecoderTest, FusedAttentionMatchesLibTorchAtHeadDim64) {
+  const ModelConfig config = ModelConfig::FromJsonText(json{
+      {"architectures", {"Qwen2ForCausalLM"}},
+      {"hidden_size", 256},
+      {"intermediate_size", 64},
+      {"num_hidden_layers", 2},
+      {"num_attention_heads", 4},
+      {"num_key_value_heads", 2},
+      {"vocab_size", 97},
+      {"tie_word_embeddings", true},
+      {"bos_token_id", 1},
+      {"eos_token_id", 2}}.dump());
+  ASSERT_EQ(config.head_dim, 64);
+  const std::string dir = testing::MakeTempDir("decoder_hd64");
+  RandomWeightsOptions options;
+  options.seed = 5;
+  options.init_std = 0.1f;  // peaked attention: the softmax's maximum matters
+  WriteRandomCheckpoint(dir, config, options);
+  auto load = [&] { return LoadWeights(dir, config, at::kFloat, at::kCPU); };
+  const Decoder fused(config, load());
+  EXPECT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
+  const Decoder plain(config, load());
+  EXPECT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+
+  at::manual_seed(13);
+  const int64_t b = 2, past = 300, t = 12;
+  CachedBatch batch{at::randint(3, 97, {b, past}, at::kLong), at::randint(3, 97, {b, t}, at::kLong),
+                    at::ones({b, t}, at::kBool)};
+  batch.valid[1].narrow(0, 7, t - 7).fill_(false);
+  for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
+    KvCache c1 = fused.NewCache(b), c2 = plain.NewCache(b);
+    const ForwardInput first = BatchInput(batch.prefix, 0, spec);
+    EXPECT_LT(MaxDiff(fused.Forward(first, &c1), plain.Forward(first, &c2)), 1e-4);
+    const ForwardInput next = BatchInput(batch.ids, past, spec, batch.valid);
+    const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [B, T, H]
+    EXPECT_LT(MaxDiff(x.index({batch.valid}), y.index({batch.valid})), 1e-4)
+        << "mode " << static_cast<int>(spec.mode);
+    EXPECT_LT(
+        MaxDiff(fused.Logits(x[0].narrow(0, t - 1, 1)), plain.Logits(y[0].narrow(0, t - 1, 1))),
+        1e-4);
+  }
+  // Two documents (bidirectional blocks) cached, then a prompt over both.
+  const AttentionSpec docs = AttentionSpec::Blocks({{180, true, false}, {120, true, false}});
+  const AttentionSpec prompt =
+      AttentionSpec::Blocks({{180, true, false}, {120, true, false}, {t, false, true}});
+  KvCache c1 = fused.NewCache(1), c2 = plain.NewCache(1);
+  const ForwardInput first = BatchInput(batch.prefix.narrow(0, 0, 1), 0, docs);
+  EXPECT_LT(MaxDiff(fused.Forward(first, &c1), plain.Forward(first, &c2)), 1e-4);
+  const ForwardInput next = BatchInput(batch.ids.narrow(0, 0, 1), past, prompt);
+  const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [1, T, H]
+  EXPECT_LT(MaxDiff(x, y), 1e-4);
+  EXPECT_LT(MaxDiff(fused.Logits(x[0].narrow(0, t - 1, 1)), plain.Logits(y[0].narrow(0, t - 1, 1))),
+            1e-4);
 }
 
 // Several sequences through one ForwardMany (shared linear layers, attention

@@ -5,12 +5,17 @@
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
+#include "gritserve/model/cpu_attention.h"
 #include "gritserve/model/cpu_kernels.h"
 #include "gritserve/model/host_memory.h"
 #include "onednn.h"
 
 namespace gritserve {
 namespace {
+
+// Query rows (G T) from which attention runs as one fused CPU pass; decode
+// steps (G rows) keep LibTorch's products, whose per-call cost is lower there.
+constexpr int64_t kFusedAttentionRows = 16;
 
 // Large finite negative instead of -inf: a fully masked row (padding) then
 // yields a harmless uniform softmax rather than NaN (whose K/V would poison
@@ -338,7 +343,14 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
     // Grouped-query attention without copying K/V per query head: the G query
     // heads that share a KV head are stacked along the token axis.
     at::Tensor qg = qs.reshape({sb, hkv, g * st, d});  // [B_i, Hkv, G T_i, D]
-    at::Tensor out;                                    // [B_i, Hkv, G T_i, D]
+    if (fused_cpu_ && g * st >= kFusedAttentionRows && q_scale == 1.0) {
+      const at::Tensor mask3 = mask.reshape({sb, st, s});  // [B_i, T_i, S]
+      if (cpu_attention::Suits(qg, ks, vs, mask3, g)) {
+        outs.push_back(cpu_attention::Attend(qg, ks, vs, mask3, g));  // [B_i T_i, Hq D]
+        continue;
+      }
+    }
+    at::Tensor out;  // [B_i, Hkv, G T_i, D]
     if (!AttentionOneDnn(onednn_attention_, qg, ks, vs, mask, q_scale, g, fused_cpu_, &out)) {
       at::Tensor scores = at::matmul(qg, ks.transpose(-1, -2));  // [B_i, Hkv, G T_i, S]
       if (q_scale != 1) scores.mul_(q_scale);

@@ -1,0 +1,42 @@
+// Grouped-query attention for prompt-sized float32 inputs on AVX-512 CPUs, in
+// one pass per block of query rows: scores, masked softmax and the product
+// with V stay in L1/L2 instead of a [G T, S] score matrix per KV head going
+// out to memory and back between three separate steps.
+//
+// A question over cached documents (32 tokens against 1312 keys in
+// Qwen2.5-0.5B's shape) spent about 0.7 ms per layer in attention that way:
+// two oneDNN products of 0.25 ms each, a softmax pass over 2.4 MB of scores
+// and a transposing copy of the output. Keys are first packed transposed in
+// 64-key panels (once per KV head, shared by all its row blocks); each row
+// block then walks the keys in chunks with an online softmax (running max
+// and sum, the partial output rescaled when the max grows), so any key count
+// works with fixed scratch. Results equal the three-step formulation up to
+// summation order. Alternating the two per request in one process, the cached
+// request's median time to first token fell 2-4%; prefill and embedding
+// throughput stayed within noise.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace gritserve::cpu_attention {
+
+// Whether this CPU and build run the kernel (x86-64 with AVX-512F).
+bool Available();
+
+// Whether Attend takes these operands: CPU float32, D a multiple of 64 up to
+// 256, unit stride along D for k and v, q and mask contiguous, and shapes as
+// Attend describes.
+bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+           int64_t g);
+
+// softmax(q k^T + mask) v, written in the layout the output projection reads.
+//   q: [B, Hkv, G T, D] contiguous, already multiplied by 1/sqrt(D); row
+//      gi T + t of q[b, h] is query head h G + gi at token t
+//   k, v: [B, Hkv, S, D], unit stride along D (KV cache views, or views
+//      into the fused projection output)
+//   mask: [B, T, S] contiguous, additive (0 where allowed)
+//   -> [B T, Hkv G D]
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& mask, int64_t g);
+
+}  // namespace gritserve::cpu_attention
