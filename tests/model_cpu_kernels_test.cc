@@ -162,13 +162,17 @@ TEST(CpuKernels, GemvMatchesFloat64Product) {
 
 TEST(CpuKernels, Bfloat16WeightsEqualTheirFloat32ValuesInTheProduct) {
   at::manual_seed(7);
-  for (int64_t m : {1, 3, 4, 9}) {
-    at::Tensor w16 = at::randn({1003, 67}).to(at::kBFloat16);  // [O, I]
-    at::Tensor x = at::randn({m, 67});
-    at::Tensor ref = at::matmul(x.to(at::kDouble), w16.to(at::kDouble).t());  // exact weights
-    at::Tensor y = cpu_kernels::MatmulBf16Weights(x, w16);
-    ASSERT_EQ(y.sizes(), (at::IntArrayRef{m, 1003}));
-    EXPECT_LT(MaxDiff(y, ref), 1e-4) << "rows " << m;
+  // Odd and even depths: one row at an even depth takes the AVX-512 path that
+  // splits x into even and odd elements, with a partial last vector at 30.
+  for (int64_t in : {67, 30, 896}) {
+    for (int64_t m : {1, 3, 4, 9}) {
+      at::Tensor w16 = at::randn({1003, in}).to(at::kBFloat16);  // [O, I]
+      at::Tensor x = at::randn({m, in});
+      at::Tensor ref = at::matmul(x.to(at::kDouble), w16.to(at::kDouble).t());  // exact weights
+      at::Tensor y = cpu_kernels::MatmulBf16Weights(x, w16);
+      ASSERT_EQ(y.sizes(), (at::IntArrayRef{m, 1003}));
+      EXPECT_LT(MaxDiff(y, ref), 1e-4 * std::sqrt(in / 67.0)) << "rows " << m << " depth " << in;
+    }
   }
   EXPECT_THROW(cpu_kernels::MatmulBf16Weights(at::randn({2, 8}), at::randn({3, 8})),
                std::exception);  // float32 weights belong elsewhere

@@ -9,6 +9,14 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
+// AVX-512 headers once they are inlined.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
 
 #include "gritserve/common/error.h"
 #include "gritserve/model/work_steal.h"
@@ -269,6 +277,67 @@ void Bf16WeightRows(const uint16_t* w, const float* x, float* y, int64_t begin, 
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GRITSERVE_BF16_GEMV_AVX512 1
+// One row of x against bfloat16 rows [r, r + R) of W, for AVX-512 CPUs. A
+// 32-bit lane of W holds two bfloat16 values, element 2i in its low half and
+// 2i+1 in its high half: shifting the lane left by 16 gives element 2i as a
+// float, masking off the low half gives 2i+1, with no shuffles across lanes.
+// x comes split the same way (xe: even elements, xo: odd). The compiler's
+// version of Bf16WeightRows widened through 256-bit halves and streamed ~24 GB/s
+// of weights here, this one ~33 GB/s (LM head of the 0.5B shape: 10.6 -> 8.1 ms).
+// R is a template argument so the accumulators stay in registers, and only a
+// partial last vector uses masked loads: on the AMD cores measured, masked
+// loads throughout ran the loop at two thirds of its speed.
+//   w: [O, I] (I even); xe, xo: [I / 2]; y: [O]
+template <int R>
+__attribute__((target("avx512f"))) void Bf16RowsAvx512(const uint16_t* w, const float* xe,
+                                                       const float* xo, float* y, int64_t r,
+                                                       int64_t in) {
+  const int64_t half = in / 2;
+  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  // Two chains per row (even, odd elements): one alone is bound by FMA latency.
+  __m512 acc[R], odd[R];
+  for (int i = 0; i < R; ++i) acc[i] = odd[i] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= half; k += 16) {
+    const __m512 ve = _mm512_loadu_ps(xe + k);
+    const __m512 vo = _mm512_loadu_ps(xo + k);
+    for (int i = 0; i < R; ++i) {
+      const __m512i wv = _mm512_loadu_si512(w + (r + i) * in + 2 * k);
+      acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), ve, acc[i]);
+      odd[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, high)), vo, odd[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_add_ps(acc[i], odd[i]);
+  if (k < half) {  // a partial last vector
+    const __mmask16 lanes = static_cast<__mmask16>((1u << (half - k)) - 1);
+    const __m512 ve = _mm512_maskz_loadu_ps(lanes, xe + k);
+    const __m512 vo = _mm512_maskz_loadu_ps(lanes, xo + k);
+    for (int i = 0; i < R; ++i) {
+      const __m512i wv = _mm512_maskz_loadu_epi32(lanes, w + (r + i) * in + 2 * k);
+      acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), ve, acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, high)), vo, acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc[i]);
+    float sum = 0;
+    for (float v : lanes) sum += v;
+    y[r + i] = sum;
+  }
+}
+
+void Bf16RowsAvx512(const uint16_t* w, const float* xe, const float* xo, float* y, int64_t begin,
+                    int64_t end, int64_t in) {
+  int64_t r = begin;
+  for (; r + 8 <= end; r += 8) Bf16RowsAvx512<8>(w, xe, xo, y, r, in);
+  for (; r + 4 <= end; r += 4) Bf16RowsAvx512<4>(w, xe, xo, y, r, in);
+  for (; r < end; ++r) Bf16RowsAvx512<1>(w, xe, xo, y, r, in);
+}
+#endif
+
 void Require(bool ok, const char* what) {
   if (!ok) throw Error(ErrorKind::kInternal, std::string("cpu kernel: ") + what);
 }
@@ -414,6 +483,21 @@ at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w) {
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+#ifdef GRITSERVE_BF16_GEMV_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (m == 1 && in % 2 == 0 && avx512) {  // time to first token, decode: the one-row stream
+    std::vector<float> split(static_cast<size_t>(in));  // [even elements | odd elements]
+    for (int64_t i = 0; i < in / 2; ++i) {
+      split[i] = xp[2 * i];
+      split[in / 2 + i] = xp[2 * i + 1];
+    }
+    const float* xe = split.data();
+    const float* xo = xe + in / 2;
+    StreamRows(out, in * 2,
+               [&](int64_t b, int64_t e) { Bf16RowsAvx512(wp, xe, xo, yp, b, e, in); });
+    return y;
+  }
+#endif
   StreamRows(out, in * 2,
              [&](int64_t b, int64_t e) { Bf16WeightRows(wp, xp, yp, b, e, in, out, m); });
   return y;
