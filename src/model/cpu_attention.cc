@@ -144,8 +144,16 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
       const int64_t row = r0 + r, ti = row % o.t;
       float* p = sc + r * kChunk;
       const float* m = o.mask + (b * o.t + ti) * o.s + j0;
+      // Masked loads only for the last partial vector: on the AMD cores
+      // measured, masked loads in a main loop ran it at three quarters speed.
       __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int64_t j = 0; j < cn; j += 16) {
+      int64_t j = 0;
+      for (; j + 16 <= cn; j += 16) {
+        const __m512 x = _mm512_add_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(m + j));
+        _mm512_storeu_ps(p + j, x);
+        vmax = _mm512_max_ps(vmax, x);
+      }
+      if (j < cn) {
         const __mmask16 lanes = Lanes(cn - j);
         const __m512 x =
             _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, p + j), _mm512_maskz_loadu_ps(lanes, m + j));
@@ -155,7 +163,12 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
       const float new_max = std::max(mx[r], _mm512_reduce_max_ps(vmax));
       const __m512 nm = _mm512_set1_ps(new_max);
       __m512 vsum = _mm512_setzero_ps();
-      for (int64_t j = 0; j < cn; j += 16) {
+      for (j = 0; j + 16 <= cn; j += 16) {
+        const __m512 e = ExpVec(_mm512_sub_ps(_mm512_loadu_ps(p + j), nm));
+        _mm512_storeu_ps(p + j, e);
+        vsum = _mm512_add_ps(vsum, e);
+      }
+      if (j < cn) {
         const __mmask16 lanes = Lanes(cn - j);
         const __m512 e = ExpVec(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), nm));
         _mm512_mask_storeu_ps(p + j, lanes, e);
