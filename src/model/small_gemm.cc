@@ -91,17 +91,21 @@ __attribute__((target("avx512f"))) void Panel(const float* a, int64_t m, int64_t
     }
   }
   const int64_t cols = std::min(kPanel, n - p * kPanel);
-  const __mmask16 full = 0xFFFF;
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t j = 0; j < 4; ++j) {
       const int64_t left = cols - 16 * j;
       if (left <= 0) break;
-      const __mmask16 mask = left >= 16 ? full : static_cast<__mmask16>((1u << left) - 1);
       __m512 v = _mm512_load_ps(acc + r * kPanel + 16 * j);
-      if (bias != nullptr) {
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + p * kPanel + 16 * j));
+      float* dst = c + r * n + p * kPanel + 16 * j;
+      const float* b = bias == nullptr ? nullptr : bias + p * kPanel + 16 * j;
+      if (left >= 16) {  // masked loads and stores are slow on some cores: full vectors plain
+        if (b != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(b));
+        _mm512_storeu_ps(dst, v);
+      } else {
+        const auto mask = static_cast<__mmask16>((1u << left) - 1);
+        if (b != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, b));
+        _mm512_mask_storeu_ps(dst, mask, v);
       }
-      _mm512_mask_storeu_ps(c + r * n + p * kPanel + 16 * j, mask, v);
     }
   }
 }
