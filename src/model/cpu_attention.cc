@@ -12,66 +12,23 @@
 // AVX-512 headers (max, min, conversions, reductions) once they are inlined.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include "avx512_tile.h"
 #define GRITSERVE_CPU_ATTENTION 1
 #endif
 
 namespace gritserve::cpu_attention {
 namespace {
-constexpr int64_t kPanel = 64;  // keys per packed K^T panel; output columns per tile
+constexpr int64_t kPanel =
+    64;  // keys per packed K^T panel; output columns per tile (avx512_tile::kCols)
 constexpr int64_t kMaxD = 256;
 }  // namespace
 
 #ifdef GRITSERVE_CPU_ATTENTION
 namespace {
 
-constexpr int64_t kChunk = 256;   // keys per online-softmax step: 4 panels
-constexpr int64_t kRows = 32;     // query rows per work item
-constexpr int64_t kTileRows = 6;  // 6 rows x 4 vectors = 24 accumulators
-
-// c[MR][64] (+)= a[MR][kn] b[kn][64]: rows of a at stride lda, rows of b at
-// stride ldb, rows of c at stride ldc.
-template <int MR>
-__attribute__((target("avx512f"))) void Tile(const float* a, int64_t lda, const float* b,
-                                             int64_t ldb, int64_t kn, float* c, int64_t ldc,
-                                             bool accumulate) {
-  __m512 acc[MR][4];
-  for (int r = 0; r < MR; ++r) {
-    for (int j = 0; j < 4; ++j) {
-      acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-    }
-  }
-  for (int64_t k = 0; k < kn; ++k, b += ldb) {
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-    const __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
-    }
-  }
-  for (int r = 0; r < MR; ++r) {
-    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(c + r * ldc + 16 * j, acc[r][j]);
-  }
-}
-
-using TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t,
-                        bool);
-constexpr TileFn kTiles[kTileRows + 1] = {nullptr,  &Tile<1>, &Tile<2>, &Tile<3>,
-                                          &Tile<4>, &Tile<5>, &Tile<6>};
-
-// The product of `rows` rows, cut into tiles of up to 6 rows of even size.
-inline void Tiles(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb,
-                  int64_t kn, float* c, int64_t ldc, bool accumulate) {
-  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
-  int64_t row = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t n = (rows - row + (tiles - t) - 1) / (tiles - t);
-    kTiles[n](a + row * lda, lda, b, ldb, kn, c + row * ldc, ldc, accumulate);
-    row += n;
-  }
-}
+constexpr int64_t kChunk = 256;  // keys per online-softmax step: 4 panels
+constexpr int64_t kRows = 32;    // query rows per work item
 
 // e^x, the same reduction and polynomial as cpu_kernels' scalar Exp (so the
 // two softmaxes agree to rounding); 0 below -87.
@@ -138,7 +95,7 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
     const int64_t cn = std::min(kChunk, o.s - j0);
     for (int64_t pp = 0; pp * kPanel < cn; ++pp) {
       const float* kt = o.kt + ((bh * o.panels + j0 / kPanel + pp) * d) * kPanel;  // [D][64]
-      Tiles(rows, q, d, kt, kPanel, d, sc + pp * kPanel, kChunk, false);
+      avx512_tile::Rows(rows, q, d, kt, kPanel, d, sc + pp * kPanel, kChunk, false);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = r0 + r, ti = row % o.t;
@@ -187,7 +144,7 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
       sum[r] += _mm512_reduce_add_ps(vsum);
     }
     for (int64_t c = 0; c < d; c += kPanel) {
-      Tiles(rows, sc, kChunk, v + j0 * o.vs + c, o.vs, cn, acc + c, d, true);
+      avx512_tile::Rows(rows, sc, kChunk, v + j0 * o.vs + c, o.vs, cn, acc + c, d, true);
     }
   }
   const int64_t width = o.hkv * o.g * d;
