@@ -13,9 +13,10 @@
 namespace gritserve {
 namespace {
 
-// Query rows (G T) from which attention runs as one fused CPU pass; decode
-// steps (G rows) keep LibTorch's products, whose per-call cost is lower there.
-constexpr int64_t kFusedAttentionRows = 16;
+// Query rows (G T) from which attention runs as a prompt (the fused CPU pass,
+// or oneDNN's products); decode steps (G rows) keep LibTorch's products,
+// whose per-call cost is lower there.
+constexpr int64_t kPromptRows = 16;
 
 // Large finite negative instead of -inf: a fully masked row (padding) then
 // yields a harmless uniform softmax rather than NaN (whose K/V would poison
@@ -60,10 +61,9 @@ at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
 bool AttentionOneDnn(bool enabled, const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& mask, double scale, int64_t g, bool fused, at::Tensor* out) {
 #ifdef GRITSERVE_HAVE_DNNL
-  constexpr int64_t kMinRows = 16;
   const int64_t b = qg.size(0), hkv = qg.size(1), rows = qg.size(2);
   const int64_t s = k.size(2), t = rows / g;
-  if (!enabled || rows < kMinRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) {
+  if (!enabled || rows < kPromptRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) {
     return false;
   }
   at::Tensor scores;  // [B, Hkv, G T, S]
@@ -343,7 +343,7 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
     // Grouped-query attention without copying K/V per query head: the G query
     // heads that share a KV head are stacked along the token axis.
     at::Tensor qg = qs.reshape({sb, hkv, g * st, d});  // [B_i, Hkv, G T_i, D]
-    if (fused_cpu_ && g * st >= kFusedAttentionRows && q_scale == 1.0) {
+    if (fused_cpu_ && g * st >= kPromptRows && q_scale == 1.0) {
       const at::Tensor mask3 = mask.reshape({sb, st, s});  // [B_i, T_i, S]
       if (cpu_attention::Suits(qg, ks, vs, mask3, g)) {
         outs.push_back(cpu_attention::Attend(qg, ks, vs, mask3, g));  // [B_i T_i, Hq D]
