@@ -14,6 +14,7 @@
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/model/checkpoint_writer.h"
+#include "gritserve/model/small_gemm.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -383,8 +384,9 @@ TEST_F(DecoderTest, ForwardManyEqualsEachSequenceAlone) {
 }
 
 // Weights that are bfloat16 numbers (a bfloat16 checkpoint run in float32):
-// the LM head and tied embedding table are held in bfloat16, exactly, and
-// hidden states and logits equal those of the float32-held model.
+// the LM head and tied embedding table are held in bfloat16, exactly, as are
+// the layers' matrices where the bfloat16-panel kernel runs, and hidden
+// states and logits equal those of the float32-held model.
 TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   WeightMap w = LoadWeights(dir_, *config_, at::kFloat, at::kCPU);
   {
@@ -401,6 +403,10 @@ TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   const Decoder& plain = *plain_decoder;
   EXPECT_TRUE(held.lm_head_in_bfloat16());
   EXPECT_FALSE(plain.lm_head_in_bfloat16());
+  const int64_t matrices = 4 * config_->num_hidden_layers;
+  EXPECT_EQ(held.layer_matrices_in_bfloat16(),
+            std::make_pair(small_gemm::Available() ? matrices : 0, matrices));
+  EXPECT_EQ(plain.layer_matrices_in_bfloat16().first, 0);
   ForwardInput in;
   in.ids = Ids({9707, 1879, 11, 1246, 525, 151643});
   in.positions = Positions(0, 6);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gritserve/model/linear.h"
+#include "gritserve/model/small_gemm.h"
 
 namespace gritserve {
 namespace {
@@ -114,6 +115,37 @@ TEST(LinearBackend, Bfloat16PackingRoundsInputsAndWeightsOnlyWhereSupported) {
     EXPECT_GT(err, 1e-5);
     EXPECT_LT(err, 0.05);
   }
+}
+
+TEST(LinearBackend, Bfloat16ValuedWeightsKeepFloat32ArithmeticFromBfloat16Panels) {
+  at::manual_seed(6);
+  // A bfloat16 checkpoint's matrix loaded in float32.
+  const at::Tensor w = (at::randn({150, 200}) * 0.1).to(at::kBFloat16).to(at::kFloat);
+  const at::Tensor b = at::randn({150});
+  for (Linear::Layout layout : {Linear::Layout::kOutIn, Linear::Layout::kInOut}) {
+    const at::Tensor src = layout == Linear::Layout::kOutIn ? w.clone() : w.t().contiguous();
+    Linear lin(src, layout, b, /*pack=*/true);
+    EXPECT_EQ(lin.bfloat16_values(), small_gemm::Available());
+    EXPECT_TRUE(lin.packed() || !Linear::CpuOneDnn());
+    for (int64_t m : {1, 3, 17, 32, 64, 130, 300}) {
+      at::Tensor x = at::randn({m, 200});  // [M, in]
+      const double err = (lin(x).to(at::kDouble) - Reference(x, w, b)).abs().max().item<double>();
+      EXPECT_LT(err, 1e-4) << "rows " << m;  // float32 arithmetic: no rounding of x
+    }
+    at::Tensor xt = at::randn({200, 5}).t();  // [5, in], not contiguous
+    EXPECT_LT((lin(xt).to(at::kDouble) - Reference(xt, w, b)).abs().max().item<double>(), 1e-4);
+  }
+  // One value that is not a bfloat16 number keeps the float32 copy.
+  at::Tensor w2 = w.clone();
+  w2[3][7] += 1e-6f;
+  EXPECT_FALSE(Linear(w2, Linear::Layout::kOutIn, b, /*pack=*/true).bfloat16_values());
+  // An explicit GEMM choice (here oneDNN everywhere) keeps its float32 path, with the same answer.
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_GEMM", "onednn", 1), 0);
+  Linear onednn(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_GEMM"), 0);
+  Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+  at::Tensor x = at::randn({40, 200});
+  EXPECT_LT((onednn(x) - lin(x)).abs().max().item<double>(), 1e-5);
 }
 
 TEST(LinearBackend, ConcurrentCallersWithDifferentRowCountsGetTheirOwnResults) {

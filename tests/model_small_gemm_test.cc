@@ -1,8 +1,11 @@
 // small_gemm: the prefetching product for a few dozen rows, on weights laid out
-// as oneDNN's BA16a64b (64-column panels of [kpad][64], zero-padded), checked
-// against a float64 product across row, column and depth tails.
+// as oneDNN's BA16a64b (64-column panels of [kpad][64], zero-padded), and the
+// bfloat16-panel product for any row count, checked against a float64 product
+// across row, column and depth tails.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <vector>
 
 #include "gritserve/model/small_gemm.h"
 
@@ -44,6 +47,68 @@ TEST(SmallGemm, MatchesFloat64ProductAcrossTails) {
             << "k " << s.k << " n " << s.n << " rows " << m << " bias " << with_bias;
       }
     }
+  }
+}
+
+// Values that are bfloat16 numbers, as a bfloat16 checkpoint loaded in float32.
+at::Tensor Bf16Valued(at::IntArrayRef shape) {
+  return (at::randn(shape) * 0.1).to(at::kBFloat16).to(at::kFloat);
+}
+
+TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCount) {
+  if (!small_gemm::Available()) {
+    EXPECT_ANY_THROW(small_gemm::RunBf16(nullptr, 1, 1, nullptr, 1, nullptr, nullptr));
+    return;
+  }
+  struct Shape {
+    int64_t k, n;
+  };
+  // Depths below, at and across the 128 and 256 blocks; columns ending
+  // mid-vector, mid-half and mid-panel.
+  for (const Shape s :
+       {Shape{896, 1152}, Shape{300, 200}, Shape{17, 64}, Shape{1, 5}, Shape{513, 33}}) {
+    at::manual_seed(s.k * 11 + s.n);
+    const at::Tensor w = Bf16Valued({s.n, s.k});  // [N, K]: HF's [out, in]
+    const at::Tensor bias = at::randn({s.n});
+    for (bool out_in : {true, false}) {
+      const at::Tensor src = out_in ? w : w.t().contiguous();
+      at::Tensor packed = at::full({small_gemm::Bf16PanelElements(s.k, s.n)}, 7, at::kShort);
+      small_gemm::PackBf16(src.data_ptr<float>(), out_in, s.k, s.n,
+                           reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>()));
+      for (int64_t m : {1, 2, 6, 7, 32, 64, 65, 97, 200}) {
+        const at::Tensor a = at::randn({m, s.k});
+        for (bool with_bias : {false, true}) {
+          at::Tensor c = at::full({m, s.n}, 123.0f);  // [M, N]: every element must be written
+          small_gemm::RunBf16(a.data_ptr<float>(), m, s.k,
+                              reinterpret_cast<const uint16_t*>(packed.data_ptr<int16_t>()), s.n,
+                              with_bias ? bias.data_ptr<float>() : nullptr, c.data_ptr<float>());
+          at::Tensor ref = at::matmul(a.to(at::kDouble), w.to(at::kDouble).t());
+          if (with_bias) ref = ref + bias.to(at::kDouble);
+          EXPECT_LT((c.to(at::kDouble) - ref).abs().max().item<double>(), 1e-4)
+              << "k " << s.k << " n " << s.n << " rows " << m << " bias " << with_bias << " out_in "
+              << out_in;
+        }
+      }
+    }
+  }
+}
+
+TEST(SmallGemm, Bfloat16PanelsInterleaveColumnsAndZeroPad) {
+  // One row of 40 columns, column j = j + 1: in each 32-column half, lane i
+  // holds columns i and i + 16; columns past 40 are zero.
+  const int64_t n = 40;
+  at::Tensor w = at::arange(1, n + 1, at::kFloat).view({n, 1});  // [out, in] with in = 1
+  std::vector<uint16_t> packed(static_cast<size_t>(small_gemm::Bf16PanelElements(1, n)), 9);
+  ASSERT_EQ(packed.size(), 64u);
+  small_gemm::PackBf16(w.data_ptr<float>(), /*out_in=*/true, 1, n, packed.data());
+  auto value = [&](size_t i) {
+    at::Tensor t = at::tensor({static_cast<int16_t>(packed[i])}, at::kShort);
+    return t.view(at::kBFloat16).item<float>();
+  };
+  for (int64_t j = 0; j < 64; ++j) {
+    const int64_t h = j / 32, c = j % 32;
+    const size_t slot = static_cast<size_t>(32 * h + 2 * (c % 16) + c / 16);
+    EXPECT_EQ(value(slot), j < n ? static_cast<float>(j + 1) : 0.0f) << "column " << j;
   }
 }
 

@@ -157,6 +157,13 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
           "LM head held in bfloat16: its float32 values are all bfloat16 numbers "
           "(exact; half the bytes per generated token)");
     }
+    if (const auto [held, all] = impl->decoder->layer_matrices_in_bfloat16(); held > 0) {
+      spdlog::info(
+          "{} of {} layer weight matrices held as bfloat16 panels: their values are bfloat16 "
+          "numbers, widened exactly for float32 products (half the weight memory and bytes "
+          "streamed)",
+          held, all);
+    }
   }
 
   for (int64_t id : impl->config.eos_token_ids) impl->eos_ids.insert(static_cast<int32_t>(id));

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -347,6 +348,19 @@ void Require(bool ok, const char* what) {
 bool Wanted() {
   const char* v = std::getenv("GRITSERVE_CPU_KERNELS");
   return v == nullptr || std::string(v) != "aten";
+}
+
+bool HoldsBfloat16Values(const at::Tensor& t) {
+  if (!Applies(t)) return false;
+  const at::Tensor c = t.contiguous();
+  const auto* bits = static_cast<const uint32_t*>(c.data_ptr());
+  std::atomic<bool> exact{true};
+  at::parallel_for(0, c.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    uint32_t low = 0;
+    for (int64_t i = begin; i < end; ++i) low |= bits[i];
+    if ((low & 0xFFFFu) != 0) exact = false;
+  });
+  return exact;
 }
 
 int Threads() {

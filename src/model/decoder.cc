@@ -37,13 +37,6 @@ at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
   return present ? Take(w, name) : at::Tensor();
 }
 
-// Whether a float32 CPU tensor holds only bfloat16 values (one loaded from a
-// bfloat16 checkpoint).
-bool IsBfloat16Exact(const at::Tensor& t) {
-  return t.device().is_cpu() && t.scalar_type() == at::kFloat &&
-         at::equal(t.to(at::kBFloat16).to(at::kFloat), t);
-}
-
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   if (!parts[0].defined()) return at::Tensor();
   return at::cat(parts, 0).contiguous();
@@ -136,7 +129,7 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && cpu_kernels::Wanted();
   norm_ = Take(weights, "model.norm.weight");
   at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
-  if (fused_cpu_ && !bf16 && IsBfloat16Exact(head)) {
+  if (fused_cpu_ && !bf16 && cpu_kernels::HoldsBfloat16Values(head)) {
     // A bfloat16 checkpoint computed in float32: the head's values are
     // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
     // bytes that every generated token streams (and, tied, the embedding
@@ -184,6 +177,16 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
                          TakeOptional(weights, m + "down_proj.bias", config.mlp_bias),
                          /*pack=*/true, packed);
   }
+}
+
+std::pair<int64_t, int64_t> Decoder::layer_matrices_in_bfloat16() const {
+  int64_t held = 0;
+  for (const Layer& l : layers_) {
+    for (const Linear* m : {&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj}) {
+      held += m->bfloat16_values() ? 1 : 0;
+    }
+  }
+  return {held, 4 * static_cast<int64_t>(layers_.size())};
 }
 
 KvCache Decoder::NewCache(int64_t batch) const {

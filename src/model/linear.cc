@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <unordered_map>
 #include <utility>
 
@@ -102,6 +104,19 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
 struct Linear::Packed {};
 #endif  // GRITSERVE_HAVE_DNNL
 
+namespace {
+
+// Whether bfloat16-valued float32 weights go to small_gemm's bfloat16 panels:
+// off with GRITSERVE_CPU_KERNELS=aten and with an explicit GRITSERVE_CPU_GEMM
+// (blas, onednn), which then keep their float32 paths for comparisons. Read
+// when a layer is built.
+bool Bf16PanelsWanted() {
+  return small_gemm::Available() && cpu_kernels::Wanted() &&
+         std::getenv("GRITSERVE_CPU_GEMM") == nullptr;
+}
+
+}  // namespace
+
 Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
                at::ScalarType packed_dtype)
     : layout_(layout), bias_(std::move(bias)) {
@@ -116,6 +131,14 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   if (!pack && layout == Layout::kOutIn && cpu_kernels::Applies(weight) && weight.is_contiguous() &&
       cpu_kernels::Wanted()) {
     gemv_weight_ = weight;
+  }
+  if (pack && packed_dtype == at::kFloat && in_ > 0 && out_ > 0 && Bf16PanelsWanted() &&
+      cpu_kernels::HoldsBfloat16Values(weight)) {
+    weight = weight.contiguous();
+    bf16_panels_ = StreamedWeightEmpty({small_gemm::Bf16PanelElements(in_, out_)}, at::kBFloat16);
+    small_gemm::PackBf16(weight.data_ptr<float>(), layout == Layout::kOutIn, in_, out_,
+                         static_cast<uint16_t*>(bf16_panels_.data_ptr()));
+    return;  // the float32 matrix is released with `weight`
   }
   const bool bf16 = packed_dtype == at::kBFloat16;
   const bool source_ok =
@@ -144,6 +167,20 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
 }
 
 at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (bf16_panels_.defined()) {
+    if (!cpu_kernels::Applies(x)) {
+      throw Error(ErrorKind::kInternal,
+                  "bfloat16-panel layer given a non-float32 or non-CPU input");
+    }
+    const int64_t m = x.size(0);
+    at::Tensor out = at::empty({m, out_}, x.options());  // [N, out]
+    if (m == 0) return out;
+    const at::Tensor a = x.contiguous();
+    small_gemm::RunBf16(a.data_ptr<float>(), m, in_,
+                        static_cast<const uint16_t*>(bf16_panels_.data_ptr()), out_,
+                        bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>());
+    return out;
+  }
   if (gemv_weight_.defined() && x.size(0) == 1 && cpu_kernels::Applies(x)) {
     at::Tensor y = cpu_kernels::Gemv(gemv_weight_, x.reshape({in_}).contiguous());  // [out]
     if (bias_.defined()) y.add_(bias_);

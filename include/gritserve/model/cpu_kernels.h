@@ -30,6 +30,11 @@ int Threads();
 // CPU float32 (contiguity is checked by each kernel's caller).
 bool Applies(const at::Tensor& t);
 
+// Whether a CPU float32 tensor holds only bfloat16 numbers (low 16 bits of
+// every value zero), as one loaded from a bfloat16 checkpoint does: then a
+// bfloat16 copy holds it exactly. One parallel pass, no copies.
+bool HoldsBfloat16Values(const at::Tensor& t);
+
 // x += delta (where delta is defined), in place, then returns
 // RMSNorm(x) * weight with HF's order of operations: (x * rsqrt(mean(x^2) + eps)) * weight.
 //   x, delta: [N, H] contiguous; weight: [H]  ->  [N, H]

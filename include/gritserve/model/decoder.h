@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gritserve/model/attention.h"
@@ -68,6 +69,11 @@ class Decoder {
   // Whether the LM head (and a tied embedding table) is held in bfloat16
   // because its float32 values are all bfloat16 numbers: exact, half the bytes.
   bool lm_head_in_bfloat16() const { return lm_head_bf16_.defined(); }
+
+  // How many of the layers' weight matrices are held as bfloat16 panels for
+  // float32 products, their values being bfloat16 numbers (see Linear), of
+  // how many in all (four per layer: fused q/k/v, o, fused gate/up, down).
+  std::pair<int64_t, int64_t> layer_matrices_in_bfloat16() const;
 
   // LM head on selected hidden states only.  hidden: [N, H] -> [N, V] float32
   at::Tensor Logits(const at::Tensor& hidden) const;

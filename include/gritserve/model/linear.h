@@ -7,6 +7,11 @@
 // whole weight matrix on every call, which for prompt-sized inputs costs about
 // as much as the arithmetic, and it is pinned to AVX2 here. Elsewhere (CUDA,
 // half precision, builds without oneDNN) it is at::addmm.
+//
+// Weights whose values are all bfloat16 numbers (a bfloat16 checkpoint, as
+// Qwen2.5 and GritLM ship, computed in float32) are instead kept in bfloat16
+// and multiplied by small_gemm's widening kernel at every row count: the
+// same float32 arithmetic from half the memory and half the bytes streamed.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,7 +46,9 @@ class Linear {
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  bool packed() const { return packed_ != nullptr; }
+  bool packed() const { return packed_ != nullptr || bf16_panels_.defined(); }
+  // Whether the weights are held as bfloat16 panels for float32 products (above).
+  bool bfloat16_values() const { return bf16_panels_.defined(); }
 
   // Which kernel family the layers of this build use on CPU float32, for logs.
   static std::string CpuBackend();
@@ -62,6 +69,7 @@ class Linear {
   at::Tensor bias_;                       // [out] or undefined
   std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
   at::Tensor gemv_weight_;                // [out, in] float32 CPU, read in place for one-row inputs
+  at::Tensor bf16_panels_;  // [Bf16PanelElements(in, out)] bfloat16, small_gemm::PackBf16's layout
 };
 
 }  // namespace gritserve

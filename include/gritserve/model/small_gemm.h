@@ -1,5 +1,6 @@
 // A float32 matrix product for a few dozen rows against weights packed in
-// oneDNN's blocked layout, overlapping the weight stream with the arithmetic.
+// oneDNN's blocked layout, overlapping the weight stream with the arithmetic;
+// and the same kernel over bfloat16-valued weights kept in bfloat16 (below).
 //
 // At 24-64 rows (a question over cached documents, a short prompt, a batch of
 // concurrent decode steps) a product reads each weight once from DRAM and
@@ -31,5 +32,26 @@ bool Suits(int64_t rows);
 //   bias: [n] or null; c: [m, n] row-major. Needs m <= 64.
 void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const float* bias,
          float* c);
+
+// The same product for weights whose values are bfloat16 numbers (a bfloat16
+// checkpoint computed in float32), kept in bfloat16 and widened exactly in
+// registers: half the memory and half the bytes streamed per product, with
+// the float32 result unchanged up to summation order. Any row count: the
+// kernel also stands in for oneDNN on long prompts, since keeping a float32
+// copy for oneDNN would cost the memory saved.
+
+// Elements of the packed form of a [k, n] matrix.
+int64_t Bf16PanelElements(int64_t k, int64_t n);
+
+// Packs w into 64-column panels of [k][64] bfloat16 (columns past n zero),
+// each row of a panel as two 32-value halves with columns c and c + 16 side by
+// side. w: [n, k] when out_in (HF's [out, in]) else [k, n], row-major float32
+// whose values must be bfloat16 numbers (their low 16 bits are dropped).
+void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
+
+// c = a w + bias. a: [m, k] row-major float32; w: PackBf16's output;
+// bias: [n] or null; c: [m, n] row-major. Needs m, k, n >= 1.
+void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
+             float* c);
 
 }  // namespace gritserve::small_gemm
