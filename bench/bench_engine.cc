@@ -1,6 +1,7 @@
 // Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
 // weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
-//   bench_engine [--model DIR] [--threads N] [--repeats N] [--device cpu|cuda[:N]] [--dtype D]
+//   bench_engine [--model DIR | --checkpoint-dtype bf16|f32] [--threads N] [--repeats N] [--device
+//   cpu|cuda[:N]] [--dtype D]
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -32,6 +33,12 @@ int main(int argc, char** argv) {
   int threads = 0, repeats = 3;
   EngineOptions eo;
   app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
+  std::string checkpoint_dtype = "bf16";
+  app.add_option("--checkpoint-dtype", checkpoint_dtype,
+                 "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 is "
+                 "published) or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   app.add_option("--threads", threads, "compute threads (0: all cores)");
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
   app.add_option("--device", eo.device, "cpu, cuda or cuda:N")->capture_default_str();
@@ -40,7 +47,7 @@ int main(int argc, char** argv) {
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
-  if (model.empty()) model = bench::DefaultBenchModel();
+  if (model.empty()) model = bench::DefaultBenchModel(checkpoint_dtype);
   eo.model_dir = model;
   eo.threads = threads;
   auto engine = Engine::Load(eo);

@@ -2,8 +2,9 @@
 // checkpoint of the exact Qwen2.5-0.5B shape: 5 documents of 256 tokens and a
 // 32-token question. Also the stored bytes per token in float32 and float16.
 // Prints JSON; not a test.
-//   bench_rag [--model DIR] [--docs 5] [--doc-tokens 256] [--question-tokens 32]
-//             [--profile-cached N]  (only the cached request, N times: for perf record)
+//   bench_rag [--model DIR | --checkpoint-dtype bf16|f32] [--docs 5] [--doc-tokens 256]
+//             [--question-tokens 32] [--profile-cached N]  (only the cached request, N times: for
+//             perf record)
 //             [--trace FILE]  (with --profile-cached: Chrome trace of the LibTorch ops)
 //             [--device cpu|cuda[:N]] [--dtype D]
 #include <spdlog/spdlog.h>
@@ -29,6 +30,12 @@ int main(int argc, char** argv) {
   std::string model, device = "cpu", compute_dtype = "auto";
   int docs = 5, doc_tokens = 256, question_tokens = 32, repeats = 3, threads = 0;
   app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
+  std::string checkpoint_dtype = "bf16";
+  app.add_option("--checkpoint-dtype", checkpoint_dtype,
+                 "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 is "
+                 "published) or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   app.add_option("--docs", docs);
   app.add_option("--doc-tokens", doc_tokens);
   app.add_option("--question-tokens", question_tokens);
@@ -46,8 +53,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
-  if (model.empty()) model = bench::DefaultBenchModel();
+  if (model.empty()) model = bench::DefaultBenchModel(checkpoint_dtype);
   nlohmann::json out;
+  out["model"] = model;
   out["docs"] = docs;
   out["doc_tokens"] = doc_tokens;
   out["question_tokens"] = question_tokens;

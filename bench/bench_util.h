@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,20 @@ inline std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-// The Qwen2.5-0.5B-shape checkpoint in the temp directory, generated on first use.
-inline std::string DefaultBenchModel() {
-  const std::string dir =
-      (std::filesystem::temp_directory_path() / "gritserve-bench-qwen2.5-0.5b").string();
+// The Qwen2.5-0.5B-shape checkpoint in the temp directory, generated on first
+// use, with weights stored as `dtype`: "bf16" (the default, as Qwen2.5-0.5B is
+// published, and so as the server holds and computes a real download) or "f32".
+inline std::string DefaultBenchModel(const std::string& dtype = "bf16") {
+  if (dtype != "bf16" && dtype != "f32") throw std::invalid_argument("checkpoint dtype " + dtype);
+  const std::string name =
+      dtype == "f32" ? "gritserve-bench-qwen2.5-0.5b" : "gritserve-bench-qwen2.5-0.5b-bf16";
+  const std::string dir = (std::filesystem::temp_directory_path() / name).string();
   if (!std::filesystem::exists(dir + "/config.json")) {
-    std::cerr << "generating the Qwen2.5-0.5B-shape checkpoint in " << dir << "\n";
-    WriteCheckpoint(dir, CheckpointPreset("qwen2.5-0.5b"));
+    std::cerr << "generating the Qwen2.5-0.5B-shape checkpoint (" << dtype << ") in " << dir
+              << "\n";
+    CheckpointSpec spec = CheckpointPreset("qwen2.5-0.5b");
+    spec.dtype = dtype == "f32" ? DType::kF32 : DType::kBF16;
+    WriteCheckpoint(dir, spec);
   }
   return dir;
 }
