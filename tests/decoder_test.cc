@@ -416,6 +416,26 @@ TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   EXPECT_LT(MaxDiff(held.Logits(a.narrow(0, 5, 1)), plain.Logits(b.narrow(0, 5, 1))), 1e-4);
 }
 
+// The fixture's matrices loaded as stored (bfloat16), as the engine does for a
+// float32 model on an AVX-512 CPU: the same model as loading them widened.
+TEST_F(DecoderTest, Bfloat16LoadedMatricesGiveTheFloat32LoadedModel) {
+  Decoder kept(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU,
+                                     at::ScalarType::Undefined, /*keep_bfloat16_matrices=*/true));
+  if (small_gemm::Available()) {
+    EXPECT_EQ(kept.layer_matrices_in_bfloat16().first, 4 * config_->num_hidden_layers);
+  }
+  const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten");
+  ForwardInput in;
+  in.ids = Ids({9707, 1879, 11, 1246, 525, 151643, 30, 4});
+  in.positions = Positions(0, 8);
+  for (AttentionMode mode : {AttentionMode::kCausal, AttentionMode::kBidirectional}) {
+    in.attention.mode = mode;
+    at::Tensor a = kept.Forward(in, nullptr)[0], b = plain_decoder->Forward(in, nullptr)[0];
+    EXPECT_LT(MaxDiff(a, b), 1e-4);
+    EXPECT_LT(MaxDiff(kept.Logits(a), plain_decoder->Logits(b)), 1e-4);
+  }
+}
+
 // A prompt whose next-token logits are all that is wanted: the last layer
 // finishes only the last position of each row, and the cache gets the very
 // keys and values the full pass stores.

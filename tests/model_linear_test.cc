@@ -135,6 +135,19 @@ TEST(LinearBackend, Bfloat16ValuedWeightsKeepFloat32ArithmeticFromBfloat16Panels
     at::Tensor xt = at::randn({200, 5}).t();  // [5, in], not contiguous
     EXPECT_LT((lin(xt).to(at::kDouble) - Reference(xt, w, b)).abs().max().item<double>(), 1e-4);
   }
+  // Handed over in bfloat16 (as the engine loads a bfloat16 checkpoint): the
+  // same layer, and widened to float32 where the panels are switched off.
+  Linear from_bf16(w.to(at::kBFloat16), Linear::Layout::kOutIn, b, /*pack=*/true);
+  EXPECT_EQ(from_bf16.bfloat16_values(), small_gemm::Available());
+  const at::Tensor probe = at::randn({7, 200});
+  EXPECT_TRUE(
+      at::equal(from_bf16(probe), Linear(w.clone(), Linear::Layout::kOutIn, b, true)(probe)));
+  ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
+  Linear widened(w.to(at::kBFloat16), Linear::Layout::kOutIn, b, /*pack=*/true);
+  ASSERT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
+  EXPECT_FALSE(widened.bfloat16_values());
+  EXPECT_LT((widened(probe).to(at::kDouble) - Reference(probe, w, b)).abs().max().item<double>(),
+            1e-4);
   // One value that is not a bfloat16 number keeps the float32 copy.
   at::Tensor w2 = w.clone();
   w2[3][7] += 1e-6f;

@@ -352,6 +352,32 @@ TEST(ModelConfig, NumParametersOfQwen25HalfB) {
 // ---------------------------------------------------------------------------------------
 // The fixture checkpoint
 
+// A float32 model whose BF16 matrices become bfloat16 panels loads them as
+// they are stored: the matrices (and only they) arrive in bfloat16, bit for
+// bit, while norms and the embedding table still widen to float32.
+TEST(LoadWeights, KeepsBfloat16MatricesOnlyWhenAsked) {
+  const ModelConfig config = ModelConfig::FromDirectory(FixtureDir());
+  const WeightMap wide = LoadWeights(FixtureDir(), config, at::kFloat, at::Device(at::kCPU));
+  const WeightMap kept = LoadWeights(FixtureDir(), config, at::kFloat, at::Device(at::kCPU),
+                                     at::ScalarType::Undefined, /*keep_bfloat16_matrices=*/true);
+  ASSERT_EQ(kept.size(), wide.size());
+  int64_t matrices = 0;
+  for (const auto& [name, t] : kept) {
+    SCOPED_TRACE(name);
+    const at::Tensor& w = wide.at(name);
+    EXPECT_EQ(w.scalar_type(), at::kFloat);
+    if (IsMatrixWeight(name)) {
+      ++matrices;
+      ASSERT_EQ(t.scalar_type(), at::kBFloat16);
+      EXPECT_TRUE(at::equal(t.to(at::kFloat), w));
+    } else {
+      ASSERT_EQ(t.scalar_type(), at::kFloat);
+      EXPECT_TRUE(at::equal(t, w));
+    }
+  }
+  EXPECT_EQ(matrices, 7 * config.num_hidden_layers);  // q k v o gate up down; tied head
+}
+
 TEST(LoadWeights, FixtureLoadsAsFloat32BitExactly) {
   const ModelConfig config = ModelConfig::FromDirectory(FixtureDir());
   const auto start = std::chrono::steady_clock::now();

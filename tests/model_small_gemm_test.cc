@@ -75,6 +75,12 @@ TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCount) {
       at::Tensor packed = at::full({small_gemm::Bf16PanelElements(s.k, s.n)}, 7, at::kShort);
       small_gemm::PackBf16(src.data_ptr<float>(), out_in, s.k, s.n,
                            reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>()));
+      // Packing the bfloat16 bits themselves gives the same panels.
+      const at::Tensor src_bf16 = src.to(at::kBFloat16);
+      at::Tensor packed2 = at::zeros_like(packed);
+      small_gemm::PackBf16(reinterpret_cast<const uint16_t*>(src_bf16.data_ptr()), out_in, s.k, s.n,
+                           reinterpret_cast<uint16_t*>(packed2.data_ptr<int16_t>()));
+      EXPECT_TRUE(at::equal(packed, packed2));
       for (int64_t m : {1, 2, 6, 7, 32, 64, 65, 97, 200}) {
         const at::Tensor a = at::randn({m, s.k});
         for (bool with_bias : {false, true}) {

@@ -139,9 +139,12 @@ std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
     impl->decoder = std::make_unique<Decoder>(
         impl->config,
         // bfloat16 products: the matrices load as bfloat16, never whole in float32
-        // (GritLM-7B would need 29 GB on the way).
+        // (GritLM-7B would need 29 GB on the way). Likewise a bfloat16
+        // checkpoint computed in float32 where its matrices become bfloat16 panels.
         LoadWeights(options.model_dir, impl->config, dtype, device,
-                    cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined),
+                    cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined,
+                    /*keep_bfloat16_matrices=*/device.is_cpu() && dtype == at::kFloat &&
+                        Linear::Bfloat16PanelsAvailable()),
         cpu_bf16_matmul ? at::kBFloat16 : dtype);
   }
   if (device.is_cpu()) {

@@ -129,12 +129,15 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && cpu_kernels::Wanted();
   norm_ = Take(weights, "model.norm.weight");
   at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
-  if (fused_cpu_ && !bf16 && cpu_kernels::HoldsBfloat16Values(head)) {
+  if (fused_cpu_ && !bf16 &&
+      (head.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(head))) {
     // A bfloat16 checkpoint computed in float32: the head's values are
     // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
     // bytes that every generated token streams (and, tied, the embedding
-    // table shares it: rows widen exactly on lookup).
-    lm_head_bf16_ = StreamedWeightCopy(head, at::kBFloat16);
+    // table shares it: rows widen exactly on lookup). An untied head may
+    // arrive in bfloat16 already (LoadWeights' keep_bfloat16_matrices).
+    lm_head_bf16_ =
+        head.scalar_type() == at::kBFloat16 ? head : StreamedWeightCopy(head, at::kBFloat16);
     if (config.tie_word_embeddings) embed_tokens_ = lm_head_bf16_;
   } else {
     // With tied embeddings the head is the embedding matrix itself: used in

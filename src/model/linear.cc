@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <unordered_map>
 #include <utility>
 
@@ -104,19 +103,6 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
 struct Linear::Packed {};
 #endif  // GRITSERVE_HAVE_DNNL
 
-namespace {
-
-// Whether bfloat16-valued float32 weights go to small_gemm's bfloat16 panels:
-// off with GRITSERVE_CPU_KERNELS=aten and with an explicit GRITSERVE_CPU_GEMM
-// (blas, onednn), which then keep their float32 paths for comparisons. Read
-// when a layer is built.
-bool Bf16PanelsWanted() {
-  return small_gemm::Available() && cpu_kernels::Wanted() &&
-         std::getenv("GRITSERVE_CPU_GEMM") == nullptr;
-}
-
-}  // namespace
-
 Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
                at::ScalarType packed_dtype)
     : layout_(layout), bias_(std::move(bias)) {
@@ -124,6 +110,24 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   out_ = layout == Layout::kOutIn ? weight.size(0) : weight.size(1);
   in_ = layout == Layout::kOutIn ? weight.size(1) : weight.size(0);
   if (bias_.defined()) bias_ = bias_.contiguous();
+  if (pack && packed_dtype == at::kFloat && in_ > 0 && out_ > 0 && weight.is_cpu() &&
+      Bfloat16PanelsAvailable() &&
+      (weight.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(weight))) {
+    weight = weight.contiguous();
+    bf16_panels_ = StreamedWeightEmpty({small_gemm::Bf16PanelElements(in_, out_)}, at::kBFloat16);
+    auto* dst = static_cast<uint16_t*>(bf16_panels_.data_ptr());
+    if (weight.scalar_type() == at::kBFloat16) {
+      small_gemm::PackBf16(static_cast<const uint16_t*>(weight.data_ptr()),
+                           layout == Layout::kOutIn, in_, out_, dst);
+    } else {
+      small_gemm::PackBf16(weight.data_ptr<float>(), layout == Layout::kOutIn, in_, out_, dst);
+    }
+    return;  // the source matrix is released with `weight`
+  }
+  // bfloat16 weights for float32 products where the panels do not run: widened once.
+  if (packed_dtype == at::kFloat && weight.scalar_type() == at::kBFloat16 && weight.is_cpu()) {
+    weight = weight.to(at::kFloat);
+  }
   // One row against a plain [out, in] float32 matrix (the tied LM head at
   // decode and time to first token): a GEMV that streams it once at memory
   // bandwidth, the same in every build (measured: on par with oneDNN's matmul
@@ -131,14 +135,6 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   if (!pack && layout == Layout::kOutIn && cpu_kernels::Applies(weight) && weight.is_contiguous() &&
       cpu_kernels::Wanted()) {
     gemv_weight_ = weight;
-  }
-  if (pack && packed_dtype == at::kFloat && in_ > 0 && out_ > 0 && Bf16PanelsWanted() &&
-      cpu_kernels::HoldsBfloat16Values(weight)) {
-    weight = weight.contiguous();
-    bf16_panels_ = StreamedWeightEmpty({small_gemm::Bf16PanelElements(in_, out_)}, at::kBFloat16);
-    small_gemm::PackBf16(weight.data_ptr<float>(), layout == Layout::kOutIn, in_, out_,
-                         static_cast<uint16_t*>(bf16_panels_.data_ptr()));
-    return;  // the float32 matrix is released with `weight`
   }
   const bool bf16 = packed_dtype == at::kBFloat16;
   const bool source_ok =
@@ -229,6 +225,11 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     return (bias_.defined() ? at::addmv(bias_, w.t(), row) : at::mv(w.t(), row)).unsqueeze(0);
   }
   return bias_.defined() ? at::addmm(bias_, x, w) : at::mm(x, w);
+}
+
+bool Linear::Bfloat16PanelsAvailable() {
+  return small_gemm::Available() && cpu_kernels::Wanted() &&
+         std::getenv("GRITSERVE_CPU_GEMM") == nullptr;
 }
 
 bool Linear::CpuOneDnn() {

@@ -161,7 +161,17 @@ bool Suits(int64_t rows) { return rows >= 24 && rows <= 64; }
 
 int64_t Bf16PanelElements(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * kPanel * k; }
 
-void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst) {
+namespace {
+
+uint16_t Bfloat16Bits(float v) {  // the top half; the caller guarantees the bottom is zero
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return static_cast<uint16_t>(bits >> 16);
+}
+uint16_t Bfloat16Bits(uint16_t v) { return v; }
+
+template <typename T>
+void Pack(const T* w, bool out_in, int64_t k, int64_t n, uint16_t* dst) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -169,16 +179,27 @@ void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst) 
         uint16_t* row = dst + (p * k + kk) * kPanel;  // two 32-value halves
         for (int64_t j = 0; j < kPanel; ++j) {
           const int64_t col = p * kPanel + j;
-          uint32_t bits = 0;  // zero padding past the last column
-          if (col < n) std::memcpy(&bits, out_in ? w + col * k + kk : w + kk * n + col, 4);
+          // Zero padding past the last column.
+          const uint16_t bits =
+              col < n ? Bfloat16Bits(out_in ? w[col * k + kk] : w[kk * n + col]) : uint16_t{0};
           // Column j sits in half j / 32 at lane j % 16, low value for the
           // first 16 columns of the half, high for the next 16 (see LoadB).
           const int64_t h = j / 32, c = j % 32;
-          row[32 * h + 2 * (c % 16) + c / 16] = static_cast<uint16_t>(bits >> 16);
+          row[32 * h + 2 * (c % 16) + c / 16] = bits;
         }
       }
     }
   });
+}
+
+}  // namespace
+
+void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst) {
+  Pack(w, out_in, k, n, dst);
+}
+
+void PackBf16(const uint16_t* w, bool out_in, int64_t k, int64_t n, uint16_t* dst) {
+  Pack(w, out_in, k, n, dst);
 }
 
 }  // namespace gritserve::small_gemm

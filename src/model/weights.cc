@@ -134,7 +134,8 @@ bool IsMatrixWeight(const std::string& name) {
 }
 
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
-                      const at::Device& device, at::ScalarType matrix_dtype) {
+                      const at::Device& device, at::ScalarType matrix_dtype,
+                      bool keep_bfloat16_matrices) {
   if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
   const auto start = std::chrono::steady_clock::now();
 
@@ -188,10 +189,16 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
   weights.reserve(specs.size());
   uint64_t file_bytes = 0;
   int64_t params = 0;
+  int64_t kept = 0;
   for (const TensorSpec& spec : specs) {
     const TensorView& view = *found.at(spec.name);
-    weights.emplace(spec.name,
-                    Materialize(view, IsMatrixWeight(spec.name) ? matrix_dtype : dtype, device));
+    at::ScalarType to = dtype;
+    if (IsMatrixWeight(spec.name)) {
+      const bool keep = keep_bfloat16_matrices && view.dtype == DType::kBF16;
+      to = keep ? at::kBFloat16 : matrix_dtype;
+      kept += keep ? 1 : 0;
+    }
+    weights.emplace(spec.name, Materialize(view, to, device));
     ReleaseMappedPages(view);
     file_bytes += view.nbytes;
     params += view.numel();
@@ -203,7 +210,9 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
       "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {}{} on {} "
       "in {:.2f} s",
       weights.size(), params, file_bytes / 1e6, files.size(), dir, c10::toString(dtype),
-      matrix_dtype == dtype ? "" : std::string(" (matrices ") + c10::toString(matrix_dtype) + ")",
+      kept > 0                ? " (" + std::to_string(kept) + " BF16 matrices kept in bfloat16)"
+      : matrix_dtype == dtype ? ""
+                              : std::string(" (matrices ") + c10::toString(matrix_dtype) + ")",
       device.str(), seconds);
   return weights;
 }

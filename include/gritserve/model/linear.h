@@ -35,6 +35,9 @@ class Linear {
   // With `pack`, the weights may be rewritten into a private layout (and the
   // given tensor released); without it they are used in place, so a matrix
   // shared with another user (tied embeddings) keeps a single copy.
+  // With `packed_dtype` kFloat, bfloat16 weights (or float32 ones holding only
+  // bfloat16 values) become bfloat16 panels where Bfloat16PanelsAvailable(),
+  // and are widened to float32 otherwise.
   // `packed_dtype` kBFloat16 (CPU float32 or bfloat16 weights, with pack, and only where
   // CpuBf16Available()) packs the weights in bfloat16: inputs are rounded to
   // bfloat16 per call, products accumulate and return in float32.
@@ -55,6 +58,11 @@ class Linear {
   // Whether CPU float32 products use oneDNN in this process (build, CPU and
   // GRITSERVE_CPU_GEMM permitting); read when a layer or decoder is built.
   static bool CpuOneDnn();
+  // Whether float32 layers hold bfloat16-valued (or bfloat16) weights as
+  // bfloat16 panels here: an AVX-512 CPU, and neither GRITSERVE_CPU_KERNELS=aten
+  // nor an explicit GRITSERVE_CPU_GEMM (blas, onednn), which keep their float32
+  // paths for comparisons. Read when a layer is built.
+  static bool Bfloat16PanelsAvailable();
   // Whether bfloat16-packed layers run on native bfloat16 kernels here
   // (oneDNN with AVX512-BF16 or AMX).
   static bool CpuBf16Available();

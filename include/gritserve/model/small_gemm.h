@@ -46,8 +46,10 @@ int64_t Bf16PanelElements(int64_t k, int64_t n);
 // Packs w into 64-column panels of [k][64] bfloat16 (columns past n zero),
 // each row of a panel as two 32-value halves with columns c and c + 16 side by
 // side. w: [n, k] when out_in (HF's [out, in]) else [k, n], row-major float32
-// whose values must be bfloat16 numbers (their low 16 bits are dropped).
+// whose values must be bfloat16 numbers (their low 16 bits are dropped), or
+// the bfloat16 bits themselves.
 void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
+void PackBf16(const uint16_t* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
 
 // c = a w + bias. a: [m, k] row-major float32; w: PackBf16's output;
 // bias: [n] or null; c: [m, n] row-major. Needs m, k, n >= 1.

@@ -29,10 +29,14 @@ using WeightMap = std::unordered_map<std::string, at::Tensor>;
 // Shapes are those of ExpectedTensors, e.g. "model.embed_tokens.weight": [vocab, hidden].
 // `matrix_dtype`, when given, applies to the linear layers' weight matrices
 // ("*_proj.weight", "lm_head.weight") instead: bfloat16-matmul models load them
-// at half the bytes rather than widening the whole checkpoint first.
+// at half the bytes rather than widening the whole checkpoint first. With
+// `keep_bfloat16_matrices`, matrices stored as BF16 load as bfloat16 whatever
+// `dtype` says: a float32 model that holds them as bfloat16 panels (see
+// Linear) then never holds them in float32, even while loading.
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
                       const at::Device& device,
-                      at::ScalarType matrix_dtype = at::ScalarType::Undefined);
+                      at::ScalarType matrix_dtype = at::ScalarType::Undefined,
+                      bool keep_bfloat16_matrices = false);
 
 // Whether `name` is a linear layer's weight matrix in the sense of matrix_dtype.
 bool IsMatrixWeight(const std::string& name);
