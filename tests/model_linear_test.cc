@@ -32,14 +32,11 @@ Linear Make(const Case& c, const at::Tensor& w_out_in, const at::Tensor& b) {
   return Linear(w, c.layout, b, c.pack);
 }
 
-class LinearTest : public ::testing::TestWithParam<Case> {};
-
-TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
-  const Case c = GetParam();
-  at::manual_seed(c.in * 1000 + c.out);
-  at::Tensor w = at::randn({c.out, c.in}) * 0.1;              // [out, in]
-  at::Tensor b = c.bias ? at::randn({c.out}) : at::Tensor();  // [out]
+// x W^T + b for every row count the backends split at, and a strided input.
+void CheckEveryRowCount(const Case& c, const at::Tensor& w, const at::Tensor& b,
+                        bool expect_panels) {
   Linear lin = Make(c, w, b);
+  EXPECT_EQ(lin.bfloat16_values(), expect_panels);
   EXPECT_EQ(lin.in_features(), c.in);
   EXPECT_EQ(lin.out_features(), c.out);
   for (int64_t m : {0, 1, 3, 17, 24, 32, 41, 64, 130}) {
@@ -55,6 +52,22 @@ TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
   at::Tensor xt = at::randn({c.in, 5}).t();  // [5, in], not contiguous
   const double err = (lin(xt).to(at::kDouble) - Reference(xt, w, b)).abs().max().item<double>();
   EXPECT_LT(err, 1e-4);
+}
+
+class LinearTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
+  const Case c = GetParam();
+  // Any float32 weights, then bfloat16-valued ones (a bfloat16 checkpoint),
+  // which packed layers hold as bfloat16 panels where the CPU runs them.
+  for (const bool bf16_values : {false, true}) {
+    SCOPED_TRACE(bf16_values ? "bfloat16-valued weights" : "float32 weights");
+    at::manual_seed(c.in * 1000 + c.out);
+    at::Tensor w = at::randn({c.out, c.in}) * 0.1;  // [out, in]
+    if (bf16_values) w = w.to(at::kBFloat16).to(at::kFloat);
+    at::Tensor b = c.bias ? at::randn({c.out}) : at::Tensor();  // [out]
+    CheckEveryRowCount(c, w, b, bf16_values && c.pack && small_gemm::Available());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
