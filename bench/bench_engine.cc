@@ -29,16 +29,10 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 
 int main(int argc, char** argv) {
   CLI::App app{"gritserve engine benchmark"};
-  std::string model;
   int threads = 0, repeats = 3;
   EngineOptions eo;
-  app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
-  std::string checkpoint_dtype = "bf16";
-  app.add_option("--checkpoint-dtype", checkpoint_dtype,
-                 "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 is "
-                 "published) or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
+  bench::ModelOptions model_options;
+  model_options.Add(app);
   app.add_option("--threads", threads, "compute threads (0: all cores)");
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
   app.add_option("--device", eo.device, "cpu, cuda or cuda:N")->capture_default_str();
@@ -47,7 +41,7 @@ int main(int argc, char** argv) {
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
-  if (model.empty()) model = bench::DefaultBenchModel(checkpoint_dtype);
+  const std::string model = model_options.ModelDir();
   eo.model_dir = model;
   eo.threads = threads;
   auto engine = Engine::Load(eo);

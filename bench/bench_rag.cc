@@ -27,15 +27,10 @@ using bench::RandomIds;
 
 int main(int argc, char** argv) {
   CLI::App app{"gritserve RAG time-to-first-token benchmark"};
-  std::string model, device = "cpu", compute_dtype = "auto";
+  std::string device = "cpu", compute_dtype = "auto";
   int docs = 5, doc_tokens = 256, question_tokens = 32, repeats = 3, threads = 0;
-  app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
-  std::string checkpoint_dtype = "bf16";
-  app.add_option("--checkpoint-dtype", checkpoint_dtype,
-                 "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 is "
-                 "published) or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
+  bench::ModelOptions model_options;
+  model_options.Add(app);
   app.add_option("--docs", docs);
   app.add_option("--doc-tokens", doc_tokens);
   app.add_option("--question-tokens", question_tokens);
@@ -53,7 +48,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
-  if (model.empty()) model = bench::DefaultBenchModel(checkpoint_dtype);
+  const std::string model = model_options.ModelDir();
   nlohmann::json out;
   out["model"] = model;
   out["docs"] = docs;

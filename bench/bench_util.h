@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -46,6 +47,25 @@ inline std::string DefaultBenchModel(const std::string& dtype = "bf16") {
   }
   return dir;
 }
+
+// --model and --checkpoint-dtype, which the benchmarks share; ModelDir() after
+// parsing gives the directory to load.
+struct ModelOptions {
+  std::string model;
+  std::string checkpoint_dtype = "bf16";
+
+  void Add(CLI::App& app) {
+    app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
+    app.add_option("--checkpoint-dtype", checkpoint_dtype,
+                   "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 "
+                   "is published) or f32")
+        ->check(CLI::IsMember({"bf16", "f32"}))
+        ->capture_default_str();
+  }
+  std::string ModelDir() const {
+    return model.empty() ? DefaultBenchModel(checkpoint_dtype) : model;
+  }
+};
 
 // Resident memory now and at its peak, in bytes (Linux: /proc and getrusage).
 // Read right after loading, "now" is what the model costs to hold.

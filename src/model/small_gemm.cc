@@ -33,6 +33,7 @@ constexpr int64_t kMaxRows = 64;
 // Rows per item of the bfloat16-panel product: 16 tiles of 6, and 96 rows of
 // A by 256 deep (96 KB) stay in L2 while a thread walks the panels.
 constexpr int64_t kMaxBf16Rows = 96;
+static_assert(kMaxBf16Rows >= kMaxRows, "PanelRows' buffer serves both products");
 constexpr int64_t kLineBytes = avx512_tile::kLineBytes;
 
 // c[:, panel p] = acc (+ bias), for the m rows of acc ([m][64]).
@@ -58,53 +59,27 @@ __attribute__((target("avx512f"))) void Store(const float* acc, int64_t m, int64
   }
 }
 
-// Panel p of the product, asking for panel `next` (-1: none) to be brought
-// into L2 while the last block of p is multiplied.
-__attribute__((target("avx512f"))) void Panel(const float* a, int64_t m, int64_t k, const float* w,
-                                              int64_t n, const float* bias, float* c, int64_t p,
-                                              int64_t next) {
-  const int64_t kpad = (k + 15) / 16 * 16;
-  alignas(64) float acc[kMaxRows * kPanel];  // [m][64]: the panel's outputs
-  const float* panel = w + p * kpad * kPanel;
-  for (int64_t k0 = 0; k0 < k; k0 += kKBlock) {
-    const int64_t kn = std::min(k, k0 + kKBlock) - k0;
-    const float* block = panel + k0 * kPanel;  // [kn][64]
-    // The block multiplied next (the next panel's first after the last) is
-    // prefetched over this block's tiles, at most one line per inner step:
-    // the bus works while the FMA units do. From 4 tiles (24 rows, see Suits)
-    // the tiles have steps enough to cover all 4 lines per weight row.
-    const bool last = k0 + kn >= k;
-    const float* next_block = !last       ? block + kn * kPanel
-                              : next >= 0 ? w + next * kpad * kPanel
-                                          : nullptr;
-    const int64_t next_rows = !last ? std::min(k, k0 + kn + kKBlock) - (k0 + kn) : kKBlock;
-    const char* pf = reinterpret_cast<const char*>(next_block);
-    const int64_t lines =
-        next_block == nullptr ? 0 : std::min(kn, next_rows) * kPanel * 4 / kLineBytes;
-    avx512_tile::Rows(m, a + k0, k, block, kPanel, kn, acc, kPanel, k0 > 0, pf, lines);
-  }
-  Store(acc, m, n, bias, c, p);
-}
-
-// Rows [m0, m0 + m) of panel p of a bfloat16-panel product (m <= kMaxBf16Rows),
-// prefetching the start of `next_panel` (null: none) over the last block.
-__attribute__((target("avx512f"))) void PanelBf16(const float* a, int64_t m0, int64_t m, int64_t k,
-                                                  const uint16_t* w, int64_t n, const float* bias,
-                                                  float* c, int64_t p, const uint16_t* next_panel) {
-  alignas(64) float acc[kMaxBf16Rows * kPanel];  // [m][64]
-  const uint16_t* panel = w + p * k * kPanel;
-  // Past a few dozen rows the arithmetic, not the weight stream, bounds the
-  // product, and deeper blocks cost fewer accumulator reloads (256 beat 128
-  // by 3-6% at 1312 rows, and lost at 32).
-  const int64_t kblock = m > kMaxRows ? 2 * kKBlock : kKBlock;
+// Rows [m0, m0 + m) of one panel ([k][64], float32 or bfloat16 bits) into
+// columns [64 p, 64 p + 64) of c, `kblock` weight rows per pass. The block
+// multiplied next (the next panel's first, `next_panel`, after the last;
+// null: none) is prefetched into L2 over this block's tiles: the bus works
+// while the FMA units do. From 4 tiles (24 rows) the tiles have steps enough
+// to cover every line of a weight row.
+template <typename BT>
+__attribute__((target("avx512f"))) void PanelRows(const float* a, int64_t m0, int64_t m, int64_t k,
+                                                  const BT* panel, const BT* next_panel,
+                                                  int64_t kblock, int64_t n, const float* bias,
+                                                  float* c, int64_t p) {
+  alignas(64) float acc[kMaxBf16Rows * kPanel];  // [m][64]: the panel's outputs
   for (int64_t k0 = 0; k0 < k; k0 += kblock) {
     const int64_t kn = std::min(k, k0 + kblock) - k0;
-    const uint16_t* block = panel + k0 * kPanel;  // [kn][64]
+    const BT* block = panel + k0 * kPanel;  // [kn][64]
     const bool last = k0 + kn >= k;
-    const uint16_t* next_block = !last ? block + kn * kPanel : next_panel;
+    const BT* next_block = !last ? block + kn * kPanel : next_panel;
     const int64_t next_rows = !last ? std::min(k, k0 + kn + kblock) - (k0 + kn) : kblock;
-    const int64_t lines =
-        next_block == nullptr ? 0 : std::min(k, next_rows) * kPanel * 2 / kLineBytes;
+    const int64_t lines = next_block == nullptr ? 0
+                                                : std::min(k, next_rows) * kPanel *
+                                                      static_cast<int64_t>(sizeof(BT)) / kLineBytes;
     avx512_tile::Rows(m, a + m0 * k + k0, k, block, kPanel, kn, acc, kPanel, k0 > 0,
                       reinterpret_cast<const char*>(next_block), lines);
   }
@@ -121,8 +96,11 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
     throw Error(ErrorKind::kInternal, "small_gemm::Run called outside its row range or ISA");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  work_steal::ParallelFor(panels,
-                          [&](int64_t p, int64_t next) { Panel(a, m, k, w, n, bias, c, p, next); });
+  const int64_t kpad = (k + 15) / 16 * 16;  // BA16a64b pads each panel's depth to 16
+  work_steal::ParallelFor(panels, [&](int64_t p, int64_t next) {
+    PanelRows(a, 0, m, k, w + p * kpad * kPanel, next < 0 ? nullptr : w + next * kpad * kPanel,
+              kKBlock, n, bias, c, p);
+  });
 }
 
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
@@ -139,7 +117,12 @@ void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n,
   work_steal::ParallelFor(blocks * panels, [&](int64_t item, int64_t next) {
     const int64_t b = item / panels, p = item % panels;
     const uint16_t* next_panel = next < 0 ? nullptr : w + (next % panels) * k * kPanel;
-    PanelBf16(a, first_row(b), first_row(b + 1) - first_row(b), k, w, n, bias, c, p, next_panel);
+    const int64_t rows = first_row(b + 1) - first_row(b);
+    // Past a few dozen rows the arithmetic, not the weight stream, bounds the
+    // product, and deeper blocks cost fewer accumulator reloads (256 beat 128
+    // by 3-6% at 1312 rows, and lost at 32).
+    const int64_t kblock = rows > kMaxRows ? 2 * kKBlock : kKBlock;
+    PanelRows(a, first_row(b), rows, k, w + p * k * kPanel, next_panel, kblock, n, bias, c, p);
   });
 }
 
