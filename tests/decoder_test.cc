@@ -1,4 +1,4 @@
-// Decoder numerics: the shared reference outputs, and the invariants that the
+// Decoder numerics: the reference outputs in tests/fixtures, and the invariants that the
 // cache, batching and early-exit paths must keep.
 #include "gritserve/model/decoder.h"
 

@@ -1,4 +1,4 @@
-// Config parsing, safetensors parsing and strict weight loading, on the shared qwen2-tiny
+// Config parsing, safetensors parsing and strict weight loading, on the qwen2-tiny
 // fixture and on deliberately broken files.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

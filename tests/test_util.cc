@@ -13,7 +13,7 @@ namespace gritserve::testing {
 std::string FixturesDir() {
   std::string dir = GRITSERVE_FIXTURES_DIR;
   if (!std::filesystem::is_directory(dir)) {
-    throw std::runtime_error("shared fixtures not found at " + dir);
+    throw std::runtime_error("test fixtures not found at " + dir);
   }
   return dir;
 }

@@ -5,7 +5,7 @@
 
 namespace gritserve::testing {
 
-// ../shared/fixtures (absolute). Tests that need it fail loudly if it is absent.
+// tests/fixtures (absolute). Tests that need it fail loudly if it is absent.
 std::string FixturesDir();
 // A fresh, empty directory under the build tree, unique per call.
 std::string MakeTempDir(const std::string& tag);

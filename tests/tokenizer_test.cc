@@ -1,4 +1,4 @@
-// Byte-level BPE against the real Qwen2 vocabulary in the shared fixtures.
+// Byte-level BPE against the real Qwen2 vocabulary in the test fixtures.
 #include "gritserve/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -74,21 +74,15 @@ TEST_F(Qwen2TokenizerTest, Metadata) {
   EXPECT_EQ(tok().TokenBytes(21927), " Hello");
 }
 
-// Known defects of the shared fixture, checked rather than skipped:
-// - five LaTeX cases list ids for a TAB where the text has a literal backslash-t
-//   ("\\theta", "\\to"), so their ids cannot decode to their own text (and no tokenizer can
-//   satisfy both encode == ids and decode(encode(x)) == x there);
-// - one case encodes "</s>" as the single vocabulary token 128247, which HF does not:
-//   "</s>" is a plain vocabulary entry, not an added token, and the split regex cuts
-//   "}</s>\n" into "}</", "s", ">\n".
-constexpr char kSlashSCase[] =
-    "<s><|user|>\n{instruction}\n<|assistant|>\n{response}</s>\n<|user|>...";
-
+// Every case is Hugging Face's own ids (six were corrected in the fixture: five
+// LaTeX cases once read a literal backslash-t as a TAB, and "}</s>\n" once listed
+// "</s>" as one token where the split regex gives "}</", "s", ">\n"), so each one
+// must encode exactly and decode back to its NFC text.
 TEST_F(Qwen2TokenizerTest, FixtureCasesEncodeExactly) {
   std::ifstream in(testing::FixturesDir() + "/tokenizer/qwen2.jsonl");
   ASSERT_TRUE(in) << "missing fixture";
   std::string line;
-  int cases = 0, exact = 0, inconsistent = 0;
+  int cases = 0, exact = 0;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     const auto j = nlohmann::json::parse(line);
@@ -97,33 +91,12 @@ TEST_F(Qwen2TokenizerTest, FixtureCasesEncodeExactly) {
     const auto got = tok().Encode(text);
     ++cases;
     EXPECT_EQ(tok().Decode(got), Nfc(text)) << "text: " << text;
-    if (tok().Decode(want) != Nfc(text)) {
-      // Self-inconsistent fixture case: its ids spell the text with every literal
-      // backslash-t read as a TAB; nothing else is known to be wrong.
-      std::string tabbed = text;
-      for (size_t p = tabbed.find("\\t"); p != std::string::npos; p = tabbed.find("\\t", p)) {
-        tabbed.replace(p, 2, "\t");
-      }
-      EXPECT_EQ(tok().Decode(want), tabbed) << "text: " << text;
-      ++inconsistent;
-      continue;
-    }
-    if (text == kSlashSCase) {
-      const std::vector<int32_t> slash_s = {92, 128247, 198};
-      ASSERT_EQ(
-          std::search(want.begin(), want.end(), slash_s.begin(), slash_s.end()) - want.begin(), 16);
-      std::vector<int32_t> hf = want;
-      hf.erase(hf.begin() + 16, hf.begin() + 19);
-      hf.insert(hf.begin() + 16, {5361, 82, 397});  // "}</", "s", ">\n"
-      EXPECT_EQ(got, hf);
-      continue;
-    }
+    EXPECT_EQ(tok().Decode(want), Nfc(text)) << "fixture ids do not spell: " << text;
     EXPECT_EQ(got, want) << "text: " << text;
-    ++exact;
+    exact += got == want;
   }
   EXPECT_EQ(cases, 143);
-  EXPECT_EQ(inconsistent, 5);
-  EXPECT_EQ(exact, 137);
+  EXPECT_EQ(exact, cases);
 }
 
 TEST_F(Qwen2TokenizerTest, RandomUtf8RoundTrips) {

@@ -152,7 +152,7 @@ GEN=(-G Ninja)
 command -v ninja >/dev/null 2>&1 || GEN=()
 CONFIGURE_ARGS=(-S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release
   "-DCMAKE_PREFIX_PATH=$DD_PREFIX;$TORCH_CMAKE" "-DPKG_CONFIG_EXECUTABLE=$DD_PKG_CONFIG"
-  "-DGRITSERVE_FIXTURES=$ROOT/.devdeps/fixtures" "-DCMAKE_CXX_COMPILER=$CXX_BIN"
+  "-DCMAKE_CXX_COMPILER=$CXX_BIN"
   -DUSE_SYSTEM_NVTX=ON "-DPython_EXECUTABLE=$PY" "-DPYTHON_EXECUTABLE=$PY" "${STD_FLAG[@]}"
   -DGRITSERVE_WITH_DNNL=OFF)  # no system oneDNN beside a wheel; never mix it with torch's own
 if [ -n "$CUDA_HOME" ]; then
@@ -211,7 +211,7 @@ fi
 # ---------------------------------------------------------------- CUDA tests
 cuda_tests() {
   echo "--- smoke: gritserve embed --device cuda"
-  "$BUILD/gritserve" embed --model "$ROOT/.devdeps/fixtures/qwen2-tiny" --device cuda "hello world" \
+  "$BUILD/gritserve" embed --model "$ROOT/tests/fixtures/qwen2-tiny" --device cuda "hello world" \
     | head -c 400; echo
   echo "--- cuda_engine_test"
   "$BUILD/tests/cuda_engine_test" --gtest_color=no

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Prepares .devdeps/ for a build on a machine that has a compiler, CMake and
 # LibTorch but no Debian packages and no network (the GPU check machine): the
-# Debian 12 .deb files of every other build/test dependency, and a copy of the
-# shared test fixtures (../shared/fixtures does not travel with the work tree).
+# Debian 12 .deb files of every other build/test dependency (the test fixtures
+# live in tests/fixtures and travel with the work tree).
 # Runs here, on a Debian 12 machine with apt. scripts/device/cuda_check.sh
 # unpacks the debs into a private prefix there. Idempotent.
-#   bash scripts/device/fetch_deps.sh [FIXTURES_DIR]
+#   bash scripts/device/fetch_deps.sh
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="${repo_root}/.devdeps"
-fixtures_src="${1:-${repo_root}/../shared/fixtures}"
 
 # -dev packages whose headers, pkg-config files or CMake configs the build
 # uses, plus the runtime libraries their .so symlinks point at (a dev package
@@ -71,12 +70,4 @@ for p in "${PKGS[@]}"; do
   done
 done
 
-if [ ! -f "${fixtures_src}/qwen2-tiny/reference.json" ]; then
-  echo "fetch_deps: no fixtures at ${fixtures_src}" >&2
-  exit 1
-fi
-rm -rf "${out}/fixtures"
-cp -r "${fixtures_src}" "${out}/fixtures"
-chmod -R u+w "${out}/fixtures"
-
-du -sh "${out}/debs" "${out}/fixtures" "${out}"
+du -sh "${out}/debs" "${out}"
