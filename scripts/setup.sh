@@ -2,20 +2,31 @@
 # Installs every build and test dependency of gritserve from Debian packages
 # (and the npm registry for the OpenAI client test), then selects the OpenMP
 # build of OpenBLAS as the system BLAS. Idempotent; safe to re-run.
+# GRITSERVE_SETUP_TORCH=none leaves out Debian's CPU LibTorch and what only it
+# needs (oneDNN, OpenBLAS), for builds against a LibTorch 2.x / CUDA
+# distribution (docker/Dockerfile.cuda).
 set -euo pipefail
+torch=${GRITSERVE_SETUP_TORCH:-debian}
+case "$torch" in debian | none) ;; *) echo "setup: GRITSERVE_SETUP_TORCH=debian|none" >&2; exit 2 ;; esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates
-  libtorch-dev
-  libopenblas0-openmp
   libsentencepiece-dev sentencepiece
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev libdnnl-dev
+  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev
 )
+if [ "$torch" = debian ]; then
+  PKGS+=(
+    libtorch-dev libopenblas0-openmp libdnnl-dev
+    # Debian's dnnl-config.cmake calls find_dependency(OpenCL) and fails hard
+    # without it; libdnnl-dev only recommends it (and we install no recommends).
+    ocl-icd-opencl-dev
+  )
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
