@@ -41,15 +41,17 @@ int LoggedPort(const std::string& log) {
   return std::atoi(log.c_str() + at + mark.size());
 }
 
-ServerProcess::ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args) {
+ServerProcess::ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args,
+                             std::vector<std::pair<std::string, std::string>> env) {
   log_path_ = MakeTempDir("server-log") + "/server.log";
   // The server binds any free port itself: a port picked here and handed over
   // could be taken by a server of a test running alongside in between.
-  std::vector<std::string> args = {BinaryPath(), "--model",   model_dir, "--port",
-                                   "0",          "--threads", "1"};
+  std::vector<std::string> args = {BinaryPath(), "--port", "0", "--threads", "1"};
+  if (!model_dir.empty()) args.insert(args.begin() + 1, {"--model", model_dir});
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
+    for (const auto& [name, value] : env) ::setenv(name.c_str(), value.c_str(), 1);
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gritserve::testing {
@@ -18,9 +19,11 @@ std::string TinyCheckpointDir();
 class ServerProcess {
  public:
   // Starts `gritserve --model DIR --port 0 <extra_args>` (any free port, read
-  // back from its log) and waits until /health
-  // answers 200 (throws with the server log if it does not within 60 s).
-  explicit ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args = {});
+  // back from its log; no --model when DIR is empty: the demo checkpoint) with
+  // `env` added to its environment, and waits until /health answers 200
+  // (throws with the server log if it does not within 60 s).
+  explicit ServerProcess(const std::string& model_dir, std::vector<std::string> extra_args = {},
+                         std::vector<std::pair<std::string, std::string>> env = {});
   ~ServerProcess();  // SIGKILL if still running
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;

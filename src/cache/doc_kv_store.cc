@@ -3,10 +3,12 @@
 #include <spdlog/spdlog.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 
 #include "gritserve/common/error.h"
@@ -40,9 +42,13 @@ std::string DtypeName(at::ScalarType t) {
 }
 
 // Writes to a temporary name in the same directory, then renames: a reader
-// never sees a half-written file, even after a crash.
+// never sees a half-written file, even after a crash. The temporary name is
+// unique to this writer, since servers in several containers (each PID 1) may
+// share one directory.
 void AtomicWrite(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
+  static const std::string tag = std::to_string(std::random_device{}());
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = path + ".tmp-" + tag + "-" + std::to_string(counter.fetch_add(1));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

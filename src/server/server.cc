@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -35,6 +36,26 @@ std::string DemoCheckpointDir() {
   return (base / "gritserve-demo-checkpoint").string();
 }
 
+// Several servers may start at once on one cache directory (replicas sharing a
+// volume, where each is PID 1 of its container): each writes its own temporary
+// copy, and the first rename wins; the others keep the winner's.
+void WriteDemoCheckpoint(const std::string& dir) {
+  std::random_device rd;
+  const std::string tmp = dir + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+  WriteCheckpoint(tmp, CheckpointPreset("demo"));
+  std::error_code ec;
+  if (std::filesystem::exists(dir) && !std::filesystem::exists(dir + "/config.json")) {
+    std::filesystem::remove_all(dir, ec);  // an interrupted write of an older version
+  }
+  std::filesystem::rename(tmp, dir, ec);
+  if (ec) {
+    std::filesystem::remove_all(tmp);
+    if (!std::filesystem::exists(dir + "/config.json")) {
+      throw LoadError("cannot place the demo checkpoint at " + dir + ": " + ec.message());
+    }
+  }
+}
+
 bool Authorized(const httplib::Request& req, const std::string& key) {
   const std::string auth = req.get_header_value("Authorization");
   if (auth == "Bearer " + key) return true;
@@ -50,12 +71,7 @@ void LoadModel(ServerContext& ctx) {
     spdlog::warn("WEIGHTS from {}; its outputs are meaningless.", o.model_dir);
     spdlog::warn("Pass --model DIR with a Hugging Face checkpoint for real use.");
     spdlog::warn("==================================================================");
-    if (!std::filesystem::exists(o.model_dir + "/config.json")) {
-      const std::string tmp = o.model_dir + ".tmp-" + std::to_string(::getpid());
-      WriteCheckpoint(tmp, CheckpointPreset("demo"));
-      std::filesystem::remove_all(o.model_dir);
-      std::filesystem::rename(tmp, o.model_dir);
-    }
+    if (!std::filesystem::exists(o.model_dir + "/config.json")) WriteDemoCheckpoint(o.model_dir);
     if (ctx.model_id.empty()) ctx.model_id = "gritserve-demo-random";
   }
   if (ctx.model_id.empty()) {

@@ -1,6 +1,9 @@
 // Human-facing subcommands of the one binary: embed, generate, tokenize and
-// make-checkpoint. Each prints JSON on stdout.
+// make-checkpoint, and health for container health checks. Each prints JSON
+// on stdout.
 #include "cli.h"
+
+#include <httplib.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -134,6 +137,39 @@ void AddCliSubcommands(CLI::App& app, std::function<void()>& action) {
                             {"stop", s.stop}});
         }
         std::cout << tokens.dump() << "\n";
+      };
+    });
+  }
+  // --- health ---
+  {
+    // For container health checks: the runtime image has no curl.
+    auto* cmd = app.add_subcommand("health", "exit 0 when a running server's /health is 200");
+    auto host = std::make_shared<std::string>("127.0.0.1");
+    auto port = std::make_shared<int>(8080);
+    auto timeout = std::make_shared<double>(5);
+    cmd->add_option("--host", *host, "server address")->capture_default_str();
+    cmd->add_option("--port", *port, "server port")
+        ->envname("GRITSERVE_PORT")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 65535));
+    cmd->add_option("--timeout", *timeout, "seconds to wait")->capture_default_str();
+    cmd->callback([=, &action] {
+      action = [=] {
+        httplib::Client client(*host, *port);
+        const auto usec = static_cast<int64_t>(*timeout * 1e6);
+        client.set_connection_timeout(usec / 1000000, usec % 1000000);
+        client.set_read_timeout(usec / 1000000, usec % 1000000);
+        const auto res = client.Get("/health");
+        if (!res) {
+          throw Error(ErrorKind::kUnavailable, "no answer from " + *host + ":" +
+                                                   std::to_string(*port) + ": " +
+                                                   httplib::to_string(res.error()));
+        }
+        if (res->status != 200) {
+          throw Error(ErrorKind::kUnavailable,
+                      "/health answered " + std::to_string(res->status) + ": " + res->body);
+        }
+        std::cout << res->body << "\n";
       };
     });
   }

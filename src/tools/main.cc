@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,19 @@ void ApplyConfigFile(CLI::App& app, const std::string& path) {
     opt->clear();
     opt->add_result(text);
     opt->run_callback();
+  }
+}
+
+// Every server flag can also come from the environment as GRITSERVE_<FLAG>
+// (--cache-bytes: GRITSERVE_CACHE_BYTES), which is how containers are configured.
+// Flags win over the environment, and both over a --config file; an empty
+// variable counts as unset.
+void AddEnvironmentNames(CLI::App& app) {
+  for (CLI::Option* opt : app.get_options()) {
+    if (opt->get_lnames().empty() || opt->get_lnames()[0] == "help") continue;
+    std::string env = "GRITSERVE_" + opt->get_lnames()[0];
+    for (char& c : env) c = c == '-' ? '_' : static_cast<char>(std::toupper(c));
+    opt->envname(env);
   }
 }
 
@@ -91,6 +105,7 @@ int main(int argc, char** argv) {
   app.add_option("--model-name", o.model_name, "model id reported to clients");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
+  AddEnvironmentNames(app);
 
   // Logs go to stderr so that subcommands' JSON on stdout stays parseable.
   spdlog::set_default_logger(spdlog::stderr_color_mt("gritserve"));
