@@ -174,6 +174,29 @@ TEST(LinearBackend, Bfloat16ValuedWeightsKeepFloat32ArithmeticFromBfloat16Panels
   EXPECT_LT((onednn(x) - lin(x)).abs().max().item<double>(), 1e-5);
 }
 
+// A bfloat16 model on a CPU without fast bfloat16 products (any AVX2 CPU)
+// holds bfloat16 weights and biases and feeds bfloat16 rows to layers packed
+// for float32 products. Those read and wrote float32 through bfloat16 buffers
+// (heap corruption); now the rows are widened and the result narrowed back.
+TEST(LinearBackend, Bfloat16RowsThroughFloat32PackedLayers) {
+  at::manual_seed(7);
+  const at::Tensor w = (at::randn({130, 96}) * 0.1).to(at::kBFloat16);  // [out, in]
+  const at::Tensor b = at::randn({130}).to(at::kBFloat16);
+  for (const bool pack : {true, false}) {
+    Linear lin(w, Linear::Layout::kOutIn, b, pack);
+    for (int64_t m : {1, 3, 32, 64, 130}) {
+      const at::Tensor x = at::randn({m, 96}).to(at::kBFloat16);  // [M, in]
+      const at::Tensor y = lin(x);
+      ASSERT_EQ(y.scalar_type(), at::kBFloat16) << "rows " << m;
+      ASSERT_EQ(y.sizes(), (at::IntArrayRef{m, 130}));
+      // float32 arithmetic on the bfloat16 operands, rounded once at the end.
+      const at::Tensor want = Reference(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat));
+      const double err = (y.to(at::kDouble) - want).abs().max().item<double>();
+      EXPECT_LT(err, 2e-2 * want.abs().max().item<double>()) << "rows " << m << " pack " << pack;
+    }
+  }
+}
+
 TEST(LinearBackend, ConcurrentCallersWithDifferentRowCountsGetTheirOwnResults) {
   at::manual_seed(4);
   at::Tensor w = at::randn({48, 32}) * 0.1;  // [out, in]

@@ -148,6 +148,8 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   if (weight.device().is_cpu() && source_ok && CpuOneDnn()) {
     weight = weight.contiguous();
     packed_ = MakePacked(weight, layout, in_, out_, pack, bf16);
+    // The packed products read a float32 bias, whatever the model's dtype.
+    if (bias_.defined()) bias_ = bias_.to(at::kFloat).contiguous();
     return;  // packed_->storage holds whatever must stay alive
   }
 #endif
@@ -163,6 +165,13 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
 }
 
 at::Tensor Linear::operator()(const at::Tensor& x) const {
+  // The packed products take and give float32 (a bfloat16 primitive narrows
+  // its own source). A bfloat16 model on a CPU without fast bfloat16 products
+  // reaches them with bfloat16 rows: widened here, and back after.
+  if ((bf16_panels_.defined() || packed_ != nullptr) && x.is_cpu() &&
+      x.scalar_type() != at::kFloat) {
+    return (*this)(x.to(at::kFloat)).to(x.scalar_type());
+  }
   if (bf16_panels_.defined()) {
     if (!cpu_kernels::Applies(x)) {
       throw Error(ErrorKind::kInternal,
