@@ -15,6 +15,7 @@
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/model/checkpoint_writer.h"
 #include "gritserve/model/small_gemm.h"
+#include "tensor_json.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -52,14 +53,7 @@ class DecoderTest : public ::testing::Test {
     in.attention = spec;
     return decoder_->Forward(in, nullptr)[0];
   }
-  static at::Tensor FromJson(const json& j) {  // [T, H] or [H]
-    if (j[0].is_array()) {
-      std::vector<at::Tensor> rows;
-      for (const auto& r : j) rows.push_back(FromJson(r));
-      return at::stack(rows);
-    }
-    return at::tensor(j.get<std::vector<float>>(), at::kFloat);
-  }
+  static at::Tensor FromJson(const json& j) { return testing::TensorFromJson(j); }
   static double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
     return (a - b).abs().max().item<double>();
   }

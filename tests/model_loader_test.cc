@@ -211,6 +211,16 @@ TEST(ModelConfig, SlidingWindow) {
   EXPECT_FALSE(ModelConfig::FromJsonText(j.dump()).sliding_window.has_value());
   j["use_sliding_window"] = true;
   EXPECT_EQ(ModelConfig::FromJsonText(j.dump()).sliding_window, 4096);
+  // max_window_layers as Hugging Face reads it: absent means 28; layers before it
+  // attend fully. A written config reads back the same.
+  EXPECT_EQ(ModelConfig::FromJsonText(j.dump()).window_from_layer, 28);
+  j["max_window_layers"] = 1;
+  const ModelConfig windowed = ModelConfig::FromJsonText(j.dump());
+  EXPECT_EQ(windowed.window_from_layer, 1);
+  EXPECT_EQ(ModelConfig::FromJsonText(windowed.ToJsonText()).window_from_layer, 1);
+  j["max_window_layers"] = -1;
+  EXPECT_THROW(ModelConfig::FromJsonText(j.dump()), Error);
+  j.erase("max_window_layers");
 
   j = BaseConfig("MistralForCausalLM");
   j["sliding_window"] = 4096;

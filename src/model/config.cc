@@ -166,6 +166,10 @@ void Validate(const ModelConfig& c) {
   RequirePositive(c.head_dim, "head_dim");
   RequirePositive(c.max_position_embeddings, "max_position_embeddings");
   if (c.sliding_window) RequirePositive(*c.sliding_window, "sliding_window");
+  if (c.window_from_layer < 0) {
+    throw LoadError("config.json: 'max_window_layers' must not be negative, got " +
+                    std::to_string(c.window_from_layer));
+  }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     throw LoadError("config.json: 'num_attention_heads' (" + std::to_string(c.num_attention_heads) +
                     ") must be a multiple of 'num_key_value_heads' (" +
@@ -269,6 +273,8 @@ ModelConfig ModelConfig::FromJsonText(const std::string& text) {
       // Qwen2 configs always carry sliding_window; it applies only with use_sliding_window.
       if (OptBool(j, "use_sliding_window", false)) {
         c.sliding_window = RequireInt(j, "sliding_window");
+        // Hugging Face's Qwen2Config defaults max_window_layers to 28.
+        c.window_from_layer = OptInt(j, "max_window_layers", 28);
       }
       break;
     case Architecture::kLlama: {
@@ -374,7 +380,7 @@ std::string ModelConfig::ToJsonText() const {
     case Architecture::kQwen2:
       j["use_sliding_window"] = sliding_window.has_value();
       j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
-      j["max_window_layers"] = num_hidden_layers;
+      j["max_window_layers"] = sliding_window ? window_from_layer : num_hidden_layers;
       break;
     case Architecture::kLlama:
       j["attention_bias"] = qkv_bias;

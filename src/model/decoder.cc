@@ -258,8 +258,19 @@ void Decoder::PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at
   }
 }
 
-at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
-                              const at::Tensor& key_valid) const {
+Decoder::Segment Decoder::MakeSegment(const ForwardInput& in, int64_t past,
+                                      const at::Tensor& key_valid, KvCache* cache) const {
+  const bool windowed =
+      config_.sliding_window && config_.window_from_layer < config_.num_hidden_layers;
+  Segment seg{in.ids.size(1), BuildMask(in, past, key_valid, windowed), cache};
+  if (windowed && config_.window_from_layer > 0 && in.attention.mode == AttentionMode::kCausal) {
+    seg.full_mask = BuildMask(in, past, key_valid, false);
+  }
+  return seg;
+}
+
+at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past, const at::Tensor& key_valid,
+                              bool window) const {
   const int64_t b = in.ids.size(0), t = in.ids.size(1), s = past + t;
   auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
   at::Tensor q_idx = at::arange(past, s, long_opts).unsqueeze(1);  // [T, 1]
@@ -268,7 +279,7 @@ at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past,
   switch (in.attention.mode) {
     case AttentionMode::kCausal:
       allowed = k_idx <= q_idx;
-      if (config_.sliding_window) allowed = allowed & ((q_idx - k_idx) < *config_.sliding_window);
+      if (window) allowed = allowed & ((q_idx - k_idx) < *config_.sliding_window);
       break;
     case AttentionMode::kBidirectional:
       allowed = at::ones({t, s}, long_opts.dtype(at::kBool));
@@ -340,7 +351,9 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
     at::Tensor vs = whole ? v : v.narrow(2, offset, seg.t);
     offset += seg.t;
     if (seg.cache != nullptr) std::tie(ks, vs) = seg.cache->Append(layer_index, ks, vs);
-    at::Tensor mask = seg.mask;  // [B_i, 1, 1, T_i, S]
+    at::Tensor mask = seg.full_mask.defined() && layer_index < config_.window_from_layer
+                          ? seg.full_mask
+                          : seg.mask;  // [B_i, 1, 1, T_i, S]
     if (last_only) {
       qs = qs.narrow(2, seg.t - 1, 1);
       mask = mask.narrow(3, seg.t - 1, 1).contiguous();
@@ -404,12 +417,11 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
                          ? in.valid.to(device_)
                          : at::ones({b, t}, at::TensorOptions().dtype(at::kBool).device(device_));
   at::Tensor key_valid = past > 0 ? at::cat({cache->key_valid(), valid}, 1) : valid;  // [B, S]
-  at::Tensor mask = BuildMask(in, past, key_valid);        // [B, 1, 1, T, S]
-  auto [cos, sin] = RopeTables(in.positions.to(device_));  // [B, T, D/2]
+  auto [cos, sin] = RopeTables(in.positions.to(device_));                             // [B, T, D/2]
 
   at::Tensor x = Embed(ids).view({b * t, h});  // [B*T, H]
-  at::Tensor out = Layers(x, cos, sin, {Segment{t, mask, cache}}, n_layers, in.apply_final_norm,
-                          in.last_position_only, layer_outputs, {b, t, h});
+  at::Tensor out = Layers(x, cos, sin, {MakeSegment(in, past, key_valid, cache)}, n_layers,
+                          in.apply_final_norm, in.last_position_only, layer_outputs, {b, t, h});
   if (cache != nullptr) cache->Advance(valid);
   return out.view({b, in.last_position_only ? 1 : t, h});
 }
@@ -458,7 +470,7 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
     const int64_t t = in.ids.size(1);
     valid.push_back(at::ones({1, t}, at::TensorOptions().dtype(at::kBool).device(device_)));
     at::Tensor key_valid = at::cat({cache->key_valid().to(device_), valid.back()}, 1);  // [1, S]
-    segments.push_back(Segment{t, BuildMask(in, cache->length(), key_valid), cache});
+    segments.push_back(MakeSegment(in, cache->length(), key_valid, cache));
     ids.push_back(in.ids.to(device_));
     positions.push_back(in.positions.to(device_));
   }

@@ -42,6 +42,9 @@ struct ModelConfig {
   bool mlp_bias = false;  // Llama mlp_bias
   bool tie_word_embeddings = false;
   std::optional<int64_t> sliding_window;  // set only when the model really uses one
+  // Layers before this one attend without the window (Qwen2's
+  // max_window_layers, as Hugging Face applies it); 0: every layer has it.
+  int64_t window_from_layer = 0;
 
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;  // config.json and generation_config.json merged

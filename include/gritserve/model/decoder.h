@@ -106,9 +106,14 @@ class Decoder {
   // Sequences whose rows lie one after another in a forward's activations.
   struct Segment {
     int64_t t;        // tokens per row of the segment's batch
-    at::Tensor mask;  // [B_i, 1, 1, T_i, S_i]
+    at::Tensor mask;  // [B_i, 1, 1, T_i, S_i], with the sliding window if any layer has one
     KvCache* cache;   // or nullptr
+    // [B_i, 1, 1, T_i, S_i] without the window, for the layers before
+    // window_from_layer when only some layers have it; else undefined.
+    at::Tensor full_mask = {};
   };
+  Segment MakeSegment(const ForwardInput& input, int64_t past, const at::Tensor& key_valid,
+                      KvCache* cache) const;
   // cos, sin: [B, T, D/2] over all rows (B = 1 when there are several segments).
   // Keys and values of every row go to the caches; with `last_only` the
   // output holds each batch row's last position only.
@@ -132,8 +137,10 @@ class Decoder {
   // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
   // kernel updates x in place; the ATen path rebinds x to a new tensor.
   at::Tensor AddRmsNorm(at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight) const;
-  // Additive mask [B, 1, 1, T, S] for T new tokens after `past` stored ones.
-  at::Tensor BuildMask(const ForwardInput& input, int64_t past, const at::Tensor& key_valid) const;
+  // Additive mask [B, 1, 1, T, S] for T new tokens after `past` stored ones;
+  // causal attention keeps to the sliding window when `window`.
+  at::Tensor BuildMask(const ForwardInput& input, int64_t past, const at::Tensor& key_valid,
+                       bool window) const;
   // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once)
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
 
