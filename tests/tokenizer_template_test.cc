@@ -60,11 +60,31 @@ TEST(PromptTemplateTest, LeadingBosBecomesTheTokenizersBos) {
   ASSERT_FALSE(ep.ids.empty());
   EXPECT_EQ(ep.ids[0], 1);  // <s>
   EXPECT_EQ(std::count(ep.ids.begin(), ep.ids.end(), 1), 1);
-  const auto text_ids = sp.Encode("Hello world");
-  EXPECT_TRUE(std::equal(text_ids.begin(), text_ids.end(), ep.ids.begin() + ep.text_begin));
+  const auto text_ids = sp.Encode("<|embed|>\nHello world");
+  EXPECT_TRUE(std::equal(text_ids.begin(), text_ids.end(), ep.ids.begin() + 1, ep.ids.end()));
   const auto gen = EncodeGeneratePrompt(sp, PromptTemplate::BuiltinGritLM(), "Hi");
   EXPECT_EQ(gen[0], 1);
   EXPECT_EQ(sp.Decode(gen, true), "<|user|>\nHi\n<|assistant|>\n");
+}
+
+// GritLM's encode() tokenizes instruction + text as one string and pools from
+// where the instruction's own tokens end. Sentencepiece gives the start of a
+// string a "\u2581" prefix that the same text after "\n" does not get, so
+// tokenizing the text apart would pool over tokens GritLM never sees.
+TEST(PromptTemplateTest, GritLmEmbedPromptIsTokenizedAsOneString) {
+  const Tokenizer& sp = DemoSentencePiece();
+  const std::string instruction = "Represent the query", text = "Hello world";
+  const auto ep = EncodeEmbedPrompt(sp, PromptTemplate::BuiltinGritLM(), instruction, text);
+  const std::string prefix = "<|user|>\n" + instruction + "\n<|embed|>\n";
+  std::vector<int32_t> joint = {1};  // BOS, which GritLM's tokenizer adds
+  const auto body = sp.Encode(prefix + text);
+  joint.insert(joint.end(), body.begin(), body.end());
+  EXPECT_EQ(ep.ids, joint);
+  EXPECT_EQ(ep.text_begin, 1 + sp.Encode(prefix).size());
+  EXPECT_EQ(ep.text_end, joint.size());
+  const auto alone = sp.Encode(text);
+  EXPECT_FALSE(std::equal(alone.begin(), alone.end(), ep.ids.begin() + ep.text_begin, ep.ids.end()))
+      << "the text tokenized apart should differ here, or this test shows nothing";
 }
 
 TEST(PromptTemplateTest, ChatMlChatForQwen2) {

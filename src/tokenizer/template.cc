@@ -1,5 +1,6 @@
 #include "gritserve/tokenizer/template.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -168,12 +169,14 @@ EncodedPrompt EncodeEmbedPrompt(const Tokenizer& tok, const PromptTemplate& tmpl
   const std::string prefix = instruction.empty()
                                  ? tmpl.embed_plain
                                  : Substitute(tmpl.embed_instruction, "instruction", instruction);
+  // As GritLM's encode() does: one string, pooled from where the prefix's own
+  // tokens end (a tokenizer that merges across the seam still leaves the text
+  // at least its last token).
   EncodedPrompt out;
-  out.ids = EncodeTemplateText(tok, prefix);
-  out.text_begin = out.ids.size();
-  const auto body = tok.Encode(text, /*parse_special=*/true);
-  out.ids.insert(out.ids.end(), body.begin(), body.end());
+  out.ids = EncodeTemplateText(tok, prefix + text);
   out.text_end = out.ids.size();
+  out.text_begin = std::min(EncodeTemplateText(tok, prefix).size(), out.text_end);
+  if (out.text_begin == out.text_end && !text.empty() && out.text_end > 0) --out.text_begin;
   return out;
 }
 

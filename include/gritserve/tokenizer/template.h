@@ -43,8 +43,9 @@ struct EncodedPrompt {
 };
 
 // Template text is encoded with parse_special=true after textual substitution of
-// {instruction} / {prompt} / {content}. The user's {text} is encoded on its own and
-// appended, so text_begin is exact. A leading "<s>" the vocabulary lacks becomes the
+// {instruction} / {prompt} / {content}. An embedding prompt is prefix + {text}
+// encoded as one string, as GritLM's own code does; text_begin is where the
+// prefix's own tokens end. A leading "<s>" the vocabulary lacks becomes the
 // tokenizer's BOS, or nothing when it has none (Qwen2).
 EncodedPrompt EncodeEmbedPrompt(const Tokenizer& tok, const PromptTemplate& tmpl,
                                 const std::string& instruction, const std::string& text);
