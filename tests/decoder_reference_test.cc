@@ -33,8 +33,9 @@ class DecoderReferenceTest : public ::testing::TestWithParam<Fixture> {
     at::set_num_threads(2);
     dir_ = testing::FixturesDir() + "/" + GetParam().dir;
     config_ = ModelConfig::FromDirectory(dir_);
-    if (*GetParam().kernels != '\0')
+    if (*GetParam().kernels != '\0') {
       ASSERT_EQ(::setenv("GRITSERVE_CPU_KERNELS", GetParam().kernels, 1), 0);
+    }
     decoder_ = std::make_unique<Decoder>(config_, LoadWeights(dir_, config_, at::kFloat, at::kCPU));
     ::unsetenv("GRITSERVE_CPU_KERNELS");
     reference_ = json::parse(testing::ReadFile(dir_ + "/reference.json"));
