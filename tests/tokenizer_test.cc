@@ -11,6 +11,7 @@
 #include <random>
 
 #include "gritserve/common/error.h"
+#include "gritserve/tokenizer/text_util.h"
 #include "test_util.h"
 #include "unicode_util.h"
 
@@ -251,6 +252,22 @@ TEST(TokenizerLoadTest, MissingDirectoryIsLoadError) {
   }
   const std::string empty = testing::MakeTempDir("tok_empty");
   EXPECT_THROW(Tokenizer::FromDirectory(empty), Error);
+}
+
+}  // namespace
+}  // namespace gritserve
+
+namespace gritserve {
+namespace {
+
+// A Split pre-tokenizer with a plain {"String": ...} pattern matches it
+// literally (PCRE2 refuses its Unicode-properties option beside a literal).
+TEST(PreTokenizerRegex, LiteralPatternsMatchAsPlainStrings) {
+  const tokenizer_internal::Regex dot(".", /*literal=*/true);
+  EXPECT_EQ(dot.FindAll("a.b..ü"),
+            (std::vector<std::pair<size_t, size_t>>{{1, 2}, {3, 4}, {4, 5}}));
+  const tokenizer_internal::Regex space(" ", /*literal=*/true);
+  EXPECT_EQ(space.FindAll("a b"), (std::vector<std::pair<size_t, size_t>>{{1, 2}}));
 }
 
 }  // namespace

@@ -271,8 +271,9 @@ std::string Pcre2Message(int code) {
 Regex::Regex(const std::string& pattern, bool literal) : impl_(std::make_unique<Impl>()) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  uint32_t options = PCRE2_UTF | PCRE2_UCP;
-  if (literal) options |= PCRE2_LITERAL;
+  // PCRE2_UCP (Unicode properties for \w, \d, ...) means nothing to a literal,
+  // and PCRE2 refuses the two together.
+  const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
                               &err, &err_offset, nullptr);
   if (impl_->code == nullptr) {
