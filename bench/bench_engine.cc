@@ -25,34 +25,10 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-}  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"gritserve engine benchmark"};
-  int threads = 0, repeats = 3;
-  EngineOptions eo;
-  bench::ModelOptions model_options;
-  model_options.Add(app);
-  app.add_option("--threads", threads, "compute threads (0: all cores)");
-  app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
-  app.add_option("--device", eo.device, "cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", eo.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-  ConfigureAllocatorForInference();
-  spdlog::set_level(spdlog::level::warn);
-
-  const std::string model = model_options.ModelDir();
-  eo.model_dir = model;
-  eo.threads = threads;
-  auto engine = Engine::Load(eo);
-  const int64_t vocab = engine->tokenizer().VocabSize();
-
-  nlohmann::json out;
-  out["model"] = model;
-  out["device"] = engine->device_name();
-  out["dtype"] = engine->dtype_name();
-  out["parameters"] = engine->config().NumParameters();
-  out["loaded_resident_bytes"] = bench::ResidentBytes();
+// Prompts of 128 and 512 tokens: prefill throughput.
+void MeasurePrefill(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
+  const int64_t vocab = front.tokenizer().VocabSize();
   for (int64_t n : {128, 512}) {
     double best = 1e30;
     for (int r = 0; r < repeats; ++r) {
@@ -60,68 +36,106 @@ int main(int argc, char** argv) {
       p.max_tokens = 1;
       p.temperature = 0;
       p.ignore_eos = true;
-      GenerateResult res = engine->Generate(RandomIds(n, vocab, r + 1), p);
+      GenerateResult res = runner.Generate(RandomIds(n, vocab, r + 1), p);
       best = std::min(best, res.prefill_ms / 1000.0);
     }
     out["prefill_" + std::to_string(n) + "_tokens_per_s"] = n / best;
   }
-  {
-    std::vector<EncodedPrompt> prompts;
-    for (int i = 0; i < 8; ++i) prompts.push_back(engine->EncodeEmbedIds(RandomIds(128, vocab, i)));
-    double best = 1e30;
-    for (int r = 0; r < repeats; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
-      engine->Embed(prompts, EmbedOptions{});
-      best = std::min(best, Seconds(t0));
-    }
-    out["embed_8x128_tokens_per_s"] = 8 * 128 / best;
-    out["embed_8x128_sequences_per_s"] = 8 / best;
+}
+
+// Eight 128-token inputs embedded in one call.
+void MeasureEmbed(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
+  const int64_t vocab = front.tokenizer().VocabSize();
+  std::vector<EncodedPrompt> prompts;
+  for (int i = 0; i < 8; ++i) prompts.push_back(front.EncodeEmbedIds(RandomIds(128, vocab, i)));
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    runner.Embed(prompts, EmbedOptions{});
+    best = std::min(best, Seconds(t0));
   }
-  {
-    double best = 0;
-    for (int r = 0; r < std::max(1, repeats - 1); ++r) {
-      SamplingParams p;
-      p.max_tokens = 33;
-      p.temperature = 0;
-      p.ignore_eos = true;
-      GenerateResult res = engine->Generate(RandomIds(16, vocab, 99), p);
-      best = std::max(best, (res.completion_tokens - 1) / (res.decode_ms / 1000.0));
-    }
-    out["decode_batch1_tokens_per_s"] = best;
+  out["embed_8x128_tokens_per_s"] = 8 * 128 / best;
+  out["embed_8x128_sequences_per_s"] = 8 / best;
+}
+
+// One sequence decoding.
+void MeasureDecodeOne(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
+  const int64_t vocab = front.tokenizer().VocabSize();
+  double best = 0;
+  for (int r = 0; r < std::max(1, repeats - 1); ++r) {
+    SamplingParams p;
+    p.max_tokens = 33;
+    p.temperature = 0;
+    p.ignore_eos = true;
+    GenerateResult res = runner.Generate(RandomIds(16, vocab, 99), p);
+    best = std::max(best, (res.completion_tokens - 1) / (res.decode_ms / 1000.0));
   }
-  {
-    // Eight concurrent generations stepped together, as the scheduler runs
-    // them: their decode steps share one forward pass.
-    constexpr int kConcurrent = 8, kSteps = 17;
-    double best = 0;
-    for (int r = 0; r < std::max(1, repeats - 1); ++r) {
-      SamplingParams p;
-      p.max_tokens = kSteps;
-      p.temperature = 0;
-      p.ignore_eos = true;
-      std::vector<std::unique_ptr<Generation>> gens;
-      std::vector<Generation*> raw;
-      for (int i = 0; i < kConcurrent; ++i) {
-        gens.push_back(engine->StartGeneration(RandomIds(16, vocab, 200 + i), p));
-        raw.push_back(gens.back().get());
+  out["decode_batch1_tokens_per_s"] = best;
+}
+
+void MeasureDecodeEight(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
+  const int64_t vocab = front.tokenizer().VocabSize();
+  // Eight concurrent generations stepped together, as the scheduler runs
+  // them: their decode steps share one forward pass.
+  constexpr int kConcurrent = 8, kSteps = 17;
+  double best = 0;
+  for (int r = 0; r < std::max(1, repeats - 1); ++r) {
+    SamplingParams p;
+    p.max_tokens = kSteps;
+    p.temperature = 0;
+    p.ignore_eos = true;
+    std::vector<std::unique_ptr<Sequence>> gens;
+    std::vector<Sequence*> raw;
+    for (int i = 0; i < kConcurrent; ++i) {
+      gens.push_back(runner.StartGeneration(RandomIds(16, vocab, 200 + i), p));
+      raw.push_back(gens.back().get());
+    }
+    std::vector<std::exception_ptr> errors;
+    for (Sequence* g : raw) g->Step();  // prefills, outside the timing
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t tokens = 0;
+    while (!raw.empty()) {
+      std::vector<bool> more = runner.StepAll(raw, &errors);
+      tokens += static_cast<int64_t>(raw.size());
+      std::vector<Sequence*> still;
+      for (size_t i = 0; i < raw.size(); ++i) {
+        if (more[i]) still.push_back(raw[i]);
       }
-      std::vector<std::exception_ptr> errors;
-      for (Generation* g : raw) g->Step();  // prefills, outside the timing
-      auto t0 = std::chrono::steady_clock::now();
-      int64_t tokens = 0;
-      while (!raw.empty()) {
-        std::vector<bool> more = engine->StepAll(raw, &errors);
-        tokens += static_cast<int64_t>(raw.size());
-        std::vector<Generation*> still;
-        for (size_t i = 0; i < raw.size(); ++i) {
-          if (more[i]) still.push_back(raw[i]);
-        }
-        raw = std::move(still);
-      }
-      best = std::max(best, static_cast<double>(tokens) / Seconds(t0));
+      raw = std::move(still);
     }
-    out["decode_8_concurrent_tokens_per_s"] = best;
+    best = std::max(best, static_cast<double>(tokens) / Seconds(t0));
   }
+  out["decode_8_concurrent_tokens_per_s"] = best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gritserve engine benchmark"};
+  int repeats = 3;
+  bench::ModelOptions model_options;
+  model_options.Add(app);
+  app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
+  CLI11_PARSE(app, argc, argv);
+  ConfigureAllocatorForInference();
+  spdlog::set_level(spdlog::level::warn);
+
+  const EngineOptions eo = model_options.Resolved();
+  const std::string model = eo.model_dir;
+  auto loaded = Engine::Load(eo);
+  const FrontEnd& front = loaded->front();
+  Runner& runner = loaded->runner();
+
+  nlohmann::json out;
+  out["model"] = model;
+  out["device"] = front.device_name();
+  out["dtype"] = front.dtype_name();
+  out["parameters"] = front.config().NumParameters();
+  out["loaded_resident_bytes"] = bench::ResidentBytes();
+  MeasurePrefill(front, runner, repeats, out);
+  MeasureEmbed(front, runner, repeats, out);
+  MeasureDecodeOne(front, runner, repeats, out);
+  MeasureDecodeEight(front, runner, repeats, out);
   out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";
   return 0;

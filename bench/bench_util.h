@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gritserve/engine/checkpoint.h"
+#include "gritserve/engine/engine_flags.h"
 
 namespace gritserve::bench {
 
@@ -48,22 +49,26 @@ inline std::string DefaultBenchModel(const std::string& dtype = "bf16") {
   return dir;
 }
 
-// --model and --checkpoint-dtype, which the benchmarks share; ModelDir() after
-// parsing gives the directory to load.
+// The benchmarks' flags: the engine's (kernels the server has, one spelling)
+// and --checkpoint-dtype; without --model they generate the 0.5B shape.
 struct ModelOptions {
-  std::string model;
+  EngineOptions engine;
   std::string checkpoint_dtype = "bf16";
 
   void Add(CLI::App& app) {
-    app.add_option("--model", model, "model directory (default: generate the 0.5B shape)");
+    AddEngineFlags(app, engine, ModelFlag::kOptional,
+                   "model directory (default: generate the 0.5B shape)");
     app.add_option("--checkpoint-dtype", checkpoint_dtype,
                    "without --model: the generated checkpoint's stored dtype, bf16 (as Qwen2.5 "
                    "is published) or f32")
         ->check(CLI::IsMember({"bf16", "f32"}))
         ->capture_default_str();
   }
-  std::string ModelDir() const {
-    return model.empty() ? DefaultBenchModel(checkpoint_dtype) : model;
+  // The engine options after parsing, with the model directory filled in.
+  EngineOptions Resolved() const {
+    EngineOptions o = engine;
+    if (o.model_dir.empty()) o.model_dir = DefaultBenchModel(checkpoint_dtype);
+    return o;
   }
 };
 

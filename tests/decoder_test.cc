@@ -14,7 +14,7 @@
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/model/checkpoint_writer.h"
-#include "gritserve/model/small_gemm.h"
+#include "gritserve/kernels/small_gemm.h"
 #include "tensor_json.h"
 #include "test_util.h"
 

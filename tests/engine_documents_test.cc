@@ -78,7 +78,7 @@ class DocumentsTest : public ::testing::Test {
     }
     blocks.push_back({static_cast<int64_t>(prompt.size()), false, /*sees_previous=*/true});
     GenerateResult r;
-    const int64_t limit = engine_->tokenizer().VocabSize();
+    const int64_t limit = engine_->front().tokenizer().VocabSize();
     for (int step = 0; step < kSteps; ++step) {
       const int64_t t = static_cast<int64_t>(ids.size());
       ForwardInput in;
@@ -125,29 +125,30 @@ Engine* DocumentsTest::engine_ = nullptr;
 Decoder* DocumentsTest::decoder_ = nullptr;
 
 TEST_F(DocumentsTest, OneCausalDocumentIsPlainPrefixCaching) {
-  auto docs = engine_->ResolveDocuments(Texts(1), KvSource::kCausal);
-  std::vector<int32_t> prompt = engine_->EncodeGenerate("What did the cat do?", false);
+  auto docs = engine_->front().ResolveDocuments(Texts(1), KvSource::kCausal);
+  std::vector<int32_t> prompt = engine_->front().EncodeGenerate("What did the cat do?", false);
   std::vector<int32_t> whole = docs[0].ids;
   whole.insert(whole.end(), prompt.begin(), prompt.end());
-  GenerateResult plain = engine_->Generate(whole, Greedy());
+  GenerateResult plain = engine_->runner().Generate(whole, Greedy());
   // Twice: the first computes and stores the entry, the second reuses it.
   for (int round = 0; round < 2; ++round) {
-    GenerateResult cached = engine_->Generate(prompt, Greedy(), nullptr, docs);
+    GenerateResult cached = engine_->runner().Generate(prompt, Greedy(), nullptr, docs);
     EXPECT_EQ(cached.cached_tokens, static_cast<int64_t>(docs[0].ids.size()));
     EXPECT_EQ(cached.prompt_tokens, static_cast<int64_t>(prompt.size()));
     EXPECT_EQ(cached.tokens, plain.tokens) << "round " << round;
     EXPECT_LT(MaxLogitDiff(cached, plain), 1e-4) << "round " << round;
   }
-  EXPECT_GE(engine_->document_stats().hits, 1);
+  EXPECT_GE(engine_->front().document_stats().hits, 1);
 }
 
 TEST_F(DocumentsTest, CachedEqualsUncachedLayoutForEverySourceCountAndPlacement) {
-  std::vector<int32_t> prompt = engine_->EncodeGenerate("Summarise the documents.", false);
+  std::vector<int32_t> prompt = engine_->front().EncodeGenerate("Summarise the documents.", false);
   for (KvSource source : {KvSource::kCausal, KvSource::kEmbed}) {
     for (size_t n : {1, 3, 8}) {
       for (DocPositions positions : {DocPositions::kSequential, DocPositions::kComposite}) {
-        auto docs = engine_->ResolveDocuments(Texts(n), source);
-        GenerateResult cached = engine_->Generate(prompt, Greedy(), nullptr, docs, positions);
+        auto docs = engine_->front().ResolveDocuments(Texts(n), source);
+        GenerateResult cached =
+            engine_->runner().Generate(prompt, Greedy(), nullptr, docs, positions);
         GenerateResult ref = Reference(docs, prompt, positions);
         const std::string what =
             std::string(KvSourceName(source)) + " x" + std::to_string(n) +
@@ -162,36 +163,39 @@ TEST_F(DocumentsTest, CachedEqualsUncachedLayoutForEverySourceCountAndPlacement)
 TEST_F(DocumentsTest, TheLayoutMatters) {
   // Guards against a comparison that cannot fail: the embed and causal sources,
   // and the two placements, really give different logits.
-  std::vector<int32_t> prompt = engine_->EncodeGenerate("Summarise the documents.", false);
-  auto causal = engine_->ResolveDocuments(Texts(3), KvSource::kCausal);
-  auto embed = engine_->ResolveDocuments(Texts(3), KvSource::kEmbed);
-  GenerateResult a = engine_->Generate(prompt, Greedy(), nullptr, causal);
-  GenerateResult b = engine_->Generate(prompt, Greedy(), nullptr, causal, DocPositions::kComposite);
-  GenerateResult c = engine_->Generate(prompt, Greedy(), nullptr, embed);
+  std::vector<int32_t> prompt = engine_->front().EncodeGenerate("Summarise the documents.", false);
+  auto causal = engine_->front().ResolveDocuments(Texts(3), KvSource::kCausal);
+  auto embed = engine_->front().ResolveDocuments(Texts(3), KvSource::kEmbed);
+  GenerateResult a = engine_->runner().Generate(prompt, Greedy(), nullptr, causal);
+  GenerateResult b =
+      engine_->runner().Generate(prompt, Greedy(), nullptr, causal, DocPositions::kComposite);
+  GenerateResult c = engine_->runner().Generate(prompt, Greedy(), nullptr, embed);
   // Well above float32 noise (~1e-6) and the 1e-4 tolerance used for equality.
   EXPECT_GT(MaxLogitDiff(a, b), 2e-4);
   EXPECT_GT(MaxLogitDiff(a, c), 2e-4);
 }
 
 TEST_F(DocumentsTest, EmbedEntriesAreReusedByIdWithoutRecomputing) {
-  std::vector<EncodedPrompt> prompts = {engine_->EncodeEmbed(kDocs[0], {}),
-                                        engine_->EncodeEmbed(kDocs[1], {})};
-  auto first = engine_->Embed(prompts, {}, EmbedStore::kKeep, {"doc-a", "doc-b"});
-  const DocKvStats before = engine_->document_stats();
+  std::vector<EncodedPrompt> prompts = {engine_->front().EncodeEmbed(kDocs[0], {}),
+                                        engine_->front().EncodeEmbed(kDocs[1], {})};
+  auto first = engine_->runner().Embed(prompts, {}, EmbedStore::kKeep, {"doc-a", "doc-b"});
+  const DocKvStats before = engine_->front().document_stats();
   // Same vectors again, from the store.
-  auto again = engine_->Embed(prompts, {}, EmbedStore::kReuse);
+  auto again = engine_->runner().Embed(prompts, {}, EmbedStore::kReuse);
   EXPECT_EQ(again, first);
-  EXPECT_EQ(engine_->document_stats().hits - before.hits, 2);
+  EXPECT_EQ(engine_->front().document_stats().hits - before.hits, 2);
   // Generation over the ids uses the embedding pass's K/V as is.
-  auto docs = engine_->ResolveDocuments({{"doc-a", "", {}}, {"doc-b", "", {}}}, KvSource::kEmbed);
-  std::vector<int32_t> prompt = engine_->EncodeGenerate("Where is Paris?", false);
-  const int64_t computed_before = engine_->document_stats().computed;
-  GenerateResult cached = engine_->Generate(prompt, Greedy(), nullptr, docs);
-  EXPECT_EQ(engine_->document_stats().computed, computed_before);
+  auto docs =
+      engine_->front().ResolveDocuments({{"doc-a", "", {}}, {"doc-b", "", {}}}, KvSource::kEmbed);
+  std::vector<int32_t> prompt = engine_->front().EncodeGenerate("Where is Paris?", false);
+  const int64_t computed_before = engine_->front().document_stats().computed;
+  GenerateResult cached = engine_->runner().Generate(prompt, Greedy(), nullptr, docs);
+  EXPECT_EQ(engine_->front().document_stats().computed, computed_before);
   GenerateResult ref = Reference(docs, prompt, DocPositions::kSequential);
   EXPECT_EQ(cached.tokens, ref.tokens);
   EXPECT_LT(MaxLogitDiff(cached, ref), 1e-4);
-  EXPECT_THROW(engine_->ResolveDocuments({{"no-such-doc", "", {}}}, KvSource::kEmbed), Error);
+  EXPECT_THROW(engine_->front().ResolveDocuments({{"no-such-doc", "", {}}}, KvSource::kEmbed),
+               Error);
 }
 
 }  // namespace

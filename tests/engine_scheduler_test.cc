@@ -32,16 +32,17 @@ Engine* SchedulerTest::engine_ = nullptr;
 std::promise<void> Block(Scheduler& s, std::future<void>* done) {
   std::promise<void> release;
   auto gate = std::make_shared<std::shared_future<void>>(release.get_future().share());
-  *done = s.SubmitTask([gate](Engine&) { gate->wait(); });
+  *done = s.SubmitTask([gate](Runner&) { gate->wait(); });
   return release;
 }
 
 TEST_F(SchedulerTest, QueuedEmbeddingsAreMergedWithUnchangedResults) {
-  Scheduler s(*engine_, 64);
+  Scheduler s(engine_->runner(), 64);
   const std::vector<std::string> texts = {"one", "two words", "three words here", "four",
                                           "five five"};
   std::vector<std::vector<float>> expected;
-  for (const auto& t : texts) expected.push_back(engine_->EmbedTexts({t}, EmbedOptions{})[0]);
+  for (const auto& t : texts)
+    expected.push_back(engine_->runner().EmbedTexts({t}, EmbedOptions{})[0]);
   EmbedOptions other;
   other.dimensions = 8;  // different options: must not share the batch
 
@@ -49,10 +50,10 @@ TEST_F(SchedulerTest, QueuedEmbeddingsAreMergedWithUnchangedResults) {
   std::promise<void> release = Block(s, &blocked);
   std::vector<std::future<std::vector<std::vector<float>>>> futures;
   for (const auto& t : texts) {
-    futures.push_back(s.SubmitEmbed({engine_->EncodeEmbed(t, {})}, EmbedOptions{}));
+    futures.push_back(s.SubmitEmbed({engine_->front().EncodeEmbed(t, {})}, EmbedOptions{}));
   }
-  auto odd = s.SubmitEmbed({engine_->EncodeEmbed("one", other)}, other);
-  auto bad = s.SubmitEmbed({engine_->EncodeEmbedIds({})}, EmbedOptions{});  // no tokens
+  auto odd = s.SubmitEmbed({engine_->front().EncodeEmbed("one", other)}, other);
+  auto bad = s.SubmitEmbed({engine_->front().EncodeEmbedIds({})}, EmbedOptions{});  // no tokens
   const int64_t batches_before = s.stats().embed_batches;
   release.set_value();
   blocked.get();
@@ -72,7 +73,7 @@ TEST_F(SchedulerTest, QueuedEmbeddingsAreMergedWithUnchangedResults) {
 // Generation requests queued together start together and every round steps
 // all of them in one pass; the answers are those of each run alone.
 TEST_F(SchedulerTest, QueuedGenerationsRunTogetherWithUnchangedAnswers) {
-  Scheduler s(*engine_, 64);
+  Scheduler s(engine_->runner(), 64);
   const std::vector<std::string> prompts = {"Once upon a time", "The weather", "Why", "A b c d"};
   SamplingParams p;
   p.temperature = 0;
@@ -80,13 +81,15 @@ TEST_F(SchedulerTest, QueuedGenerationsRunTogetherWithUnchangedAnswers) {
   p.ignore_eos = true;
   std::vector<std::vector<int32_t>> expected;
   for (const auto& t : prompts) {
-    expected.push_back(engine_->Generate(engine_->EncodeGenerate(t, false), p).tokens);
+    expected.push_back(
+        engine_->runner().Generate(engine_->front().EncodeGenerate(t, false), p).tokens);
   }
   std::future<void> blocked;
   std::promise<void> release = Block(s, &blocked);
-  std::vector<std::shared_ptr<GenerationJob>> jobs;
+  std::vector<std::shared_ptr<Sequence>> jobs;
   for (const auto& t : prompts)
-    jobs.push_back(s.SubmitGenerate(engine_->EncodeGenerate(t, false), p));
+    jobs.push_back(s.SubmitGenerate(
+        {engine_->front().EncodeGenerate(t, false), p, {}, DocPositions::kSequential}));
   const SchedulerStats before = s.stats();
   release.set_value();
   blocked.get();
@@ -98,12 +101,12 @@ TEST_F(SchedulerTest, QueuedGenerationsRunTogetherWithUnchangedAnswers) {
 }
 
 TEST_F(SchedulerTest, BoundedQueueAndDraining) {
-  Scheduler s(*engine_, 2);
+  Scheduler s(engine_->runner(), 2);
   std::future<void> blocked;
   std::promise<void> release = Block(s, &blocked);
-  auto a = s.SubmitEmbed({engine_->EncodeEmbed("a", {})}, EmbedOptions{});
+  auto a = s.SubmitEmbed({engine_->front().EncodeEmbed("a", {})}, EmbedOptions{});
   try {
-    s.SubmitEmbed({engine_->EncodeEmbed("b", {})}, EmbedOptions{});
+    s.SubmitEmbed({engine_->front().EncodeEmbed("b", {})}, EmbedOptions{});
     ADD_FAILURE() << "a third job was admitted past the limit of 2";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kQueueFull);
@@ -114,7 +117,7 @@ TEST_F(SchedulerTest, BoundedQueueAndDraining) {
   EXPECT_TRUE(s.WaitIdle(std::chrono::seconds(10)));
   s.Drain();
   try {
-    s.SubmitEmbed({engine_->EncodeEmbed("c", {})}, EmbedOptions{});
+    s.SubmitEmbed({engine_->front().EncodeEmbed("c", {})}, EmbedOptions{});
     ADD_FAILURE() << "a drained scheduler admitted a job";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnavailable);
@@ -122,17 +125,18 @@ TEST_F(SchedulerTest, BoundedQueueAndDraining) {
 }
 
 TEST_F(SchedulerTest, GenerationsInterleaveWithEmbeddings) {
-  Scheduler s(*engine_, 8);
+  Scheduler s(engine_->runner(), 8);
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 3000;  // long enough (~0.5 s) that the embedding lands mid-way
   p.ignore_eos = true;
-  auto gen = s.SubmitGenerate(engine_->EncodeGenerate("a long story", false), p);
+  auto gen = s.SubmitGenerate(
+      {engine_->front().EncodeGenerate("a long story", false), p, {}, DocPositions::kSequential});
   // An embedding submitted after the generation started finishes before it.
   bool done = false;
   std::string first = gen->WaitForText(std::chrono::seconds(30), &done);
   ASSERT_FALSE(done);
-  auto emb = s.SubmitEmbed({engine_->EncodeEmbed("quick", {})}, EmbedOptions{});
+  auto emb = s.SubmitEmbed({engine_->front().EncodeEmbed("quick", {})}, EmbedOptions{});
   emb.get();
   EXPECT_GT(s.stats().active_generations, 0);
   GenerateResult r = gen->Wait();

@@ -11,8 +11,8 @@
 #include "gritserve/common/error.h"
 #include "gritserve/common/memory_info.h"
 #include "gritserve/engine/checkpoint.h"
+#include "gritserve/kernels/linear.h"
 #include "gritserve/model/decoder.h"
-#include "gritserve/model/linear.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -59,7 +59,7 @@ double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
 // Greedy decoding by recomputing the whole sequence every step (no KV cache).
 std::vector<int32_t> NaiveGreedy(const Loaded& l, std::vector<int32_t> ids, int steps) {
   c10::InferenceMode guard;
-  const int64_t limit = l.engine->tokenizer().VocabSize();
+  const int64_t limit = l.engine->front().tokenizer().VocabSize();
   std::vector<int32_t> out;
   for (int s = 0; s < steps; ++s) {
     at::Tensor h = Hidden(*l.decoder, ids, AttentionSpec::Causal());
@@ -84,10 +84,10 @@ TEST_F(EngineTest, MeanPoolsOverTextTokensOnly) {
   EmbedOptions o;
   o.instruction = "Represent this sentence for retrieval";
   o.normalize = false;
-  EncodedPrompt p = e.EncodeEmbed("the cat sat on the mat", o);
+  EncodedPrompt p = e.front().EncodeEmbed("the cat sat on the mat", o);
   ASSERT_GT(p.text_begin, 0u);
   ASSERT_EQ(p.text_end, p.ids.size());
-  std::vector<float> emb = e.Embed({p}, o)[0];
+  std::vector<float> emb = e.runner().Embed({p}, o)[0];
   at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional());
   at::Tensor text_mean = h.narrow(0, p.text_begin, p.text_end - p.text_begin).mean(0);
   EXPECT_LT(MaxDiff(Vec(emb), text_mean), 1e-5);
@@ -99,14 +99,14 @@ TEST_F(EngineTest, LastPoolingAndNormalisation) {
   EmbedOptions o;
   o.pooling = Pooling::kLast;
   o.normalize = false;
-  EncodedPrompt p = e.EncodeEmbed("hello world", o);
+  EncodedPrompt p = e.front().EncodeEmbed("hello world", o);
   at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional());
-  EXPECT_LT(MaxDiff(Vec(e.Embed({p}, o)[0]), h[p.text_end - 1]), 1e-5);
+  EXPECT_LT(MaxDiff(Vec(e.runner().Embed({p}, o)[0]), h[p.text_end - 1]), 1e-5);
   o.normalize = true;
-  at::Tensor n = Vec(e.Embed({p}, o)[0]);
+  at::Tensor n = Vec(e.runner().Embed({p}, o)[0]);
   EXPECT_NEAR(n.norm().item<double>(), 1.0, 1e-5);
   o.dimensions = 16;
-  at::Tensor d = Vec(e.Embed({p}, o)[0]);
+  at::Tensor d = Vec(e.runner().Embed({p}, o)[0]);
   ASSERT_EQ(d.size(0), 16);
   at::Tensor expect = h[p.text_end - 1].narrow(0, 0, 16);
   EXPECT_LT(MaxDiff(d, expect / expect.norm()), 1e-5);
@@ -118,10 +118,10 @@ TEST_F(EngineTest, BatchedEmbeddingEqualsOneAtATime) {
                                     "medium length text here", "x y z"};
   EmbedOptions o;
   o.instruction = "query";
-  auto batched = e.EmbedTexts(texts, o);
+  auto batched = e.runner().EmbedTexts(texts, o);
   ASSERT_EQ(batched.size(), texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
-    auto single = e.EmbedTexts({texts[i]}, o);
+    auto single = e.runner().EmbedTexts({texts[i]}, o);
     EXPECT_LT(MaxDiff(Vec(batched[i]), Vec(single[0])), 1e-5) << texts[i];
   }
   EXPECT_GT(MaxDiff(Vec(batched[0]), Vec(batched[1])), 1e-3);
@@ -133,29 +133,29 @@ TEST_F(EngineTest, EarlyExitLayerUsesTheFirstLayersOnly) {
   o.raw = true;
   o.normalize = false;
   o.layer = 1;
-  EncodedPrompt p = e.EncodeEmbed("early exit", o);
+  EncodedPrompt p = e.front().EncodeEmbed("early exit", o);
   at::Tensor h = Hidden(*tiny_->decoder, p.ids, AttentionSpec::Bidirectional(), 1);
-  at::Tensor got = Vec(e.Embed({p}, o)[0]);
+  at::Tensor got = Vec(e.runner().Embed({p}, o)[0]);
   EXPECT_LT(MaxDiff(got, h.mean(0)), 1e-5);
   o.layer = -1;
-  EXPECT_GT(MaxDiff(got, Vec(e.Embed({p}, o)[0])), 1e-3);
+  EXPECT_GT(MaxDiff(got, Vec(e.runner().Embed({p}, o)[0])), 1e-3);
   o.layer = 99;
-  EXPECT_THROW(e.Embed({p}, o), Error);
+  EXPECT_THROW(e.runner().Embed({p}, o), Error);
 }
 
 TEST_F(EngineTest, GreedyGenerationEqualsRecomputingEveryStep) {
   Engine& e = *tiny_->engine;
-  std::vector<int32_t> prompt = e.EncodeGenerate("Once upon a time", false);
+  std::vector<int32_t> prompt = e.front().EncodeGenerate("Once upon a time", false);
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 12;
   p.ignore_eos = true;
-  GenerateResult r = e.Generate(prompt, p);
+  GenerateResult r = e.runner().Generate(prompt, p);
   EXPECT_EQ(r.tokens, NaiveGreedy(*tiny_, prompt, 12));
   EXPECT_EQ(r.finish_reason, "length");
   EXPECT_EQ(r.completion_tokens, 12);
   EXPECT_EQ(r.prompt_tokens, static_cast<int64_t>(prompt.size()));
-  EXPECT_EQ(r.text, e.tokenizer().Decode(r.tokens, true));
+  EXPECT_EQ(r.text, e.front().tokenizer().Decode(r.tokens, true));
 }
 
 std::string LongText() {
@@ -193,8 +193,8 @@ TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
   auto start = [&](const Run& r) {
     std::vector<DocumentRef> refs;
     for (const auto& d : r.docs) refs.push_back(DocumentRef{"", d, {}});
-    return e.StartGeneration(e.EncodeGenerate(r.prompt, false), params(r), nullptr,
-                             e.ResolveDocuments(refs, KvSource::kCausal));
+    return e.runner().StartGeneration(e.front().EncodeGenerate(r.prompt, false), params(r), nullptr,
+                                      e.front().ResolveDocuments(refs, KvSource::kCausal));
   };
   std::vector<GenerateResult> alone;
   for (const Run& r : runs) {
@@ -205,9 +205,9 @@ TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
   }
   // Together: two start at once, the others join one step apart; one more is
   // started and cancelled on its second step.
-  std::vector<std::unique_ptr<Generation>> gens;
+  std::vector<std::unique_ptr<Sequence>> gens;
   std::vector<size_t> index;  // gens[i] is runs[index[i]]
-  std::unique_ptr<Generation> cancelled = start(runs[0]);
+  std::unique_ptr<Sequence> cancelled = start(runs[0]);
   std::vector<bool> running;
   size_t next = 0;
   for (int round = 0; round < 40; ++round) {
@@ -216,7 +216,7 @@ TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
       index.push_back(next);
       running.push_back(true);
     }
-    std::vector<Generation*> step;
+    std::vector<Sequence*> step;
     std::vector<size_t> which;
     for (size_t i = 0; i < gens.size(); ++i) {
       if (running[i]) step.push_back(gens[i].get()), which.push_back(i);
@@ -227,7 +227,7 @@ TEST_F(EngineTest, BatchedPrefillAndDecodingEqualOneAtATime) {
     }
     if (step.empty()) break;
     std::vector<std::exception_ptr> errors;
-    std::vector<bool> more = e.StepAll(step, &errors);
+    std::vector<bool> more = e.runner().StepAll(step, &errors);
     ASSERT_EQ(more.size(), step.size());
     for (size_t j = 0; j < which.size(); ++j) {
       ASSERT_FALSE(errors[j]);
@@ -256,12 +256,12 @@ TEST_F(EngineTest, LongPromptsArePrefilledInChunksExactly) {
   Engine& e = *tiny_->engine;
   // Longer than the 256-token prefill chunk, so the prompt spans three chunks.
   std::vector<int32_t> prompt;
-  for (int i = 0; i < 600; ++i) prompt.push_back((i * 37 + 11) % e.tokenizer().VocabSize());
+  for (int i = 0; i < 600; ++i) prompt.push_back((i * 37 + 11) % e.front().tokenizer().VocabSize());
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 4;
   p.ignore_eos = true;
-  EXPECT_EQ(e.Generate(prompt, p).tokens, NaiveGreedy(*tiny_, prompt, 4));
+  EXPECT_EQ(e.runner().Generate(prompt, p).tokens, NaiveGreedy(*tiny_, prompt, 4));
 }
 
 // A long prompt joins shared passes one 256-token chunk per round: a
@@ -271,25 +271,26 @@ TEST_F(EngineTest, LongPromptsArePrefilledInChunksExactly) {
 TEST_F(EngineTest, LongPromptPrefillsAChunkPerRoundWhileOthersDecode) {
   Engine& e = *tiny_->engine;
   std::vector<int32_t> long_prompt;  // three chunks
-  for (int i = 0; i < 600; ++i) long_prompt.push_back((i * 37 + 11) % e.tokenizer().VocabSize());
-  const std::vector<int32_t> short_prompt = e.EncodeGenerate("Once upon a time", false);
+  for (int i = 0; i < 600; ++i)
+    long_prompt.push_back((i * 37 + 11) % e.front().tokenizer().VocabSize());
+  const std::vector<int32_t> short_prompt = e.front().EncodeGenerate("Once upon a time", false);
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 6;
   p.ignore_eos = true;
   p.capture_logits = true;
-  const GenerateResult short_alone = e.Generate(short_prompt, p);
-  const GenerateResult long_alone = e.Generate(long_prompt, p);
+  const GenerateResult short_alone = e.runner().Generate(short_prompt, p);
+  const GenerateResult long_alone = e.runner().Generate(long_prompt, p);
 
-  auto decoding = e.StartGeneration(short_prompt, p);
+  auto decoding = e.runner().StartGeneration(short_prompt, p);
   ASSERT_TRUE(decoding->Step());  // prefilled, first token out
-  auto prefilling = e.StartGeneration(long_prompt, p);
-  auto dropped = e.StartGeneration(long_prompt, p);
-  std::vector<Generation*> gens = {decoding.get(), prefilling.get(), dropped.get()};
+  auto prefilling = e.runner().StartGeneration(long_prompt, p);
+  auto dropped = e.runner().StartGeneration(long_prompt, p);
+  std::vector<Sequence*> gens = {decoding.get(), prefilling.get(), dropped.get()};
   std::vector<std::exception_ptr> errors;
   for (size_t round = 1; round <= 3; ++round) {
     if (round == 2) dropped->Cancel();
-    std::vector<bool> more = e.StepAll(gens, &errors);
+    std::vector<bool> more = e.runner().StepAll(gens, &errors);
     for (const auto& err : errors) ASSERT_FALSE(err);
     EXPECT_EQ(decoding->result().tokens.size(), 1 + round) << "round " << round;
     EXPECT_EQ(prefilling->result().tokens.size(), round == 3 ? 1u : 0u) << "round " << round;
@@ -299,8 +300,8 @@ TEST_F(EngineTest, LongPromptPrefillsAChunkPerRoundWhileOthersDecode) {
   EXPECT_EQ(dropped->result().completion_tokens, 0);
   gens = {decoding.get(), prefilling.get()};
   while (true) {
-    std::vector<bool> more = e.StepAll(gens, &errors);
-    std::vector<Generation*> still;
+    std::vector<bool> more = e.runner().StepAll(gens, &errors);
+    std::vector<Sequence*> still;
     for (size_t i = 0; i < gens.size(); ++i) {
       ASSERT_FALSE(errors[i]);
       if (more[i]) still.push_back(gens[i]);
@@ -321,34 +322,34 @@ TEST_F(EngineTest, LongPromptPrefillsAChunkPerRoundWhileOthersDecode) {
 
 TEST_F(EngineTest, SamplingIsReproducibleForASeed) {
   Engine& e = *tiny_->engine;
-  std::vector<int32_t> prompt = e.EncodeGenerate("Sample something", false);
+  std::vector<int32_t> prompt = e.front().EncodeGenerate("Sample something", false);
   SamplingParams p;
   p.temperature = 1.0;
   p.max_tokens = 10;
   p.ignore_eos = true;
   p.seed = 7;
-  auto a = e.Generate(prompt, p).tokens;
-  EXPECT_EQ(a, e.Generate(prompt, p).tokens);
+  auto a = e.runner().Generate(prompt, p).tokens;
+  EXPECT_EQ(a, e.runner().Generate(prompt, p).tokens);
   p.seed = 8;
-  EXPECT_NE(a, e.Generate(prompt, p).tokens);
+  EXPECT_NE(a, e.runner().Generate(prompt, p).tokens);
   p.top_k = 1;  // top-1 sampling is greedy whatever the seed
   SamplingParams g = p;
   g.temperature = 0;
-  EXPECT_EQ(e.Generate(prompt, p).tokens, e.Generate(prompt, g).tokens);
+  EXPECT_EQ(e.runner().Generate(prompt, p).tokens, e.runner().Generate(prompt, g).tokens);
   p.top_k = 0;
   p.top_p = 1e-9;  // nucleus of one token: greedy as well
-  EXPECT_EQ(e.Generate(prompt, p).tokens, e.Generate(prompt, g).tokens);
+  EXPECT_EQ(e.runner().Generate(prompt, p).tokens, e.runner().Generate(prompt, g).tokens);
 }
 
 TEST_F(EngineTest, StopStringsStreamingAndCancellation) {
   Engine& e = *tiny_->engine;
-  std::vector<int32_t> prompt = e.EncodeGenerate("The weather today", false);
+  std::vector<int32_t> prompt = e.front().EncodeGenerate("The weather today", false);
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 24;
   p.ignore_eos = true;
   std::string streamed;
-  GenerateResult full = e.Generate(prompt, p, [&](const std::string& s) {
+  GenerateResult full = e.runner().Generate(prompt, p, [&](const std::string& s) {
     streamed += s;
     return true;
   });
@@ -358,7 +359,7 @@ TEST_F(EngineTest, StopStringsStreamingAndCancellation) {
   const std::string stop = full.text.substr(full.text.size() / 2, 3);
   p.stop = {stop};
   streamed.clear();
-  GenerateResult stopped = e.Generate(prompt, p, [&](const std::string& s) {
+  GenerateResult stopped = e.runner().Generate(prompt, p, [&](const std::string& s) {
     streamed += s;
     return true;
   });
@@ -368,7 +369,7 @@ TEST_F(EngineTest, StopStringsStreamingAndCancellation) {
   // A callback that returns false cancels after the first piece.
   p.stop.clear();
   int calls = 0;
-  GenerateResult cancelled = e.Generate(prompt, p, [&](const std::string&) {
+  GenerateResult cancelled = e.runner().Generate(prompt, p, [&](const std::string&) {
     ++calls;
     return false;
   });
@@ -380,12 +381,12 @@ TEST_F(EngineTest, StopStringsStreamingAndCancellation) {
 TEST_F(EngineTest, RejectsUnusableInput) {
   Engine& e = *tiny_->engine;
   SamplingParams p;
-  EXPECT_THROW(e.Generate({}, p), Error);
-  EXPECT_THROW(e.Generate({-1}, p), Error);
-  EXPECT_THROW(e.Embed({e.EncodeEmbedIds({})}, EmbedOptions{}), Error);
+  EXPECT_THROW(e.runner().Generate({}, p), Error);
+  EXPECT_THROW(e.runner().Generate({-1}, p), Error);
+  EXPECT_THROW(e.runner().Embed({e.front().EncodeEmbedIds({})}, EmbedOptions{}), Error);
   EmbedOptions o;
   o.dimensions = 100000;
-  EXPECT_THROW(e.EmbedTexts({"x"}, o), Error);
+  EXPECT_THROW(e.runner().EmbedTexts({"x"}, o), Error);
   EngineOptions bad;
   bad.model_dir = tiny_->dir;
   bad.device = "tpu";
@@ -433,25 +434,26 @@ TEST_F(EngineTest, CpuBfloat16StaysCloseToFloat32AndSaysWhatItRuns) {
   o.dtype = "bfloat16";
   auto bf16 = Engine::Load(o);
   Engine& f32 = *tiny_->engine;
-  EXPECT_EQ(bf16->dtype_name(), Linear::CpuBf16Available() ? "BFloat16 matmul, Float" : "BFloat16");
-  EXPECT_EQ(f32.dtype_name(), "Float");
+  EXPECT_EQ(bf16->front().dtype_name(),
+            Linear::CpuBf16Available() ? "BFloat16 matmul, Float" : "BFloat16");
+  EXPECT_EQ(f32.front().dtype_name(), "Float");
 
   const std::vector<std::string> texts = {"the cat sat on the mat", "a rather different text"};
   EmbedOptions eo;
-  const auto a = f32.EmbedTexts(texts, eo), b = bf16->EmbedTexts(texts, eo);
+  const auto a = f32.runner().EmbedTexts(texts, eo), b = bf16->runner().EmbedTexts(texts, eo);
   for (size_t i = 0; i < texts.size(); ++i) {
     const double cos = at::cosine_similarity(Vec(a[i]), Vec(b[i]), 0).item<double>();
     EXPECT_GT(cos, 0.999) << texts[i];
     EXPECT_LT(cos, 1.0 - 1e-9) << "bfloat16 should not be bit-identical to float32";
   }
 
-  std::vector<int32_t> prompt = f32.EncodeGenerate("Once upon a time", false);
+  std::vector<int32_t> prompt = f32.front().EncodeGenerate("Once upon a time", false);
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 1;
   p.ignore_eos = true;
   p.capture_logits = true;
-  const GenerateResult x = f32.Generate(prompt, p), y = bf16->Generate(prompt, p);
+  const GenerateResult x = f32.runner().Generate(prompt, p), y = bf16->runner().Generate(prompt, p);
   at::Tensor lx = Vec(x.step_logits[0]), ly = Vec(y.step_logits[0]);
   EXPECT_LT(MaxDiff(lx, ly), 0.05 * lx.abs().max().item<double>());
   EXPECT_GT(at::cosine_similarity(lx, ly, 0).item<double>(), 0.999);
@@ -461,21 +463,21 @@ TEST(EngineArchitectures, LlamaAndMistralWithSentencepiece) {
   for (const std::string preset : {"tiny-llama", "tiny-mistral"}) {
     Loaded l = LoadPreset(preset);
     Engine& e = *l.engine;
-    EXPECT_EQ(e.tokenizer().Kind(), "sentencepiece");
-    EXPECT_FALSE(e.config().qkv_bias);
-    EXPECT_FALSE(e.config().tie_word_embeddings);
-    auto emb = e.EmbedTexts({"hello there", "general kenobi"}, EmbedOptions{});
+    EXPECT_EQ(e.front().tokenizer().Kind(), "sentencepiece");
+    EXPECT_FALSE(e.front().config().qkv_bias);
+    EXPECT_FALSE(e.front().config().tie_word_embeddings);
+    auto emb = e.runner().EmbedTexts({"hello there", "general kenobi"}, EmbedOptions{});
     ASSERT_EQ(emb.size(), 2u);
     EXPECT_NEAR(Vec(emb[0]).norm().item<double>(), 1.0, 1e-5);
     EXPECT_GT(MaxDiff(Vec(emb[0]), Vec(emb[1])), 1e-3);
-    std::vector<int32_t> prompt = e.EncodeGenerate("Tell me a story", false);
-    ASSERT_TRUE(e.tokenizer().bos_id().has_value());
-    EXPECT_EQ(prompt[0], *e.tokenizer().bos_id());
+    std::vector<int32_t> prompt = e.front().EncodeGenerate("Tell me a story", false);
+    ASSERT_TRUE(e.front().tokenizer().bos_id().has_value());
+    EXPECT_EQ(prompt[0], *e.front().tokenizer().bos_id());
     SamplingParams p;
     p.temperature = 0;
     p.max_tokens = 8;
     p.ignore_eos = true;
-    EXPECT_EQ(e.Generate(prompt, p).tokens, NaiveGreedy(l, prompt, 8)) << preset;
+    EXPECT_EQ(e.runner().Generate(prompt, p).tokens, NaiveGreedy(l, prompt, 8)) << preset;
   }
 }
 

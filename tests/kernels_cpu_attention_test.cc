@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "gritserve/model/cpu_attention.h"
+#include "gritserve/kernels/cpu_attention.h"
 
 namespace gritserve {
 namespace {

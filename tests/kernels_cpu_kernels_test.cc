@@ -8,7 +8,7 @@
 #include <cmath>
 #include <vector>
 
-#include "gritserve/model/cpu_kernels.h"
+#include "gritserve/kernels/cpu_kernels.h"
 
 namespace gritserve {
 namespace {

@@ -9,8 +9,8 @@
 #include <sstream>
 #include <string>
 
-#include "gritserve/model/host_memory.h"
-#include "gritserve/model/linear.h"
+#include "gritserve/kernels/host_memory.h"
+#include "gritserve/kernels/linear.h"
 
 namespace gritserve {
 namespace {

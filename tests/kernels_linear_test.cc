@@ -7,8 +7,8 @@
 #include <thread>
 #include <vector>
 
-#include "gritserve/model/linear.h"
-#include "gritserve/model/small_gemm.h"
+#include "gritserve/kernels/linear.h"
+#include "gritserve/kernels/small_gemm.h"
 
 namespace gritserve {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <vector>
 
-#include "gritserve/model/small_gemm.h"
+#include "gritserve/kernels/small_gemm.h"
 
 namespace gritserve {
 namespace {

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "gritserve/model/work_steal.h"
+#include "gritserve/kernels/work_steal.h"
 
 namespace gritserve {
 namespace {

@@ -12,12 +12,21 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 
 namespace gritserve {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+// The token ids of a cache file or alias header.
+std::vector<int32_t> TokenIds(const JsonFields& h) {
+  const json* ids = h.Find("ids");
+  if (ids == nullptr) throw h.Missing("ids");
+  if (!ids->is_array()) throw h.TypeError("ids", "a list of token ids");
+  return ids->get<std::vector<int32_t>>();
+}
 
 constexpr char kMagic[8] = {'G', 'S', 'K', 'V', 'v', '1', 0, 0};
 
@@ -334,23 +343,25 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key) {
     if (XXH3_64bits(file.data() + 16, file.size() - 24) != sum) {
       throw std::runtime_error("checksum mismatch");
     }
-    const json h = json::parse(file.substr(16, hlen));
-    if (h.at("key").get<std::string>() != key.Hex()) throw std::runtime_error("key mismatch");
-    if (h.at("fingerprint").get<std::string>() != options_.fingerprint) {
+    const json header = json::parse(file.substr(16, hlen));
+    const JsonFields h = JsonFields::File(header, path);
+    if (h.RequireString("key") != key.Hex()) throw std::runtime_error("key mismatch");
+    if (h.RequireString("fingerprint") != options_.fingerprint) {
       throw std::runtime_error("written for another model");
     }
     auto e = std::make_shared<DocKvEntry>();
     e->key = key;
-    e->source = h.at("source").get<std::string>() == "embed" ? KvSource::kEmbed : KvSource::kCausal;
-    e->ids = h.at("ids").get<std::vector<int32_t>>();
-    e->text_begin = h.at("text_begin").get<size_t>();
-    e->text_end = h.at("text_end").get<size_t>();
-    const at::ScalarType dt = DtypeFromName(h.at("dtype").get<std::string>());
-    const int64_t layers = h.at("layers"), kvh = h.at("kv_heads"), t = h.at("tokens"),
-                  d = h.at("head_dim");
-    const size_t n_mean = h.at("mean"), n_last = h.at("last");
+    e->source = h.RequireString("source") == "embed" ? KvSource::kEmbed : KvSource::kCausal;
+    e->ids = TokenIds(h);
+    e->text_begin = static_cast<size_t>(h.RequireInt("text_begin", 0));
+    e->text_end = static_cast<size_t>(h.RequireInt("text_end", 0));
+    const at::ScalarType dt = DtypeFromName(h.RequireString("dtype"));
+    const int64_t layers = h.RequireInt("layers", 0), kvh = h.RequireInt("kv_heads", 0),
+                  t = h.RequireInt("tokens", 0), d = h.RequireInt("head_dim", 0);
+    const size_t n_mean = static_cast<size_t>(h.RequireInt("mean", 0));
+    const size_t n_last = static_cast<size_t>(h.RequireInt("last", 0));
     const size_t tensor_bytes = static_cast<size_t>(kvh * t * d) * at::elementSize(dt);
-    const size_t payload = h.at("payload_bytes");
+    const size_t payload = static_cast<size_t>(h.RequireInt("payload_bytes", 0));
     if (payload != static_cast<size_t>(2 * layers) * tensor_bytes + (n_mean + n_last) * 4 ||
         16 + hlen + payload + 8 != file.size() || static_cast<int64_t>(e->ids.size()) != t) {
       throw std::runtime_error("sizes do not add up");
@@ -388,17 +399,17 @@ void DocKvStore::LoadAliases() {
   for (const auto& f : fs::directory_iterator(fs::path(options_.dir) / "aliases", ec)) {
     if (f.path().extension() != ".json") continue;
     try {
-      const json j = json::parse(ReadAll(f.path().string()));
+      const json alias = json::parse(ReadAll(f.path().string()));
+      const JsonFields j = JsonFields::File(alias, f.path());
       DocAlias a;
-      auto key = DocKey::FromHex(j.at("key").get<std::string>());
+      auto key = DocKey::FromHex(j.RequireString("key"));
       if (!key) throw std::runtime_error("bad key");
       a.key = *key;
-      a.source =
-          j.at("source").get<std::string>() == "embed" ? KvSource::kEmbed : KvSource::kCausal;
-      a.ids = j.at("ids").get<std::vector<int32_t>>();
-      a.text_begin = j.at("text_begin").get<size_t>();
-      a.text_end = j.at("text_end").get<size_t>();
-      aliases_[j.at("alias").get<std::string>()] = std::move(a);
+      a.source = j.RequireString("source") == "embed" ? KvSource::kEmbed : KvSource::kCausal;
+      a.ids = TokenIds(j);
+      a.text_begin = static_cast<size_t>(j.RequireInt("text_begin", 0));
+      a.text_end = static_cast<size_t>(j.RequireInt("text_end", 0));
+      aliases_[j.RequireString("alias")] = std::move(a);
     } catch (const std::exception& e) {
       spdlog::warn("document cache: ignoring alias file {}: {}", f.path().string(), e.what());
     }

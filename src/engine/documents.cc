@@ -46,15 +46,15 @@ std::string ModelFingerprint(const std::string& model_dir) {
   return DocKey{h.high64, h.low64}.Hex();
 }
 
-KvSource Engine::default_kv_source() const {
+KvSource FrontEnd::default_kv_source() const {
   return impl_->prompt_template.kv_source == "causal" ? KvSource::kCausal : KvSource::kEmbed;
 }
 
-DocKvStats Engine::document_stats() const { return impl_->store->stats(); }
+DocKvStats FrontEnd::document_stats() const { return impl_->store->stats(); }
 
-bool Engine::RemoveDocument(const std::string& id) { return impl_->store->Remove(id); }
+bool FrontEnd::RemoveDocument(const std::string& id) { return impl_->store->Remove(id); }
 
-EncodedPrompt Engine::StoredPrompt(const std::string& id) const {
+EncodedPrompt FrontEnd::StoredPrompt(const std::string& id) const {
   auto alias = impl_->store->Lookup(id);
   if (!alias) throw NotFound("unknown document id '" + id + "'");
   EncodedPrompt p;
@@ -64,8 +64,8 @@ EncodedPrompt Engine::StoredPrompt(const std::string& id) const {
   return p;
 }
 
-std::vector<ResolvedDocument> Engine::ResolveDocuments(const std::vector<DocumentRef>& docs,
-                                                       KvSource source) const {
+std::vector<ResolvedDocument> FrontEnd::ResolveDocuments(const std::vector<DocumentRef>& docs,
+                                                         KvSource source) const {
   const Impl& e = *impl_;
   std::vector<ResolvedDocument> out;
   for (const DocumentRef& d : docs) {
@@ -117,7 +117,7 @@ std::vector<ResolvedDocument> Engine::ResolveDocuments(const std::vector<Documen
   return out;
 }
 
-DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
+DocKvEntry ComputeEntry(const Runner::Impl& r, const ResolvedDocument& doc) {
   c10::InferenceMode guard;
   const int64_t n = static_cast<int64_t>(doc.ids.size());
   std::vector<int64_t> ids(doc.ids.begin(), doc.ids.end());
@@ -126,9 +126,9 @@ DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
   in.positions = at::arange(n, at::kLong).view({1, n});  // [1, T]
   in.attention =
       doc.source == KvSource::kEmbed ? AttentionSpec::Bidirectional() : AttentionSpec::Causal();
-  KvCache cache = e.decoder->NewCache(1);
+  KvCache cache = r.decoder->NewCache(1);
   // On the CPU: the pooled vectors below are read through data_ptr.
-  at::Tensor h = e.decoder->Forward(in, &cache)[0].to(at::kCPU).to(at::kFloat);  // [T, H]
+  at::Tensor h = r.decoder->Forward(in, &cache)[0].to(at::kCPU).to(at::kFloat);  // [T, H]
   DocKvEntry entry;
   entry.key = doc.key;
   entry.source = doc.source;
@@ -149,17 +149,17 @@ DocKvEntry ComputeEntry(Engine::Impl& e, const ResolvedDocument& doc) {
   return entry;
 }
 
-KvCache AssembleDocuments(Engine::Impl& e, const std::vector<ResolvedDocument>& docs,
+KvCache AssembleDocuments(const Runner::Impl& r, const std::vector<ResolvedDocument>& docs,
                           DocPositions positions, int64_t reserve_after) {
   c10::InferenceMode guard;
-  const Decoder& d = *e.decoder;
+  const Decoder& d = *r.decoder;
   std::vector<std::shared_ptr<const DocKvEntry>> entries;
   int64_t total = 0;
   for (const ResolvedDocument& doc : docs) {
-    std::shared_ptr<const DocKvEntry> entry = e.store->Get(doc.key);
+    std::shared_ptr<const DocKvEntry> entry = r.shared.store->Get(doc.key);
     if (!entry) {
-      entry = e.store->Put(ComputeEntry(e, doc));
-      e.store->CountComputed();
+      entry = r.shared.store->Put(ComputeEntry(r, doc));
+      r.shared.store->CountComputed();
     }
     total += entry->tokens();
     entries.push_back(std::move(entry));

@@ -6,42 +6,6 @@
 
 namespace gritserve {
 
-std::string GenerationJob::WaitForText(std::chrono::milliseconds timeout, bool* done) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !unread_.empty() || done_; });
-  std::string out;
-  out.swap(unread_);
-  *done = done_;
-  return out;
-}
-
-GenerateResult GenerationJob::Wait() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return done_; });
-  if (error_) std::rethrow_exception(error_);
-  return result_;
-}
-
-void GenerationJob::PushText(const std::string& text) {
-  std::lock_guard<std::mutex> lock(mu_);
-  unread_ += text;
-  cv_.notify_all();
-}
-
-void GenerationJob::Finish(GenerateResult result) {
-  std::lock_guard<std::mutex> lock(mu_);
-  result_ = std::move(result);
-  done_ = true;
-  cv_.notify_all();
-}
-
-void GenerationJob::Fail(std::exception_ptr error) {
-  std::lock_guard<std::mutex> lock(mu_);
-  error_ = error;
-  done_ = true;
-  cv_.notify_all();
-}
-
 namespace {
 constexpr size_t kMaxMergedInputs = 256;
 // Generation requests that start in one round (their prefills share a pass),
@@ -57,13 +21,13 @@ struct Scheduler::Job {
   EmbedStore store = EmbedStore::kNone;
   std::vector<std::string> ids;
   std::promise<std::vector<std::vector<float>>> embed_result;
-  std::shared_ptr<GenerationJob> generation;
-  std::function<void(Engine&)> task;
+  std::shared_ptr<Sequence> sequence;
+  std::function<void(Runner&)> task;
   std::promise<void> task_done;
 };
 
-Scheduler::Scheduler(Engine& engine, int64_t max_pending)
-    : engine_(engine), max_pending_(max_pending), thread_([this] { Loop(); }) {}
+Scheduler::Scheduler(Runner& runner, int64_t max_pending)
+    : runner_(runner), max_pending_(max_pending), thread_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() { Stop(); }
 
@@ -93,20 +57,16 @@ std::future<std::vector<std::vector<float>>> Scheduler::SubmitEmbed(
   return f;
 }
 
-std::shared_ptr<GenerationJob> Scheduler::SubmitGenerate(std::vector<int32_t> prompt,
-                                                         SamplingParams params,
-                                                         std::vector<ResolvedDocument> documents,
-                                                         DocPositions positions) {
+std::shared_ptr<Sequence> Scheduler::SubmitGenerate(GenerateRequest request) {
   auto job = std::make_unique<Job>();
   job->kind = Job::Kind::kGenerate;
-  job->generation = std::make_shared<GenerationJob>(std::move(prompt), std::move(params),
-                                                    std::move(documents), positions);
-  auto g = job->generation;
+  job->sequence = std::make_shared<Sequence>(std::move(request));
+  auto g = job->sequence;
   Admit(std::move(job));
   return g;
 }
 
-std::future<void> Scheduler::SubmitTask(std::function<void(Engine&)> fn) {
+std::future<void> Scheduler::SubmitTask(std::function<void(Runner&)> fn) {
   auto job = std::make_unique<Job>();
   job->kind = Job::Kind::kTask;
   job->task = std::move(fn);
@@ -167,7 +127,7 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
   bool ok = false;
   if (batch.size() > 1) {
     try {
-      auto vecs = engine_.Embed(prompts, batch[0]->options);
+      auto vecs = runner_.Embed(prompts, batch[0]->options);
       size_t at = 0;
       for (auto& j : batch) {
         std::vector<std::vector<float>> mine(
@@ -184,7 +144,7 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
   if (!ok) {
     for (auto& j : batch) {
       try {
-        j->embed_result.set_value(engine_.Embed(j->prompts, j->options, j->store, j->ids));
+        j->embed_result.set_value(runner_.Embed(j->prompts, j->options, j->store, j->ids));
       } catch (...) {
         j->embed_result.set_exception(std::current_exception());
       }
@@ -192,21 +152,122 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
   }
 }
 
-void Scheduler::Loop() {
-  struct Active {
-    std::shared_ptr<GenerationJob> job;
-    std::unique_ptr<Generation> gen;
-  };
-  std::vector<Active> active;
-  auto done_one = [&](int64_t generated) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --active_;
-    stats_.generated_tokens += generated;
-    stats_.active_generations = static_cast<int64_t>(active.size());
-    idle_cv_.notify_all();
-  };
-  const Error stopping(ErrorKind::kUnavailable, "the server stopped before this request ran");
+void Scheduler::JobDone(int64_t generated, size_t active) {
+  std::lock_guard<std::mutex> lock(mu_);
+  --active_;
+  stats_.generated_tokens += generated;
+  stats_.active_generations = static_cast<int64_t>(active);
+  idle_cv_.notify_all();
+}
 
+void Scheduler::RunEmbedJobs(std::unique_ptr<Job> first) {
+  // Other queued embedding jobs with the same options join this one's
+  // forward passes: many small requests become one padded batch.
+  std::vector<std::unique_ptr<Job>> batch;
+  batch.push_back(std::move(first));
+  size_t active = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t inputs = batch[0]->prompts.size();
+    for (auto it = queue_.begin(); it != queue_.end() && inputs < kMaxMergedInputs;) {
+      if ((*it)->kind == Job::Kind::kEmbed && Mergeable(*batch[0], **it)) {
+        inputs += (*it)->prompts.size();
+        batch.push_back(std::move(*it));
+        it = queue_.erase(it);
+        ++active_;
+      } else {
+        ++it;
+      }
+    }
+    stats_.queued = static_cast<int64_t>(queue_.size());
+    active = static_cast<size_t>(stats_.active_generations);
+  }
+  RunEmbedBatch(batch);
+  for (size_t i = 0; i < batch.size(); ++i) JobDone(0, active);
+}
+
+void Scheduler::StartSequences(std::unique_ptr<Job> first,
+                               std::vector<std::shared_ptr<Sequence>>* active) {
+  // Generation jobs queued right behind this one start with it, so their
+  // prefills share a forward pass as well.
+  std::vector<std::unique_ptr<Job>> starting;
+  starting.push_back(std::move(first));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t tokens = starting[0]->sequence->request().prompt.size();
+    while (!queue_.empty() && queue_.front()->kind == Job::Kind::kGenerate &&
+           starting.size() < kMaxStartingGenerations &&
+           tokens + queue_.front()->sequence->request().prompt.size() <= kMaxStartingTokens) {
+      tokens += queue_.front()->sequence->request().prompt.size();
+      starting.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+      ++active_;
+    }
+    stats_.queued = static_cast<int64_t>(queue_.size());
+  }
+  for (auto& j : starting) {
+    const std::shared_ptr<Sequence>& seq = j->sequence;
+    try {
+      runner_.Start(*seq);
+      active->push_back(seq);
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.prompt_tokens += static_cast<int64_t>(seq->request().prompt.size());
+      stats_.active_generations = static_cast<int64_t>(active->size());
+    } catch (...) {
+      seq->Complete(std::current_exception());
+      JobDone(0, active->size());
+    }
+  }
+}
+
+void Scheduler::StepRound(std::vector<std::shared_ptr<Sequence>>* active) {
+  // Every active generation advances one token per round; their decode steps
+  // share one forward pass.
+  std::vector<Sequence*> seqs;
+  for (const auto& s : *active) seqs.push_back(s.get());
+  std::vector<std::exception_ptr> errors;
+  const std::vector<bool> more = runner_.StepAll(seqs, &errors);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.generation_rounds;
+    stats_.generation_round_sequences += static_cast<int64_t>(seqs.size());
+  }
+  std::vector<std::shared_ptr<Sequence>> still;
+  std::vector<std::pair<std::shared_ptr<Sequence>, std::exception_ptr>> ended;
+  for (size_t i = 0; i < active->size(); ++i) {
+    if (more[i] && !errors[i]) {
+      still.push_back(std::move((*active)[i]));
+    } else {
+      ended.emplace_back(std::move((*active)[i]), errors[i]);
+    }
+  }
+  *active = std::move(still);
+  for (auto& [finished, error] : ended) {
+    // Counters first, then the answer: a client that reads /metrics right
+    // after its response must see its own tokens counted.
+    JobDone(finished->started() ? finished->result().completion_tokens : 0, active->size());
+    finished->Complete(error);
+  }
+}
+
+void Scheduler::FailAll(std::vector<std::shared_ptr<Sequence>>* active) {
+  const Error stopping(ErrorKind::kUnavailable, "the server stopped before this request ran");
+  for (auto& s : *active) s->Complete(std::make_exception_ptr(stopping));
+  active->clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& j : queue_) {
+    auto err = std::make_exception_ptr(stopping);
+    if (j->kind == Job::Kind::kEmbed) j->embed_result.set_exception(err);
+    if (j->kind == Job::Kind::kTask) j->task_done.set_exception(err);
+    if (j->kind == Job::Kind::kGenerate) j->sequence->Complete(err);
+  }
+  queue_.clear();
+  active_ = 0;
+  idle_cv_.notify_all();
+}
+
+void Scheduler::Loop() {
+  std::vector<std::shared_ptr<Sequence>> active;
   while (true) {
     std::unique_ptr<Job> job;
     {
@@ -221,130 +282,21 @@ void Scheduler::Loop() {
       }
     }
     // One queued job between rounds of generation steps.
-    if (job) {
-      switch (job->kind) {
-        case Job::Kind::kEmbed: {
-          // Other queued embedding jobs with the same options join this one's
-          // forward passes: many small requests become one padded batch.
-          std::vector<std::unique_ptr<Job>> batch;
-          batch.push_back(std::move(job));
-          {
-            std::lock_guard<std::mutex> lock(mu_);
-            size_t inputs = batch[0]->prompts.size();
-            for (auto it = queue_.begin(); it != queue_.end() && inputs < kMaxMergedInputs;) {
-              if ((*it)->kind == Job::Kind::kEmbed && Mergeable(*batch[0], **it)) {
-                inputs += (*it)->prompts.size();
-                batch.push_back(std::move(*it));
-                it = queue_.erase(it);
-                ++active_;
-              } else {
-                ++it;
-              }
-            }
-            stats_.queued = static_cast<int64_t>(queue_.size());
-          }
-          RunEmbedBatch(batch);
-          for (size_t i = 0; i < batch.size(); ++i) done_one(0);
-          break;
-        }
-        case Job::Kind::kTask:
-          try {
-            job->task(engine_);
-            job->task_done.set_value();
-          } catch (...) {
-            job->task_done.set_exception(std::current_exception());
-          }
-          done_one(0);
-          break;
-        case Job::Kind::kGenerate: {
-          // Generation jobs queued right behind this one start with it, so
-          // their prefills share a forward pass as well.
-          std::vector<std::unique_ptr<Job>> starting;
-          starting.push_back(std::move(job));
-          {
-            std::lock_guard<std::mutex> lock(mu_);
-            size_t tokens = starting[0]->generation->prompt.size();
-            while (!queue_.empty() && queue_.front()->kind == Job::Kind::kGenerate &&
-                   starting.size() < kMaxStartingGenerations &&
-                   tokens + queue_.front()->generation->prompt.size() <= kMaxStartingTokens) {
-              tokens += queue_.front()->generation->prompt.size();
-              starting.push_back(std::move(queue_.front()));
-              queue_.pop_front();
-              ++active_;
-            }
-            stats_.queued = static_cast<int64_t>(queue_.size());
-          }
-          for (auto& j : starting) {
-            auto g = j->generation;
-            try {
-              auto gen = engine_.StartGeneration(
-                  g->prompt, g->params,
-                  [g](const std::string& s) {
-                    g->PushText(s);
-                    return !g->cancelled();
-                  },
-                  g->documents, g->positions);
-              active.push_back({g, std::move(gen)});
-              std::lock_guard<std::mutex> lock(mu_);
-              stats_.prompt_tokens += static_cast<int64_t>(g->prompt.size());
-              stats_.active_generations = static_cast<int64_t>(active.size());
-            } catch (...) {
-              g->Fail(std::current_exception());
-              done_one(0);
-            }
-          }
-          break;
-        }
+    if (job && job->kind == Job::Kind::kEmbed) RunEmbedJobs(std::move(job));
+    if (job && job->kind == Job::Kind::kGenerate) StartSequences(std::move(job), &active);
+    if (job && job->kind == Job::Kind::kTask) {
+      try {
+        job->task(runner_);
+        job->task_done.set_value();
+      } catch (...) {
+        job->task_done.set_exception(std::current_exception());
       }
+      JobDone(0, active.size());
     }
-    // Every active generation advances one token per round; their decode
-    // steps share one forward pass.
-    std::vector<Generation*> gens;
-    for (Active& a : active) {
-      if (a.job->cancelled()) a.gen->Cancel();
-      gens.push_back(a.gen.get());
-    }
-    std::vector<std::exception_ptr> errors;
-    const std::vector<bool> more =
-        gens.empty() ? std::vector<bool>() : engine_.StepAll(gens, &errors);
-    if (!gens.empty()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++stats_.generation_rounds;
-      stats_.generation_round_sequences += static_cast<int64_t>(gens.size());
-    }
-    std::vector<Active> still;
-    std::vector<std::pair<Active, std::exception_ptr>> ended;
-    for (size_t i = 0; i < active.size(); ++i) {
-      if (more[i] && !errors[i]) {
-        still.push_back(std::move(active[i]));
-      } else {
-        ended.emplace_back(std::move(active[i]), errors[i]);
-      }
-    }
-    active = std::move(still);
-    for (auto& [finished, error] : ended) {
-      // Counters first, then the answer: a client that reads /metrics right
-      // after its response must see its own tokens counted.
-      done_one(finished.gen->result().completion_tokens);
-      if (error) {
-        finished.job->Fail(error);
-      } else {
-        finished.job->Finish(finished.gen->result());
-      }
-    }
+    if (!active.empty()) StepRound(&active);
   }
   // Stopped: nothing left may wait forever.
-  for (auto& a : active) a.job->Fail(std::make_exception_ptr(stopping));
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& j : queue_) {
-    auto err = std::make_exception_ptr(stopping);
-    if (j->kind == Job::Kind::kEmbed) j->embed_result.set_exception(err);
-    if (j->kind == Job::Kind::kTask) j->task_done.set_exception(err);
-    if (j->kind == Job::Kind::kGenerate) j->generation->Fail(err);
-  }
-  queue_.clear();
-  active_ = 0;
-  idle_cv_.notify_all();
+  FailAll(&active);
 }
 
 }  // namespace gritserve

@@ -1,5 +1,8 @@
 // Causal generation of one sequence: prefill, then one token per Step, with
-// sampling, EOS, stop strings and streaming-safe text.
+// sampling, EOS, stop strings and streaming-safe text; and the hand-over of
+// its text and result to the client waiting on it.
+#include "gritserve/engine/sequence.h"
+
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -76,38 +79,25 @@ constexpr int64_t kChunk = 256;
 // while a round stays short enough for those already decoding.
 constexpr int64_t kRoundPrefillTokens = 2048;
 
-class GenerationImpl : public Generation {
- public:
-  GenerationImpl(Engine::Impl& engine, std::vector<int32_t> prompt, const SamplingParams& params,
-                 TextCallback on_text, std::vector<ResolvedDocument> documents,
-                 DocPositions positions)
-      : e_(engine),
-        prompt_(std::move(prompt)),
-        documents_(std::move(documents)),
-        positions_(positions),
-        params_(params),
-        on_text_(std::move(on_text)),
-        sampler_(params, engine.sampleable_vocab),
-        stream_(*engine.tokenizer, /*skip_special=*/true),
+}  // namespace
+
+struct Sequence::State {
+  State(const Runner::Impl& runner, Sequence& seq)
+      : r_(runner),
+        seq_(seq),
+        prompt_(seq.request().prompt),
+        documents_(seq.request().documents),
+        positions_(seq.request().positions),
+        params_(seq.request().params),
+        sampler_(params_, runner.shared.sampleable_vocab),
+        stream_(*runner.shared.tokenizer, /*skip_special=*/true),
         start_(std::chrono::steady_clock::now()) {
-    if (prompt_.empty()) throw Unprocessable("the prompt has no tokens");
-    const int64_t ctx = e_.config.max_position_embeddings;
-    int64_t total = static_cast<int64_t>(prompt_.size());
-    for (const auto& d : documents_) total += static_cast<int64_t>(d.ids.size());
-    if (total >= ctx) {
-      throw Unprocessable("the prompt (with its documents) has " + std::to_string(total) +
-                          " tokens; the model's context is " + std::to_string(ctx));
-    }
-    for (int32_t id : prompt_) {
-      if (id < 0 || id >= e_.config.vocab_size) {
-        throw Unprocessable("token id " + std::to_string(id) + " is outside the vocabulary");
-      }
-    }
+    const Tokenizer& tok = *r_.shared.tokenizer;
     for (const auto& s : params_.stop) {
       if (s.empty()) continue;
       // A stop string that is a special token never shows in the (special-free)
       // text, so it is matched as a token instead.
-      if (auto id = e_.tokenizer->TokenToId(s); id && e_.tokenizer->IsSpecial(*id)) {
+      if (auto id = tok.TokenToId(s); id && tok.IsSpecial(*id)) {
         stop_ids_.push_back(*id);
       } else {
         stops_.push_back(s);
@@ -116,7 +106,7 @@ class GenerationImpl : public Generation {
     result_.prompt_tokens = static_cast<int64_t>(prompt_.size());
   }
 
-  bool Step() override {
+  bool Step() {
     if (finished_) return false;
     c10::InferenceMode guard;
     if (params_.max_tokens <= 0) {
@@ -160,8 +150,8 @@ class GenerationImpl : public Generation {
   void PlaceDocuments() {
     prefill_start_ = std::chrono::steady_clock::now();
     cache_ = documents_.empty()
-                 ? e_.decoder->NewCache(1)
-                 : AssembleDocuments(e_, documents_, positions_,
+                 ? r_.decoder->NewCache(1)
+                 : AssembleDocuments(r_, documents_, positions_,
                                      static_cast<int64_t>(prompt_.size()) +
                                          std::min<int64_t>(params_.max_tokens, 1024));
     result_.documents_ms = MsSince(prefill_start_);
@@ -192,11 +182,11 @@ class GenerationImpl : public Generation {
     return !finished_;
   }
 
-  bool finished() const override { return finished_; }
-  void Cancel() override {
+  bool finished() const { return finished_; }
+  void Cancel() {
     if (!finished_) Finish("cancelled");
   }
-  const GenerateResult& result() const override { return result_; }
+  const GenerateResult& result() const { return result_; }
 
  private:
   // Feeds tokens at positions [pos, pos + n) and returns the last position's logits.
@@ -214,15 +204,15 @@ class GenerationImpl : public Generation {
       in.positions = at::arange(pos + begin, pos + begin + n, at::kLong).view({1, n});  // [1, T]
       in.attention = AttentionSpec::Causal();
       in.last_position_only = true;          // earlier chunks only fill the cache
-      h = e_.decoder->Forward(in, &cache_);  // [1, 1, H]
+      h = r_.decoder->Forward(in, &cache_);  // [1, 1, H]
     }
-    return e_.decoder->Logits(h[0])[0].to(at::kCPU);  // [V]
+    return r_.decoder->Logits(h[0])[0].to(at::kCPU);  // [V]
   }
 
   void Accept(int32_t token) {
-    const bool is_eos = e_.eos_ids.count(token) > 0 ||
+    const bool is_eos = r_.shared.eos_ids.count(token) > 0 ||
                         std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end();
-    if (is_eos && !(params_.ignore_eos && e_.eos_ids.count(token) > 0)) {
+    if (is_eos && !(params_.ignore_eos && r_.shared.eos_ids.count(token) > 0)) {
       Finish("stop");
       return;
     }
@@ -231,7 +221,7 @@ class GenerationImpl : public Generation {
     AddText(stream_.Push(token));
     if (finished_) return;
     if (result_.completion_tokens >= params_.max_tokens ||
-        cache_.length() + 1 >= e_.config.max_position_embeddings) {
+        cache_.length() + 1 >= r_.shared.config.max_position_embeddings) {
       Finish("length");
     }
   }
@@ -263,7 +253,7 @@ class GenerationImpl : public Generation {
   void Emit(const std::string& text) {
     if (text.empty()) return;
     result_.text += text;
-    if (on_text_ && !on_text_(text)) Finish("cancelled");
+    if (!seq_.Deliver(text)) Finish("cancelled");
   }
 
   void Finish(const std::string& reason) {
@@ -280,7 +270,7 @@ class GenerationImpl : public Generation {
       if (cut != std::string::npos) tail.resize(cut);
       if (!tail.empty()) {
         result_.text += tail;
-        if (on_text_) on_text_(tail);
+        seq_.Deliver(tail);
       }
     } else {
       finished_ = true;
@@ -289,12 +279,12 @@ class GenerationImpl : public Generation {
     cache_ = KvCache();  // free the KV memory as soon as the sequence ends
   }
 
-  Engine::Impl& e_;
-  std::vector<int32_t> prompt_;
-  std::vector<ResolvedDocument> documents_;
-  DocPositions positions_;
-  SamplingParams params_;
-  TextCallback on_text_;
+  const Runner::Impl& r_;
+  Sequence& seq_;
+  const std::vector<int32_t>& prompt_;
+  const std::vector<ResolvedDocument>& documents_;
+  const DocPositions positions_;
+  const SamplingParams& params_;
   Sampler sampler_;
   StreamDecoder stream_;
   std::chrono::steady_clock::time_point start_;
@@ -309,25 +299,122 @@ class GenerationImpl : public Generation {
   GenerateResult result_;
 };
 
+namespace {
+
+// A sequence in a round's shared forward pass.
+struct Member {
+  size_t index;  // in the round's sequences
+  Sequence::State* state;
+  bool prefill;            // feeds prompt tokens (else a decode step)
+  int64_t fed = 0;         // prompt tokens it feeds this round (0: a decode step)
+  int64_t logit_row = -1;  // its row of the round's logits, or -1 (no token yet)
+};
+
+// The shared pass's inputs: a chunk of each prefilling prompt (within the
+// round's token budget) and each decoding sequence's last token. Members that
+// fail to join get their error; those left for a later round continue.
+std::vector<Member> JoinRound(const std::vector<Member>& candidates,
+                              std::vector<ForwardInput>* inputs, std::vector<KvCache*>* caches,
+                              std::vector<bool>* more, std::vector<std::exception_ptr>* errors) {
+  std::vector<Member> joined;
+  int64_t budget = kRoundPrefillTokens;
+  for (Member m : candidates) {
+    try {
+      std::vector<int64_t> ids;
+      if (m.prefill) {
+        if (budget == 0) {
+          (*more)[m.index] = true;  // waits for a later round
+          continue;
+        }
+        ids = m.state->NextPrefillChunk(budget);
+        budget -= static_cast<int64_t>(ids.size());
+      } else {
+        ids.push_back(m.state->NextInput());
+      }
+      const int64_t n = static_cast<int64_t>(ids.size());
+      const int64_t pos = m.state->cache()->length();
+      ForwardInput in;
+      in.ids = at::tensor(ids, at::kLong).view({1, n});                 // [1, T]
+      in.positions = at::arange(pos, pos + n, at::kLong).view({1, n});  // [1, T]
+      in.attention = AttentionSpec::Causal();
+      inputs->push_back(std::move(in));
+      caches->push_back(m.state->cache());
+      m.fed = m.prefill ? n : 0;
+      joined.push_back(m);
+    } catch (...) {
+      (*errors)[m.index] = std::current_exception();
+    }
+  }
+  return joined;
+}
+
+// Runs the shared pass and gives each member its outcome.
+void RunRound(const Runner::Impl& runner, std::vector<Member> joined,
+              const std::vector<ForwardInput>& inputs, const std::vector<KvCache*>& caches,
+              std::vector<bool>* more, std::vector<std::exception_ptr>* errors) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // Logits only for members with a next token to sample: decode steps, and
+  // prompts whose last chunk this is.
+  std::vector<int64_t> sampling;  // indices into joined
+  for (size_t k = 0; k < joined.size(); ++k) {
+    if (joined[k].fed == 0 || joined[k].state->CompletesPrefill(joined[k].fed)) {
+      joined[k].logit_row = static_cast<int64_t>(sampling.size());
+      sampling.push_back(static_cast<int64_t>(k));
+    }
+  }
+  at::Tensor logits;  // [sampling, V]
+  try {
+    // [joined, H]: each member's last position
+    at::Tensor last = runner.decoder->ForwardMany(inputs, caches, /*last_positions_only=*/true);
+    if (!sampling.empty()) {
+      logits = runner.decoder
+                   ->Logits(last.index_select(0, at::tensor(sampling, at::kLong).to(last.device())))
+                   .to(at::kCPU);
+    }
+  } catch (...) {
+    for (const Member& m : joined) (*errors)[m.index] = std::current_exception();
+    return;
+  }
+  const double ms = MsSince(t0);
+  for (const Member& m : joined) {
+    m.state->FedPrefill(m.fed);
+    try {
+      if (m.logit_row < 0) {
+        (*more)[m.index] = true;  // a prompt with chunks still to come
+        continue;
+      }
+      if (m.prefill) {
+        m.state->EndPrefill();
+      } else {
+        m.state->AddDecodeMs(ms);
+      }
+      (*more)[m.index] = m.state->Consume(logits[m.logit_row]);
+    } catch (...) {
+      (*errors)[m.index] = std::current_exception();
+    }
+  }
+}
+
 }  // namespace
 
-std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Generation*>& gens,
-                                  std::vector<std::exception_ptr>* errors) {
+std::vector<bool> StepSequences(const Runner::Impl& runner, const std::vector<Sequence*>& seqs,
+                                std::vector<std::exception_ptr>* errors) {
   c10::InferenceMode guard;
-  std::vector<bool> more(gens.size(), false);
-  errors->assign(gens.size(), nullptr);
-  // Who joins the shared forward, with what tokens; the rest step alone.
-  struct Member {
-    size_t index;
-    GenerationImpl* gen;
-    bool prefill;
-  };
+  std::vector<bool> more(seqs.size(), false);
+  errors->assign(seqs.size(), nullptr);
+  // Who joins the shared forward; the rest step alone.
   std::vector<Member> members;
   std::vector<size_t> alone;
-  for (size_t i = 0; i < gens.size(); ++i) {
-    auto* g = dynamic_cast<GenerationImpl*>(gens[i]);
-    if (g != nullptr && (g->Batchable() || g->CanJoinPrefill())) {
-      members.push_back({i, g, !g->Batchable()});
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence::State* st = seqs[i]->state();
+    if (st == nullptr) {
+      (*errors)[i] = std::make_exception_ptr(
+          Error(ErrorKind::kInternal, "a sequence was stepped before Runner::Start"));
+      continue;
+    }
+    if (seqs[i]->cancelled()) st->Cancel();
+    if (st->Batchable() || st->CanJoinPrefill()) {
+      members.push_back({i, st, !st->Batchable()});
     } else {
       alone.push_back(i);
     }
@@ -339,98 +426,77 @@ std::vector<bool> StepGenerations(Engine::Impl& engine, const std::vector<Genera
   }
   for (size_t i : alone) {
     try {
-      more[i] = gens[i]->Step();  // long prompts, finished ones, lone decodes
+      more[i] = seqs[i]->Step();  // long prompts, finished ones, lone decodes
     } catch (...) {
       (*errors)[i] = std::current_exception();
     }
   }
   if (members.empty()) return more;
-
   std::vector<ForwardInput> inputs;
   std::vector<KvCache*> caches;
-  std::vector<Member> joined;
-  std::vector<int64_t> fed;  // per joined member: prompt tokens it feeds (0: a decode step)
-  int64_t budget = kRoundPrefillTokens;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (const Member& m : members) {
-    try {
-      std::vector<int64_t> ids;
-      if (m.prefill) {
-        if (budget == 0) {
-          more[m.index] = true;  // waits for a later round
-          continue;
-        }
-        ids = m.gen->NextPrefillChunk(budget);
-        budget -= static_cast<int64_t>(ids.size());
-      } else {
-        ids.push_back(m.gen->NextInput());
-      }
-      const int64_t n = static_cast<int64_t>(ids.size());
-      const int64_t pos = m.gen->cache()->length();
-      ForwardInput in;
-      in.ids = at::tensor(ids, at::kLong).view({1, n});                 // [1, T]
-      in.positions = at::arange(pos, pos + n, at::kLong).view({1, n});  // [1, T]
-      in.attention = AttentionSpec::Causal();
-      inputs.push_back(std::move(in));
-      caches.push_back(m.gen->cache());
-      joined.push_back(m);
-      fed.push_back(m.prefill ? n : 0);
-    } catch (...) {
-      (*errors)[m.index] = std::current_exception();
-    }
-  }
-  if (joined.empty()) return more;
-  // Logits only for members with a next token to sample: decode steps, and
-  // prompts whose last chunk this is.
-  std::vector<int64_t> sampling;                      // indices into joined
-  std::vector<int64_t> logit_row(joined.size(), -1);  // per joined member: its row, or -1
-  for (size_t k = 0; k < joined.size(); ++k) {
-    if (fed[k] == 0 || joined[k].gen->CompletesPrefill(fed[k])) {
-      logit_row[k] = static_cast<int64_t>(sampling.size());
-      sampling.push_back(static_cast<int64_t>(k));
-    }
-  }
-  at::Tensor logits;  // [sampling, V]
-  try {
-    // [joined, H]: each member's last position
-    at::Tensor last = engine.decoder->ForwardMany(inputs, caches, /*last_positions_only=*/true);
-    if (!sampling.empty()) {
-      logits = engine.decoder
-                   ->Logits(last.index_select(0, at::tensor(sampling, at::kLong).to(last.device())))
-                   .to(at::kCPU);
-    }
-  } catch (...) {
-    for (const Member& m : joined) (*errors)[m.index] = std::current_exception();
-    return more;
-  }
-  const double ms = MsSince(t0);
-  for (size_t k = 0; k < joined.size(); ++k) {
-    const Member& m = joined[k];
-    m.gen->FedPrefill(fed[k]);
-    try {
-      if (logit_row[k] < 0) {
-        more[m.index] = true;  // a prompt with chunks still to come
-        continue;
-      }
-      if (m.prefill) {
-        m.gen->EndPrefill();
-      } else {
-        m.gen->AddDecodeMs(ms);
-      }
-      more[m.index] = m.gen->Consume(logits[logit_row[k]]);
-    } catch (...) {
-      (*errors)[m.index] = std::current_exception();
-    }
-  }
+  std::vector<Member> joined = JoinRound(members, &inputs, &caches, &more, errors);
+  if (!joined.empty()) RunRound(runner, std::move(joined), inputs, caches, &more, errors);
   return more;
 }
 
-std::unique_ptr<Generation> MakeGeneration(Engine::Impl& engine, std::vector<int32_t> prompt,
-                                           const SamplingParams& params, TextCallback on_text,
-                                           std::vector<ResolvedDocument> documents,
-                                           DocPositions positions) {
-  return std::make_unique<GenerationImpl>(engine, std::move(prompt), params, std::move(on_text),
-                                          std::move(documents), positions);
+// Here rather than in runner.cc: only this file sees State whole.
+void Runner::Start(Sequence& sequence) {
+  if (sequence.state_ != nullptr) throw Error(ErrorKind::kInternal, "a sequence started twice");
+  front_.ValidateGenerate(sequence.request());
+  sequence.state_ = std::make_unique<Sequence::State>(*impl_, sequence);
+}
+
+Sequence::Sequence(GenerateRequest request, TextCallback on_text)
+    : request_(std::move(request)), on_text_(std::move(on_text)) {}
+
+Sequence::~Sequence() = default;
+
+bool Sequence::Step() {
+  if (state_ == nullptr) {
+    throw Error(ErrorKind::kInternal, "a sequence was stepped before Runner::Start");
+  }
+  return state_->Step();
+}
+
+bool Sequence::finished() const { return state_ != nullptr && state_->finished(); }
+
+const GenerateResult& Sequence::result() const {
+  if (state_ == nullptr) throw Error(ErrorKind::kInternal, "a sequence that never started");
+  return state_->result();
+}
+
+bool Sequence::Deliver(const std::string& text) {
+  if (on_text_) return on_text_(text) && !cancelled_;
+  std::lock_guard<std::mutex> lock(mu_);
+  unread_ += text;
+  cv_.notify_all();
+  return !cancelled_;
+}
+
+void Sequence::Complete(std::exception_ptr error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!error && state_ == nullptr) {
+    error = std::make_exception_ptr(Error(ErrorKind::kInternal, "a sequence that never started"));
+  }
+  error_ = error;
+  done_ = true;
+  cv_.notify_all();
+}
+
+std::string Sequence::WaitForText(std::chrono::milliseconds timeout, bool* done) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !unread_.empty() || done_; });
+  std::string out;
+  out.swap(unread_);
+  *done = done_;
+  return out;
+}
+
+GenerateResult Sequence::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+  return state_->result();
 }
 
 }  // namespace gritserve

@@ -1,11 +1,12 @@
-#include "gritserve/model/cpu_attention.h"
+#include "gritserve/kernels/cpu_attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "gritserve/common/error.h"
-#include "gritserve/model/work_steal.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/work_steal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
@@ -160,7 +161,7 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
 
 }  // namespace
 
-bool Available() { return __builtin_cpu_supports("avx512f"); }
+bool Available() { return kernels::Dispatch::Current().avx512; }
 
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& mask, int64_t g) {
@@ -211,7 +212,8 @@ bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
   auto cpu_f32 = [](const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
   };
-  if (!Available() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v) || !cpu_f32(mask)) return false;
+  if (!kernels::CpuHasAvx512() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v) || !cpu_f32(mask))
+    return false;
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || mask.dim() != 3 || g < 1) return false;
   const int64_t b = q.size(0), hkv = q.size(1), rows = q.size(2), d = q.size(3), s = k.size(2);
   return q.is_contiguous() && mask.is_contiguous() && k.sizes() == v.sizes() && k.size(0) == b &&

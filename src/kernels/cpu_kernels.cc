@@ -1,4 +1,4 @@
-#include "gritserve/model/cpu_kernels.h"
+#include "gritserve/kernels/cpu_kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -20,7 +20,8 @@
 #endif
 
 #include "gritserve/common/error.h"
-#include "gritserve/model/work_steal.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/work_steal.h"
 
 // One copy of each hot loop per ISA level, picked once at load time by the
 // dynamic linker (an ifunc): the binary stays portable to any x86-64 while
@@ -345,11 +346,6 @@ void Require(bool ok, const char* what) {
 
 }  // namespace
 
-bool Wanted() {
-  const char* v = std::getenv("GRITSERVE_CPU_KERNELS");
-  return v == nullptr || std::string(v) != "aten";
-}
-
 bool HoldsBfloat16Values(const at::Tensor& t) {
   if (!Applies(t)) return false;
   const at::Tensor c = t.contiguous();
@@ -498,7 +494,8 @@ at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w) {
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
 #ifdef GRITSERVE_BF16_GEMV_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  // Read at the first product (during load): GRITSERVE_CPU_ISA applies per process here.
+  static const bool avx512 = kernels::Dispatch::Current().avx512;
   if (m == 1 && in % 2 == 0 && avx512) {  // time to first token, decode: the one-row stream
     std::vector<float> split(static_cast<size_t>(in));  // [even elements | odd elements]
     for (int64_t i = 0; i < in / 2; ++i) {

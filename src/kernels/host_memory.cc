@@ -1,10 +1,12 @@
-#include "gritserve/model/host_memory.h"
+#include "gritserve/kernels/host_memory.h"
 
 #include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+
+#include "gritserve/kernels/dispatch.h"
 
 namespace gritserve {
 namespace {
@@ -21,10 +23,7 @@ void Unmap(void* p, size_t len) {
 }  // namespace
 
 bool HugePagesWanted() {
-  static const bool wanted = [] {
-    const char* v = std::getenv("GRITSERVE_HUGE_PAGES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool wanted = kernels::Dispatch::Current().huge_pages;
   return wanted;
 }
 

@@ -1,4 +1,4 @@
-#include "gritserve/model/linear.h"
+#include "gritserve/kernels/linear.h"
 
 #include <ATen/Parallel.h>
 
@@ -7,9 +7,10 @@
 #include <utility>
 
 #include "gritserve/common/error.h"
-#include "gritserve/model/cpu_kernels.h"
-#include "gritserve/model/host_memory.h"
-#include "gritserve/model/small_gemm.h"
+#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/host_memory.h"
+#include "gritserve/kernels/small_gemm.h"
 #include "onednn.h"
 
 namespace gritserve {
@@ -87,7 +88,8 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
   p->storage = StreamedWeightEmpty({static_cast<int64_t>(p->weights.get_size())}, at::kByte);
   p->blocked = true;
   p->bf16 = bf16;
-  p->small_gemm = !bf16 && small_gemm::Available() && !onednn::OnlyOneDnn() &&
+  p->small_gemm = !bf16 && small_gemm::Available() &&
+                  kernels::Dispatch::Current().gemm != kernels::Gemm::kOneDnn &&
                   p->weights == dnnl::memory::desc({in, out}, Dt::f32, Tag::BA16a64b);
   // The reorder also converts float32 to bfloat16 when asked.
   dnnl::memory src(plain, CpuEngine(), weight.data_ptr());
@@ -133,7 +135,7 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   // bandwidth, the same in every build (measured: on par with oneDNN's matmul
   // on this layout, ~15% faster than OpenBLAS's sgemv).
   if (!pack && layout == Layout::kOutIn && cpu_kernels::Applies(weight) && weight.is_contiguous() &&
-      cpu_kernels::Wanted()) {
+      kernels::Dispatch::Current().fused) {
     gemv_weight_ = weight;
   }
   const bool bf16 = packed_dtype == at::kBFloat16;
@@ -237,13 +239,13 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
 }
 
 bool Linear::Bfloat16PanelsAvailable() {
-  return small_gemm::Available() && cpu_kernels::Wanted() &&
-         std::getenv("GRITSERVE_CPU_GEMM") == nullptr;
+  return small_gemm::Available() && kernels::Dispatch::Current().fused &&
+         kernels::Dispatch::Current().gemm == kernels::Gemm::kAuto;
 }
 
 bool Linear::CpuOneDnn() {
 #ifdef GRITSERVE_HAVE_DNNL
-  return onednn::Wanted() && OneDnnFast();
+  return kernels::Dispatch::Current().gemm != kernels::Gemm::kBlas && OneDnnFast();
 #else
   return false;
 #endif
@@ -251,7 +253,7 @@ bool Linear::CpuOneDnn() {
 
 bool Linear::CpuBf16Available() {
 #ifdef GRITSERVE_HAVE_DNNL
-  return onednn::Wanted() && OneDnnBf16Fast();
+  return kernels::Dispatch::Current().gemm != kernels::Gemm::kBlas && OneDnnBf16Fast();
 #else
   return false;
 #endif
@@ -259,8 +261,10 @@ bool Linear::CpuBf16Available() {
 
 std::string Linear::CpuBackend() {
 #ifdef GRITSERVE_HAVE_DNNL
-  if (!onednn::Wanted()) return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
-  if (OneDnnFast() && small_gemm::Available() && !onednn::OnlyOneDnn()) {
+  if (kernels::Dispatch::Current().gemm == kernels::Gemm::kBlas)
+    return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
+  if (OneDnnFast() && small_gemm::Available() &&
+      kernels::Dispatch::Current().gemm != kernels::Gemm::kOneDnn) {
     return "oneDNN brgemm, weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
   }
   if (OneDnnFast()) return "oneDNN brgemm, weights packed at load";

@@ -58,16 +58,6 @@ class PrimitiveCache {
 
 }  // namespace
 
-bool Wanted() {
-  const char* v = std::getenv("GRITSERVE_CPU_GEMM");
-  return v == nullptr || std::strcmp(v, "blas") != 0;
-}
-
-bool OnlyOneDnn() {
-  const char* v = std::getenv("GRITSERVE_CPU_GEMM");
-  return v != nullptr && std::strcmp(v, "onednn") == 0;
-}
-
 dnnl::engine& CpuEngine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;

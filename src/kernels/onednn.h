@@ -12,12 +12,6 @@
 
 namespace gritserve::onednn {
 
-// GRITSERVE_CPU_GEMM, for side-by-side benchmarks and as an escape hatch:
-// "blas" asks for LibTorch's BLAS path instead of oneDNN, "onednn" for
-// oneDNN at every row count (no small_gemm).
-bool Wanted();
-bool OnlyOneDnn();
-
 dnnl::engine& CpuEngine();
 
 // A primitive and the scratchpad it needs. Every primitive here takes its

@@ -1,4 +1,4 @@
-#include "gritserve/model/small_gemm.h"
+#include "gritserve/kernels/small_gemm.h"
 
 #include <ATen/Parallel.h>
 
@@ -6,7 +6,8 @@
 #include <cstring>
 
 #include "gritserve/common/error.h"
-#include "gritserve/model/work_steal.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/work_steal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define GRITSERVE_SMALL_GEMM 1
@@ -88,11 +89,11 @@ __attribute__((target("avx512f"))) void PanelRows(const float* a, int64_t m0, in
 
 }  // namespace
 
-bool Available() { return __builtin_cpu_supports("avx512f"); }
+bool Available() { return kernels::Dispatch::Current().avx512; }
 
 void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const float* bias,
          float* c) {
-  if (m < 1 || m > kMaxRows || !Available()) {
+  if (m < 1 || m > kMaxRows || !kernels::CpuHasAvx512()) {
     throw Error(ErrorKind::kInternal, "small_gemm::Run called outside its row range or ISA");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
@@ -105,7 +106,7 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
 
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
              float* c) {
-  if (m < 1 || k < 1 || n < 1 || !Available()) {
+  if (m < 1 || k < 1 || n < 1 || !kernels::CpuHasAvx512()) {
     throw Error(ErrorKind::kInternal,
                 "small_gemm::RunBf16 called with an empty shape or off AVX-512");
   }

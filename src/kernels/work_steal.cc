@@ -1,4 +1,4 @@
-#include "gritserve/model/work_steal.h"
+#include "gritserve/kernels/work_steal.h"
 
 #include <ATen/Parallel.h>
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gritserve/common/error.h"
+#include "gritserve/model/tensor_names.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -34,11 +35,6 @@ uint64_t TensorSeed(uint64_t seed, const std::string& name) {
   return SplitMix64(SplitMix64(seed) ^ h);
 }
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 const char* TorchDtypeName(DType dtype) {
   switch (dtype) {
     case DType::kF32:
@@ -56,12 +52,10 @@ const char* TorchDtypeName(DType dtype) {
 at::Tensor RandomTensor(const TensorSpec& spec, const RandomWeightsOptions& options) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(TensorSeed(options.seed, spec.name));
   at::Tensor t = at::randn(spec.shape, gen, at::TensorOptions(at::kFloat));
-  const bool is_norm = EndsWith(spec.name, "norm.weight");
-  const bool is_bias = EndsWith(spec.name, ".bias");
-  if (is_norm) {
+  if (tensor_names::IsNormWeight(spec.name)) {
     // Around 1 but not 1, so a decoder that skips a norm's weight gets different outputs.
     t.mul_(0.1f).add_(1.0f);
-  } else if (is_bias) {
+  } else if (tensor_names::IsBias(spec.name)) {
     t.mul_(0.02f);
   } else {
     t.mul_(options.init_std);

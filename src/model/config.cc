@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
+#include "gritserve/model/tensor_names.h"
 
 namespace gritserve {
 namespace {
@@ -45,63 +47,20 @@ std::string JoinSupported() {
   return out;
 }
 
-// Optional keys that are present but null mean "use the default", as in HF.
-bool Has(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
-
-int64_t RequireInt(const json& j, const char* key) {
-  if (!Has(j, key)) {
-    throw LoadError(std::string("config.json: missing required key '") + key + "'");
-  }
-  const json& v = j.at(key);
-  if (!v.is_number_integer()) {
-    throw LoadError(std::string("config.json: key '") + key + "' must be an integer, got " +
-                    v.dump());
-  }
-  return v.get<int64_t>();
-}
-
-int64_t OptInt(const json& j, const char* key, int64_t fallback) {
-  return Has(j, key) ? RequireInt(j, key) : fallback;
-}
-
-double OptNumber(const json& j, const char* key, double fallback) {
-  if (!Has(j, key)) return fallback;
-  const json& v = j.at(key);
-  if (!v.is_number()) {
-    throw LoadError(std::string("config.json: key '") + key + "' must be a number, got " +
-                    v.dump());
-  }
-  return v.get<double>();
-}
-
-bool OptBool(const json& j, const char* key, bool fallback) {
-  if (!Has(j, key)) return fallback;
-  const json& v = j.at(key);
-  if (!v.is_boolean()) {
-    throw LoadError(std::string("config.json: key '") + key + "' must be a boolean, got " +
-                    v.dump());
-  }
-  return v.get<bool>();
-}
-
 // eos_token_id is an int in most configs but a list in Llama-3 / Qwen2.5 generation configs.
-std::vector<int64_t> TokenIdList(const json& j, const char* key, const std::string& file) {
+std::vector<int64_t> TokenIdList(const JsonFields& f, const char* key) {
   std::vector<int64_t> ids;
-  if (!Has(j, key)) return ids;
-  const json& v = j.at(key);
-  auto bad = [&] {
-    return LoadError(file + ": key '" + key + "' must be an integer or a list of integers, got " +
-                     v.dump());
-  };
-  if (v.is_number_integer()) {
-    ids.push_back(v.get<int64_t>());
-  } else if (v.is_array()) {
-    for (const json& e : v) {
-      if (!e.is_number_integer()) throw bad();
+  const json* v = f.Find(key);
+  if (v == nullptr) return ids;
+  if (v->is_number_integer()) {
+    ids.push_back(v->get<int64_t>());
+  } else if (v->is_array()) {
+    for (const json& e : *v) {
+      if (!e.is_number_integer()) throw f.TypeError(key, "an integer or a list of integers");
       ids.push_back(e.get<int64_t>());
     }
   } else {
-    throw bad();
+    throw f.TypeError(key, "an integer or a list of integers");
   }
   return ids;
 }
@@ -112,18 +71,30 @@ void AppendUnique(std::vector<int64_t>& into, const std::vector<int64_t>& from) 
   }
 }
 
-std::optional<RopeScaling> ParseRopeScaling(const json& j) {
-  if (!Has(j, "rope_scaling")) return std::nullopt;
-  const json& rs = j.at("rope_scaling");
-  if (!rs.is_object()) {
-    throw LoadError("config.json: key 'rope_scaling' must be an object or null, got " + rs.dump());
+void CheckRopeScaling(const RopeScaling& rs) {
+  if (!(rs.factor > 0)) throw LoadError("config.json: rope_scaling 'factor' must be positive");
+  if (rs.type != "llama3") return;
+  if (!(rs.low_freq_factor > 0) || !(rs.high_freq_factor > rs.low_freq_factor)) {
+    throw LoadError("config.json: rope_scaling needs 0 < 'low_freq_factor' < 'high_freq_factor'");
   }
+  if (rs.original_max_position_embeddings <= 0) {
+    throw LoadError(
+        "config.json: rope_scaling 'original_max_position_embeddings' must be positive");
+  }
+}
+
+std::optional<RopeScaling> ParseRopeScaling(const JsonFields& f) {
+  const json* rs_json = f.Find("rope_scaling");
+  if (rs_json == nullptr) return std::nullopt;
+  if (!rs_json->is_object()) throw f.TypeError("rope_scaling", "an object or null");
+  const JsonFields rs = f.Nested(*rs_json);
   // transformers renamed "type" to "rope_type"; published configs carry either.
-  const char* type_key = Has(rs, "rope_type") ? "rope_type" : "type";
-  if (!Has(rs, type_key) || !rs.at(type_key).is_string()) {
+  const char* type_key = rs.Has("rope_type") ? "rope_type" : "type";
+  const json* type_json = rs.Find(type_key);
+  if (type_json == nullptr || !type_json->is_string()) {
     throw LoadError("config.json: 'rope_scaling' needs a string 'rope_type' (or 'type')");
   }
-  std::string type = rs.at(type_key).get<std::string>();
+  const std::string type = type_json->get<std::string>();
   if (type == "default") return std::nullopt;
   if (type != "llama3" && type != "linear") {
     throw LoadError("config.json: unsupported rope_scaling type '" + type +
@@ -131,21 +102,12 @@ std::optional<RopeScaling> ParseRopeScaling(const json& j) {
   }
   RopeScaling out;
   out.type = type;
-  out.factor = OptNumber(rs, "factor", out.factor);
-  out.low_freq_factor = OptNumber(rs, "low_freq_factor", out.low_freq_factor);
-  out.high_freq_factor = OptNumber(rs, "high_freq_factor", out.high_freq_factor);
+  out.factor = rs.Number("factor").value_or(out.factor);
+  out.low_freq_factor = rs.Number("low_freq_factor").value_or(out.low_freq_factor);
+  out.high_freq_factor = rs.Number("high_freq_factor").value_or(out.high_freq_factor);
   out.original_max_position_embeddings =
-      OptInt(rs, "original_max_position_embeddings", out.original_max_position_embeddings);
-  if (!(out.factor > 0)) throw LoadError("config.json: rope_scaling 'factor' must be positive");
-  if (type == "llama3") {
-    if (!(out.low_freq_factor > 0) || !(out.high_freq_factor > out.low_freq_factor)) {
-      throw LoadError("config.json: rope_scaling needs 0 < 'low_freq_factor' < 'high_freq_factor'");
-    }
-    if (out.original_max_position_embeddings <= 0) {
-      throw LoadError(
-          "config.json: rope_scaling 'original_max_position_embeddings' must be positive");
-    }
-  }
+      rs.Int("original_max_position_embeddings").value_or(out.original_max_position_embeddings);
+  CheckRopeScaling(out);
   return out;
 }
 
@@ -202,6 +164,121 @@ json ParseJsonObject(const std::string& text, const std::string& what) {
   return j;
 }
 
+// Recorded for information only, so a non-string value is ignored rather than refused.
+std::optional<std::string> InformationalString(const JsonFields& f, const char* key) {
+  const json* v = f.Find(key);
+  if (v == nullptr || !v->is_string()) return std::nullopt;
+  return v->get<std::string>();
+}
+
+const ArchInfo* FindArchitecture(const std::string& name) {
+  for (const ArchInfo& candidate : kArchitectures) {
+    if (name == candidate.name) return &candidate;
+  }
+  return nullptr;
+}
+
+// transformers instantiates the first class "architectures" lists.
+void ReadArchitecture(const JsonFields& f, ModelConfig& c) {
+  const json* archs = f.Find("architectures");
+  if (archs == nullptr) throw f.Missing("architectures");
+  if (!archs->is_array() || archs->empty() || !archs->front().is_string()) {
+    throw LoadError("config.json: key 'architectures' must be a non-empty list of strings");
+  }
+  c.architecture_name = archs->front().get<std::string>();
+  const ArchInfo* info = FindArchitecture(c.architecture_name);
+  if (info == nullptr) {
+    throw LoadError("config.json: unsupported architecture '" + c.architecture_name +
+                    "'; supported: " + JoinSupported());
+  }
+  c.arch = info->arch;
+  c.model_type = InformationalString(f, "model_type").value_or(info->model_type);
+}
+
+void ReadSizes(const JsonFields& f, ModelConfig& c) {
+  c.hidden_size = f.RequireInt("hidden_size");
+  c.intermediate_size = f.RequireInt("intermediate_size");
+  c.num_hidden_layers = f.RequireInt("num_hidden_layers");
+  c.num_attention_heads = f.RequireInt("num_attention_heads");
+  c.vocab_size = f.RequireInt("vocab_size");
+  // Checked before Validate: the defaults below divide by it.
+  RequirePositive(c.num_attention_heads, "num_attention_heads");
+  c.num_key_value_heads = f.Int("num_key_value_heads").value_or(c.num_attention_heads);
+  if (auto head_dim = f.Int("head_dim")) {
+    c.head_dim = *head_dim;
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      throw LoadError("config.json: 'hidden_size' (" + std::to_string(c.hidden_size) +
+                      ") is not a multiple of 'num_attention_heads' (" +
+                      std::to_string(c.num_attention_heads) + ") and 'head_dim' is not given");
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (auto max_positions = f.Int("max_position_embeddings")) {
+    c.max_position_embeddings = *max_positions;
+  } else {
+    c.max_position_embeddings = 4096;
+    spdlog::debug("config.json: no max_position_embeddings, assuming {}",
+                  c.max_position_embeddings);
+  }
+}
+
+// Biases and the sliding window: each architecture spells them its own way.
+void ReadArchitectureFields(const JsonFields& f, ModelConfig& c) {
+  switch (c.arch) {
+    case Architecture::kQwen2:
+      c.qkv_bias = true;
+      c.o_bias = false;
+      c.mlp_bias = false;
+      // Qwen2 configs always carry sliding_window; it applies only with use_sliding_window.
+      if (f.Bool("use_sliding_window").value_or(false)) {
+        c.sliding_window = f.RequireInt("sliding_window");
+        // Hugging Face's Qwen2Config defaults max_window_layers to 28.
+        c.window_from_layer = f.Int("max_window_layers").value_or(28);
+      }
+      break;
+    case Architecture::kLlama: {
+      const bool attention_bias = f.Bool("attention_bias").value_or(false);
+      c.qkv_bias = attention_bias;
+      c.o_bias = attention_bias;
+      c.mlp_bias = f.Bool("mlp_bias").value_or(false);
+      break;
+    }
+    case Architecture::kMistral:
+      if (auto window = f.Int("sliding_window")) c.sliding_window = *window;
+      break;
+  }
+}
+
+// Some field combinations have no HF spelling; refuse rather than write a config that would
+// load differently.
+void CheckHfSpellable(const ModelConfig& c) {
+  if (c.arch == Architecture::kQwen2 && (!c.qkv_bias || c.o_bias || c.mlp_bias)) {
+    throw Error(ErrorKind::kInternal, "Qwen2 configs always have q/k/v bias and nothing else");
+  }
+  if (c.arch == Architecture::kLlama && c.qkv_bias != c.o_bias) {
+    throw Error(ErrorKind::kInternal, "Llama attention_bias covers q/k/v and o together");
+  }
+  if (c.arch == Architecture::kMistral && (c.qkv_bias || c.o_bias || c.mlp_bias)) {
+    throw Error(ErrorKind::kInternal, "Mistral has no biases");
+  }
+  if (c.arch == Architecture::kLlama && c.sliding_window) {
+    throw Error(ErrorKind::kInternal, "Llama has no sliding window");
+  }
+}
+
+json RopeScalingJson(const RopeScaling& rope_scaling) {
+  json rs;
+  rs["rope_type"] = rope_scaling.type;
+  rs["factor"] = rope_scaling.factor;
+  if (rope_scaling.type == "llama3") {
+    rs["low_freq_factor"] = rope_scaling.low_freq_factor;
+    rs["high_freq_factor"] = rope_scaling.high_freq_factor;
+    rs["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+  }
+  return rs;
+}
+
 }  // namespace
 
 std::vector<std::string> SupportedArchitectures() {
@@ -212,89 +289,18 @@ std::vector<std::string> SupportedArchitectures() {
 
 ModelConfig ModelConfig::FromJsonText(const std::string& text) {
   const json j = ParseJsonObject(text, kConfigFile);
+  const JsonFields f = JsonFields::File(j, kConfigFile);
   ModelConfig c;
-
-  if (!Has(j, "architectures")) {
-    throw LoadError("config.json: missing required key 'architectures'");
-  }
-  const json& archs = j.at("architectures");
-  if (!archs.is_array() || archs.empty() || !archs[0].is_string()) {
-    throw LoadError("config.json: key 'architectures' must be a non-empty list of strings");
-  }
-  c.architecture_name = archs[0].get<std::string>();
-  const ArchInfo* info = nullptr;
-  for (const ArchInfo& candidate : kArchitectures) {
-    if (c.architecture_name == candidate.name) info = &candidate;
-  }
-  if (info == nullptr) {
-    throw LoadError("config.json: unsupported architecture '" + c.architecture_name +
-                    "'; supported: " + JoinSupported());
-  }
-  c.arch = info->arch;
-  c.model_type = info->model_type;
-  if (Has(j, "model_type") && j.at("model_type").is_string()) {
-    c.model_type = j.at("model_type").get<std::string>();
-  }
-
-  c.hidden_size = RequireInt(j, "hidden_size");
-  c.intermediate_size = RequireInt(j, "intermediate_size");
-  c.num_hidden_layers = RequireInt(j, "num_hidden_layers");
-  c.num_attention_heads = RequireInt(j, "num_attention_heads");
-  c.vocab_size = RequireInt(j, "vocab_size");
-  RequirePositive(c.num_attention_heads, "num_attention_heads");
-  c.num_key_value_heads = OptInt(j, "num_key_value_heads", c.num_attention_heads);
-  if (Has(j, "head_dim")) {
-    c.head_dim = RequireInt(j, "head_dim");
-  } else {
-    if (c.hidden_size % c.num_attention_heads != 0) {
-      throw LoadError("config.json: 'hidden_size' (" + std::to_string(c.hidden_size) +
-                      ") is not a multiple of 'num_attention_heads' (" +
-                      std::to_string(c.num_attention_heads) + ") and 'head_dim' is not given");
-    }
-    c.head_dim = c.hidden_size / c.num_attention_heads;
-  }
-  if (Has(j, "max_position_embeddings")) {
-    c.max_position_embeddings = RequireInt(j, "max_position_embeddings");
-  } else {
-    c.max_position_embeddings = 4096;
-    spdlog::debug("config.json: no max_position_embeddings, assuming {}",
-                  c.max_position_embeddings);
-  }
-  c.rms_norm_eps = OptNumber(j, "rms_norm_eps", 1e-6);
-  c.rope_theta = OptNumber(j, "rope_theta", 10000.0);
-  c.rope_scaling = ParseRopeScaling(j);
-  c.tie_word_embeddings = OptBool(j, "tie_word_embeddings", false);
-
-  switch (c.arch) {
-    case Architecture::kQwen2:
-      c.qkv_bias = true;
-      c.o_bias = false;
-      c.mlp_bias = false;
-      // Qwen2 configs always carry sliding_window; it applies only with use_sliding_window.
-      if (OptBool(j, "use_sliding_window", false)) {
-        c.sliding_window = RequireInt(j, "sliding_window");
-        // Hugging Face's Qwen2Config defaults max_window_layers to 28.
-        c.window_from_layer = OptInt(j, "max_window_layers", 28);
-      }
-      break;
-    case Architecture::kLlama: {
-      const bool attention_bias = OptBool(j, "attention_bias", false);
-      c.qkv_bias = attention_bias;
-      c.o_bias = attention_bias;
-      c.mlp_bias = OptBool(j, "mlp_bias", false);
-      break;
-    }
-    case Architecture::kMistral:
-      if (Has(j, "sliding_window")) c.sliding_window = RequireInt(j, "sliding_window");
-      break;
-  }
-
-  if (Has(j, "bos_token_id")) c.bos_token_id = RequireInt(j, "bos_token_id");
-  c.eos_token_ids = TokenIdList(j, "eos_token_id", kConfigFile);
-  if (Has(j, "torch_dtype") && j.at("torch_dtype").is_string()) {
-    c.torch_dtype = j.at("torch_dtype").get<std::string>();
-  }
-
+  ReadArchitecture(f, c);
+  ReadSizes(f, c);
+  c.rms_norm_eps = f.Number("rms_norm_eps").value_or(1e-6);
+  c.rope_theta = f.Number("rope_theta").value_or(10000.0);
+  c.rope_scaling = ParseRopeScaling(f);
+  c.tie_word_embeddings = f.Bool("tie_word_embeddings").value_or(false);
+  ReadArchitectureFields(f, c);
+  if (auto bos = f.Int("bos_token_id")) c.bos_token_id = *bos;
+  c.eos_token_ids = TokenIdList(f, "eos_token_id");
+  if (auto dtype = InformationalString(f, "torch_dtype")) c.torch_dtype = *dtype;
   Validate(c);
   return c;
 }
@@ -318,9 +324,13 @@ ModelConfig ModelConfig::FromDirectory(const std::string& dir) {
   const std::string gen_path = (base / "generation_config.json").string();
   if (std::filesystem::is_regular_file(gen_path)) {
     const json g = ParseJsonObject(ReadTextFile(gen_path), gen_path);
-    AppendUnique(c.eos_token_ids, TokenIdList(g, "eos_token_id", gen_path));
-    if (!c.bos_token_id && Has(g, "bos_token_id") && g.at("bos_token_id").is_number_integer()) {
-      c.bos_token_id = g.at("bos_token_id").get<int64_t>();
+    const JsonFields gen = JsonFields::File(g, gen_path);
+    AppendUnique(c.eos_token_ids, TokenIdList(gen, "eos_token_id"));
+    // config.json's own bos_token_id wins, and generation_config.json is not where a model's
+    // shape is fixed: a malformed one here is ignored rather than refused.
+    const json* bos = gen.Find("bos_token_id");
+    if (!c.bos_token_id && bos != nullptr && bos->is_number_integer()) {
+      c.bos_token_id = bos->get<int64_t>();
     }
   }
   return c;
@@ -328,20 +338,7 @@ ModelConfig ModelConfig::FromDirectory(const std::string& dir) {
 
 std::string ModelConfig::ToJsonText() const {
   const ArchInfo& info = InfoFor(arch);
-  // Some field combinations have no HF spelling; refuse rather than write a config that
-  // would load differently.
-  if (arch == Architecture::kQwen2 && (!qkv_bias || o_bias || mlp_bias)) {
-    throw Error(ErrorKind::kInternal, "Qwen2 configs always have q/k/v bias and nothing else");
-  }
-  if (arch == Architecture::kLlama && qkv_bias != o_bias) {
-    throw Error(ErrorKind::kInternal, "Llama attention_bias covers q/k/v and o together");
-  }
-  if (arch == Architecture::kMistral && (qkv_bias || o_bias || mlp_bias)) {
-    throw Error(ErrorKind::kInternal, "Mistral has no biases");
-  }
-  if (arch == Architecture::kLlama && sliding_window) {
-    throw Error(ErrorKind::kInternal, "Llama has no sliding window");
-  }
+  CheckHfSpellable(*this);
 
   json j;
   j["architectures"] = json::array({info.name});
@@ -356,19 +353,7 @@ std::string ModelConfig::ToJsonText() const {
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
-  if (rope_scaling) {
-    json rs;
-    rs["rope_type"] = rope_scaling->type;
-    rs["factor"] = rope_scaling->factor;
-    if (rope_scaling->type == "llama3") {
-      rs["low_freq_factor"] = rope_scaling->low_freq_factor;
-      rs["high_freq_factor"] = rope_scaling->high_freq_factor;
-      rs["original_max_position_embeddings"] = rope_scaling->original_max_position_embeddings;
-    }
-    j["rope_scaling"] = rs;
-  } else {
-    j["rope_scaling"] = nullptr;
-  }
+  j["rope_scaling"] = rope_scaling ? RopeScalingJson(*rope_scaling) : json(nullptr);
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["vocab_size"] = vocab_size;
   j["attention_dropout"] = 0.0;
@@ -412,31 +397,32 @@ int64_t ModelConfig::NumParameters() const {
 }
 
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
+  namespace tn = tensor_names;
   const int64_t h = c.hidden_size;
   const int64_t inter = c.intermediate_size;
   const int64_t q_dim = c.num_attention_heads * c.head_dim;
   const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
 
   std::vector<TensorSpec> specs;
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
+  specs.push_back({tn::kEmbedTokens, {c.vocab_size, h}});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
-      specs.push_back({p + name + ".weight", {out, in}});
-      if (bias) specs.push_back({p + name + ".bias", {out}});
+    const tn::LayerNames names(i);
+    auto linear = [&](const char* module, int64_t out, int64_t in, bool bias) {
+      specs.push_back({names.Weight(module), {out, in}});
+      if (bias) specs.push_back({names.Bias(module), {out}});
     };
-    specs.push_back({p + "input_layernorm.weight", {h}});
-    linear("self_attn.q_proj", q_dim, h, c.qkv_bias);
-    linear("self_attn.k_proj", kv_dim, h, c.qkv_bias);
-    linear("self_attn.v_proj", kv_dim, h, c.qkv_bias);
-    linear("self_attn.o_proj", h, q_dim, c.o_bias);
-    specs.push_back({p + "post_attention_layernorm.weight", {h}});
-    linear("mlp.gate_proj", inter, h, c.mlp_bias);
-    linear("mlp.up_proj", inter, h, c.mlp_bias);
-    linear("mlp.down_proj", h, inter, c.mlp_bias);
+    specs.push_back({names.Weight(tn::kInputLayernorm), {h}});
+    linear(tn::kQProj, q_dim, h, c.qkv_bias);
+    linear(tn::kKProj, kv_dim, h, c.qkv_bias);
+    linear(tn::kVProj, kv_dim, h, c.qkv_bias);
+    linear(tn::kOProj, h, q_dim, c.o_bias);
+    specs.push_back({names.Weight(tn::kPostAttentionLayernorm), {h}});
+    linear(tn::kGateProj, inter, h, c.mlp_bias);
+    linear(tn::kUpProj, inter, h, c.mlp_bias);
+    linear(tn::kDownProj, h, inter, c.mlp_bias);
   }
-  specs.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, h}});
+  specs.push_back({tn::kFinalNorm, {h}});
+  if (!c.tie_word_embeddings) specs.push_back({tn::kLmHead, {c.vocab_size, h}});
   return specs;
 }
 

@@ -5,18 +5,14 @@
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
-#include "gritserve/model/cpu_attention.h"
-#include "gritserve/model/cpu_kernels.h"
-#include "gritserve/model/host_memory.h"
-#include "onednn.h"
+#include "gritserve/kernels/attention.h"
+#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/host_memory.h"
+#include "gritserve/model/tensor_names.h"
 
 namespace gritserve {
 namespace {
-
-// Query rows (G T) from which attention runs as a prompt (the fused CPU pass,
-// or oneDNN's products); decode steps (G rows) keep LibTorch's products,
-// whose per-call cost is lower there.
-constexpr int64_t kPromptRows = 16;
 
 // Large finite negative instead of -inf: a fully masked row (padding) then
 // yields a harmless uniform softmax rather than NaN (whose K/V would poison
@@ -40,40 +36,6 @@ at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
   if (!parts[0].defined()) return at::Tensor();
   return at::cat(parts, 0).contiguous();
-}
-
-// The attention products on oneDNN, for prompt-sized CPU float32 inputs: it
-// reads the strided K/V views (cache slices, fused-projection columns) in place,
-// where LibTorch's matmul copies or runs at half speed. Decode
-// steps (a few rows, a new key count every step, so a new primitive every
-// step) stay on LibTorch. Returns false where it does not apply.
-//   qg: [B, Hkv, G T, D]; k, v: [B, Hkv, S, D] (cache views); mask: [B, 1, 1, T, S]
-//   -> *out: [B, Hkv, G T, D]
-// `scale` multiplies q (1 when the caller already did); `fused` selects the
-// fused masked softmax.
-bool AttentionOneDnn(bool enabled, const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& mask, double scale, int64_t g, bool fused, at::Tensor* out) {
-#ifdef GRITSERVE_HAVE_DNNL
-  const int64_t b = qg.size(0), hkv = qg.size(1), rows = qg.size(2);
-  const int64_t s = k.size(2), t = rows / g;
-  if (!enabled || rows < kPromptRows || !qg.device().is_cpu() || qg.scalar_type() != at::kFloat) {
-    return false;
-  }
-  at::Tensor scores;  // [B, Hkv, G T, S]
-  if (!onednn::BatchedMatmul(scale == 1.0 ? qg : qg * scale, k.transpose(2, 3), scores)) {
-    return false;
-  }
-  if (fused) {
-    cpu_kernels::MaskedSoftmax(scores.view({b, hkv * g, t, s}), mask);
-  } else {
-    scores = at::softmax(scores.view({b, hkv, g, t, s}).add_(mask), -1).view({b, hkv, rows, s});
-  }
-  return onednn::BatchedMatmul(scores, v, *out);
-#else
-  (void)enabled, (void)qg, (void)k, (void)v, (void)mask, (void)scale, (void)g, (void)fused;
-  (void)out;
-  return false;
-#endif
 }
 
 // x: [..., D] -> [..., D]
@@ -119,16 +81,17 @@ at::Tensor InverseFrequencies(const ModelConfig& c) {
 
 Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype)
     : config_(config), dtype_(at::kFloat), device_(at::kCPU) {
-  embed_tokens_ = Take(weights, "model.embed_tokens.weight");
+  namespace tn = tensor_names;
+  embed_tokens_ = Take(weights, tn::kEmbedTokens);
   dtype_ = embed_tokens_.scalar_type();
   const bool bf16 = matmul_dtype == at::kBFloat16 && dtype_ == at::kFloat;
   matmul_dtype_ = bf16 ? at::kBFloat16 : dtype_;
   const at::ScalarType packed = bf16 ? at::kBFloat16 : at::kFloat;
   device_ = embed_tokens_.device();
-  onednn_attention_ = device_.is_cpu() && dtype_ == at::kFloat && Linear::CpuOneDnn();
-  fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && cpu_kernels::Wanted();
-  norm_ = Take(weights, "model.norm.weight");
-  at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, "lm_head.weight");
+  attention_ = kernels::AttentionBackend::For(device_, dtype_);
+  fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && kernels::Dispatch::Current().fused;
+  norm_ = Take(weights, tn::kFinalNorm);
+  at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, tn::kLmHead);
   if (fused_cpu_ && !bf16 &&
       (head.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(head))) {
     // A bfloat16 checkpoint computed in float32: the head's values are
@@ -152,32 +115,32 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
 
   layers_.resize(config.num_hidden_layers);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const tn::LayerNames names(i);
     Layer& l = layers_[i];
-    l.input_layernorm = Take(weights, p + "input_layernorm.weight");
-    l.post_attention_layernorm = Take(weights, p + "post_attention_layernorm.weight");
-    const std::string a = p + "self_attn.";
-    l.qkv_proj =
-        Linear(at::cat({Take(weights, a + "q_proj.weight"), Take(weights, a + "k_proj.weight"),
-                        Take(weights, a + "v_proj.weight")},
-                       0),
-               Linear::Layout::kOutIn,
-               CatOptional({TakeOptional(weights, a + "q_proj.bias", config.qkv_bias),
-                            TakeOptional(weights, a + "k_proj.bias", config.qkv_bias),
-                            TakeOptional(weights, a + "v_proj.bias", config.qkv_bias)}),
-               /*pack=*/true, packed);
-    l.o_proj =
-        Linear(Take(weights, a + "o_proj.weight"), Linear::Layout::kOutIn,
-               TakeOptional(weights, a + "o_proj.bias", config.o_bias), /*pack=*/true, packed);
-    const std::string m = p + "mlp.";
-    l.gate_up_proj = Linear(
-        at::cat({Take(weights, m + "gate_proj.weight"), Take(weights, m + "up_proj.weight")}, 0),
+    l.input_layernorm = Take(weights, names.Weight(tn::kInputLayernorm));
+    l.post_attention_layernorm = Take(weights, names.Weight(tn::kPostAttentionLayernorm));
+    l.qkv_proj = Linear(
+        at::cat({Take(weights, names.Weight(tn::kQProj)), Take(weights, names.Weight(tn::kKProj)),
+                 Take(weights, names.Weight(tn::kVProj))},
+                0),
         Linear::Layout::kOutIn,
-        CatOptional({TakeOptional(weights, m + "gate_proj.bias", config.mlp_bias),
-                     TakeOptional(weights, m + "up_proj.bias", config.mlp_bias)}),
+        CatOptional({TakeOptional(weights, names.Bias(tn::kQProj), config.qkv_bias),
+                     TakeOptional(weights, names.Bias(tn::kKProj), config.qkv_bias),
+                     TakeOptional(weights, names.Bias(tn::kVProj), config.qkv_bias)}),
         /*pack=*/true, packed);
-    l.down_proj = Linear(Take(weights, m + "down_proj.weight"), Linear::Layout::kOutIn,
-                         TakeOptional(weights, m + "down_proj.bias", config.mlp_bias),
+    l.o_proj =
+        Linear(Take(weights, names.Weight(tn::kOProj)), Linear::Layout::kOutIn,
+               TakeOptional(weights, names.Bias(tn::kOProj), config.o_bias), /*pack=*/true, packed);
+    l.gate_up_proj = Linear(
+        at::cat(
+            {Take(weights, names.Weight(tn::kGateProj)), Take(weights, names.Weight(tn::kUpProj))},
+            0),
+        Linear::Layout::kOutIn,
+        CatOptional({TakeOptional(weights, names.Bias(tn::kGateProj), config.mlp_bias),
+                     TakeOptional(weights, names.Bias(tn::kUpProj), config.mlp_bias)}),
+        /*pack=*/true, packed);
+    l.down_proj = Linear(Take(weights, names.Weight(tn::kDownProj)), Linear::Layout::kOutIn,
+                         TakeOptional(weights, names.Bias(tn::kDownProj), config.mlp_bias),
                          /*pack=*/true, packed);
   }
 }
@@ -358,32 +321,12 @@ at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at:
       qs = qs.narrow(2, seg.t - 1, 1);
       mask = mask.narrow(3, seg.t - 1, 1).contiguous();
     }
-    const int64_t sb = qs.size(0), st = qs.size(2), s = ks.size(2);
+    const int64_t sb = qs.size(0), st = qs.size(2);
     // Grouped-query attention without copying K/V per query head: the G query
     // heads that share a KV head are stacked along the token axis.
     at::Tensor qg = qs.reshape({sb, hkv, g * st, d});  // [B_i, Hkv, G T_i, D]
-    if (fused_cpu_ && g * st >= kPromptRows && q_scale == 1.0) {
-      const at::Tensor mask3 = mask.reshape({sb, st, s});  // [B_i, T_i, S]
-      if (cpu_attention::Suits(qg, ks, vs, mask3, g)) {
-        outs.push_back(cpu_attention::Attend(qg, ks, vs, mask3, g));  // [B_i T_i, Hq D]
-        continue;
-      }
-    }
-    at::Tensor out;  // [B_i, Hkv, G T_i, D]
-    if (!AttentionOneDnn(onednn_attention_, qg, ks, vs, mask, q_scale, g, fused_cpu_, &out)) {
-      at::Tensor scores = at::matmul(qg, ks.transpose(-1, -2));  // [B_i, Hkv, G T_i, S]
-      if (q_scale != 1) scores.mul_(q_scale);
-      at::Tensor probs;  // [B_i, Hkv, G T_i, S]
-      if (fused_cpu_) {
-        probs = scores.contiguous();
-        cpu_kernels::MaskedSoftmax(probs.view({sb, hkv * g, st, s}), mask);
-      } else {
-        scores = scores.view({sb, hkv, g, st, s}).add_(mask);  // [B_i, Hkv, G, T_i, S]
-        probs = at::softmax(scores, -1, at::kFloat).to(dtype_).view({sb, hkv, g * st, s});
-      }
-      out = at::matmul(probs, vs);
-    }
-    outs.push_back(out.view({sb, hq, st, d}).transpose(1, 2).reshape({sb * st, hq * d}));
+    outs.push_back(
+        kernels::Attention(attention_, qg, ks, vs, mask, q_scale, g));  // [B_i T_i, Hq D]
   }
   return layer.o_proj(outs.size() == 1 ? outs[0] : at::cat(outs, 0));  // [B*T, H]
 }

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 
 namespace gritserve {
 namespace {
@@ -69,6 +70,169 @@ bool NonNegativeInt(const json& v, uint64_t* out) {
 
 std::string ErrnoText() { return std::strerror(errno); }
 
+Error FileError(const std::string& path, const std::string& problem) {
+  return LoadError(path + ": " + problem);
+}
+
+// The whole file, mapped read-only; *size is its length.
+void* MapWholeFile(const std::string& path, uint64_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw FileError(path, "cannot open: " + ErrnoText());
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = ErrnoText();
+    ::close(fd);
+    throw FileError(path, "cannot stat: " + err);
+  }
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    ::close(fd);
+    throw FileError(path, "truncated: " + std::to_string(file_size) +
+                              " bytes, shorter than the 8-byte header length");
+  }
+  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const std::string mmap_err = ErrnoText();
+  // The mapping keeps the file alive; the descriptor is no longer needed.
+  ::close(fd);
+  if (mapping == MAP_FAILED) throw FileError(path, "cannot mmap: " + mmap_err);
+  // Loading reads every byte once, front to back: ask for read-ahead rather than taking a
+  // page fault per 4 KB of a cold multi-GB checkpoint. Only a hint; failure is harmless.
+  ::madvise(mapping, file_size, MADV_SEQUENTIAL);
+  ::madvise(mapping, file_size, MADV_WILLNEED);
+  *size = file_size;
+  return mapping;
+}
+
+// The JSON header of a mapped file of `file_size` bytes; *header_len is its length.
+json ParseHeader(const std::string& path, const uint8_t* bytes, uint64_t file_size,
+                 uint64_t* header_len) {
+  std::memcpy(header_len, bytes, 8);
+  // Checked before anything is allocated: the length comes from an untrusted file.
+  if (*header_len > file_size - 8) {
+    throw FileError(path, "header length " + std::to_string(*header_len) +
+                              " runs past the end of the file (" + std::to_string(file_size) +
+                              " bytes)");
+  }
+  if (*header_len > kMaxSafeTensorsHeaderBytes) {
+    throw FileError(path, "header length " + std::to_string(*header_len) + " exceeds the " +
+                              std::to_string(kMaxSafeTensorsHeaderBytes) + "-byte limit");
+  }
+  const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
+  json header;
+  try {
+    header = json::parse(header_begin, header_begin + *header_len);
+  } catch (const json::parse_error& e) {
+    throw FileError(path, std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!header.is_object()) throw FileError(path, "header is not a JSON object");
+  return header;
+}
+
+std::map<std::string, std::string> ParseMetadata(const std::string& path, const json& entry) {
+  std::map<std::string, std::string> metadata;
+  if (entry.is_null()) return metadata;
+  if (!entry.is_object()) throw FileError(path, "'__metadata__' is not an object");
+  for (const auto& [key, value] : entry.items()) {
+    if (!value.is_string()) {
+      throw FileError(path, "'__metadata__' value '" + key + "' is not a string");
+    }
+    metadata[key] = value.get<std::string>();
+  }
+  return metadata;
+}
+
+Error TensorError(const std::string& path, const std::string& name, const std::string& problem) {
+  return FileError(path, "tensor '" + name + "': " + problem);
+}
+
+// The three fields every tensor entry needs, present and of the right JSON type.
+struct EntryFields {
+  const json* dtype;
+  const json* shape;
+  const json* data_offsets;
+};
+
+EntryFields RequireEntryFields(const std::string& path, const std::string& name,
+                               const json& entry) {
+  if (!entry.is_object()) throw TensorError(path, name, "header entry is not an object");
+  const JsonFields fields = JsonFields::File(entry, path);
+  const EntryFields f{fields.Find("dtype"), fields.Find("shape"), fields.Find("data_offsets")};
+  if (f.dtype == nullptr || !f.dtype->is_string()) {
+    throw TensorError(path, name, "missing or non-string 'dtype'");
+  }
+  if (f.shape == nullptr || !f.shape->is_array()) {
+    throw TensorError(path, name, "missing or non-list 'shape'");
+  }
+  if (f.data_offsets == nullptr || !f.data_offsets->is_array() || f.data_offsets->size() != 2) {
+    throw TensorError(path, name, "missing 'data_offsets' or not a [begin, end] pair");
+  }
+  return f;
+}
+
+std::vector<int64_t> ParseShape(const std::string& path, const std::string& name,
+                                const json& shape) {
+  std::vector<int64_t> dims;
+  for (const json& d : shape) {
+    uint64_t dim = 0;
+    if (!NonNegativeInt(d, &dim) || dim > static_cast<uint64_t>(INT64_MAX)) {
+      throw TensorError(path, name,
+                        "shape " + shape.dump() + " has a non-integer or negative dimension");
+    }
+    dims.push_back(static_cast<int64_t>(dim));
+  }
+  return dims;
+}
+
+// Where a tensor's bytes lie in the data buffer.
+struct ByteRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+ByteRange ParseByteRange(const std::string& path, const std::string& name, const json& data_offsets,
+                         uint64_t data_size) {
+  ByteRange r;
+  if (!NonNegativeInt(data_offsets[0], &r.begin) || !NonNegativeInt(data_offsets[1], &r.end)) {
+    throw TensorError(path, name,
+                      "data_offsets " + data_offsets.dump() + " are not non-negative integers");
+  }
+  const std::string range = "[" + std::to_string(r.begin) + ", " + std::to_string(r.end) + "]";
+  if (r.begin > r.end) throw TensorError(path, name, "data_offsets " + range + " have begin > end");
+  if (r.end > data_size) {
+    throw TensorError(path, name,
+                      "data_offsets " + range + " out of range: the data buffer has " +
+                          std::to_string(data_size) + " bytes");
+  }
+  return r;
+}
+
+// One tensor's header entry, checked against the data buffer it indexes.
+TensorView ParseTensorEntry(const std::string& path, const std::string& name, const json& entry,
+                            const uint8_t* data_begin, uint64_t data_size) {
+  const EntryFields f = RequireEntryFields(path, name, entry);
+  TensorView view;
+  view.name = name;
+  const std::string dtype_name = f.dtype->get<std::string>();
+  if (!ParseDType(dtype_name, &view.dtype)) {
+    throw FileError(path, "unsupported dtype '" + dtype_name + "' for tensor '" + name +
+                              "' (supported: F32, F16, BF16)");
+  }
+  view.shape = ParseShape(path, name, *f.shape);
+  const ByteRange r = ParseByteRange(path, name, *f.data_offsets, data_size);
+  uint64_t expected = 0;
+  if (!TensorBytes(view.shape, view.dtype, &expected) || expected != r.end - r.begin) {
+    throw TensorError(
+        path, name,
+        "data_offsets span " + std::to_string(r.end - r.begin) + " bytes but shape " +
+            ShapeString(view.shape) + " of " + dtype_name + " needs " +
+            (expected ? std::to_string(expected) : std::string("an overflowing count of")) +
+            " bytes");
+  }
+  view.data = data_begin + r.begin;
+  view.nbytes = static_cast<size_t>(r.end - r.begin);
+  return view;
+}
+
 }  // namespace
 
 const char* DTypeName(DType dtype) {
@@ -101,32 +265,9 @@ int64_t TensorView::numel() const {
 }
 
 std::unique_ptr<SafeTensorsFile> SafeTensorsFile::Open(const std::string& path) {
-  auto fail = [&](const std::string& problem) { return LoadError(path + ": " + problem); };
-
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw fail("cannot open: " + ErrnoText());
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const std::string err = ErrnoText();
-    ::close(fd);
-    throw fail("cannot stat: " + err);
-  }
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < 8) {
-    ::close(fd);
-    throw fail("truncated: " + std::to_string(file_size) +
-               " bytes, shorter than the 8-byte header length");
-  }
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const std::string mmap_err = ErrnoText();
-  // The mapping keeps the file alive; the descriptor is no longer needed.
-  ::close(fd);
-  if (mapping == MAP_FAILED) throw fail("cannot mmap: " + mmap_err);
-  // Loading reads every byte once, front to back: ask for read-ahead rather than taking a
-  // page fault per 4 KB of a cold multi-GB checkpoint. Only a hint; failure is harmless.
-  ::madvise(mapping, file_size, MADV_SEQUENTIAL);
-  ::madvise(mapping, file_size, MADV_WILLNEED);
-
+  uint64_t file_size = 0;
+  void* mapping = MapWholeFile(path, &file_size);
+  // Owned from here on, so that a bad header unmaps it.
   std::unique_ptr<SafeTensorsFile> file(new SafeTensorsFile());
   file->path_ = path;
   file->mapping_ = mapping;
@@ -134,90 +275,15 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::Open(const std::string& path) 
 
   const auto* bytes = static_cast<const uint8_t*>(mapping);
   uint64_t header_len = 0;
-  std::memcpy(&header_len, bytes, 8);
-  // Checked before anything is allocated: the length comes from an untrusted file.
-  if (header_len > file_size - 8) {
-    throw fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
-               std::to_string(file_size) + " bytes)");
-  }
-  if (header_len > kMaxSafeTensorsHeaderBytes) {
-    throw fail("header length " + std::to_string(header_len) + " exceeds the " +
-               std::to_string(kMaxSafeTensorsHeaderBytes) + "-byte limit");
-  }
-  const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
-  json header;
-  try {
-    header = json::parse(header_begin, header_begin + header_len);
-  } catch (const json::parse_error& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!header.is_object()) throw fail("header is not a JSON object");
-
+  const json header = ParseHeader(path, bytes, file_size, &header_len);
   const uint8_t* data_begin = bytes + 8 + header_len;
   const uint64_t data_size = file_size - 8 - header_len;
-
   for (const auto& [name, entry] : header.items()) {
     if (name == kMetadataKey) {
-      if (entry.is_null()) continue;
-      if (!entry.is_object()) throw fail("'__metadata__' is not an object");
-      for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) throw fail("'__metadata__' value '" + key + "' is not a string");
-        file->metadata_[key] = value.get<std::string>();
-      }
-      continue;
+      file->metadata_ = ParseMetadata(path, entry);
+    } else {
+      file->tensors_.emplace(name, ParseTensorEntry(path, name, entry, data_begin, data_size));
     }
-    auto bad = [&](const std::string& problem) {
-      return fail("tensor '" + name + "': " + problem);
-    };
-    if (!entry.is_object()) throw bad("header entry is not an object");
-    if (!entry.contains("dtype") || !entry["dtype"].is_string()) {
-      throw bad("missing or non-string 'dtype'");
-    }
-    if (!entry.contains("shape") || !entry["shape"].is_array()) {
-      throw bad("missing or non-list 'shape'");
-    }
-    if (!entry.contains("data_offsets") || !entry["data_offsets"].is_array() ||
-        entry["data_offsets"].size() != 2) {
-      throw bad("missing 'data_offsets' or not a [begin, end] pair");
-    }
-
-    TensorView view;
-    view.name = name;
-    const std::string dtype_name = entry["dtype"].get<std::string>();
-    if (!ParseDType(dtype_name, &view.dtype)) {
-      throw fail("unsupported dtype '" + dtype_name + "' for tensor '" + name +
-                 "' (supported: F32, F16, BF16)");
-    }
-    for (const json& d : entry["shape"]) {
-      uint64_t dim = 0;
-      if (!NonNegativeInt(d, &dim) || dim > static_cast<uint64_t>(INT64_MAX)) {
-        throw bad("shape " + entry["shape"].dump() + " has a non-integer or negative dimension");
-      }
-      view.shape.push_back(static_cast<int64_t>(dim));
-    }
-    uint64_t begin = 0, end = 0;
-    if (!NonNegativeInt(entry["data_offsets"][0], &begin) ||
-        !NonNegativeInt(entry["data_offsets"][1], &end)) {
-      throw bad("data_offsets " + entry["data_offsets"].dump() + " are not non-negative integers");
-    }
-    if (begin > end) {
-      throw bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                "] have begin > end");
-    }
-    if (end > data_size) {
-      throw bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                "] out of range: the data buffer has " + std::to_string(data_size) + " bytes");
-    }
-    uint64_t expected = 0;
-    if (!TensorBytes(view.shape, view.dtype, &expected) || expected != end - begin) {
-      throw bad("data_offsets span " + std::to_string(end - begin) + " bytes but shape " +
-                ShapeString(view.shape) + " of " + dtype_name + " needs " +
-                (expected ? std::to_string(expected) : std::string("an overflowing count of")) +
-                " bytes");
-    }
-    view.data = data_begin + begin;
-    view.nbytes = static_cast<size_t>(end - begin);
-    file->tensors_.emplace(name, std::move(view));
   }
   return file;
 }

@@ -16,8 +16,10 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
-#include "gritserve/model/host_memory.h"
+#include "gritserve/common/json_fields.h"
+#include "gritserve/kernels/host_memory.h"
 #include "gritserve/model/safetensors.h"
+#include "gritserve/model/tensor_names.h"
 
 namespace gritserve {
 namespace {
@@ -37,11 +39,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // The shard files named by the index, in a stable order.
 std::vector<std::string> ShardsFromIndex(const fs::path& dir) {
   const std::string index_path = (dir / kIndexFile).string();
@@ -55,11 +52,12 @@ std::vector<std::string> ShardsFromIndex(const fs::path& dir) {
   } catch (const json::parse_error& e) {
     throw LoadError(index_path + ": not valid JSON: " + e.what());
   }
-  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+  const json* weight_map = JsonFields::File(index, index_path).Find("weight_map");
+  if (weight_map == nullptr || !weight_map->is_object()) {
     throw LoadError(index_path + ": missing object 'weight_map'");
   }
   std::set<std::string> files;
-  for (const auto& [name, file] : index["weight_map"].items()) {
+  for (const auto& [name, file] : weight_map->items()) {
     if (!file.is_string()) {
       throw LoadError(index_path + ": weight_map entry for '" + name + "' is not a file name");
     }
@@ -127,42 +125,41 @@ void ReleaseMappedPages(const TensorView& view) {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
-}  // namespace
-
-bool IsMatrixWeight(const std::string& name) {
-  return name == "lm_head.weight" || EndsWith(name, "_proj.weight");
-}
-
-WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
-                      const at::Device& device, at::ScalarType matrix_dtype,
-                      bool keep_bfloat16_matrices) {
-  if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
-  const auto start = std::chrono::steady_clock::now();
-
+// Every tensor of a checkpoint's files, still mapped.
+struct MappedTensors {
   std::vector<std::unique_ptr<SafeTensorsFile>> files;
-  std::map<std::string, const TensorView*> found;  // sorted, so errors are deterministic
-  std::map<std::string, std::string> found_in;
+  std::map<std::string, const TensorView*> views;  // sorted, so errors are deterministic
+  std::map<std::string, std::string> file_of;
+};
+
+MappedTensors MapTensors(const std::string& dir) {
+  MappedTensors m;
   for (const std::string& path : WeightFiles(dir)) {
     if (!fs::is_regular_file(path)) throw LoadError("weight file not found: " + path);
-    files.push_back(SafeTensorsFile::Open(path));
-    for (const auto& [name, view] : files.back()->tensors()) {
-      auto [it, inserted] = found.emplace(name, &view);
+    m.files.push_back(SafeTensorsFile::Open(path));
+    for (const auto& [name, view] : m.files.back()->tensors()) {
+      auto [it, inserted] = m.views.emplace(name, &view);
       if (!inserted) {
-        throw LoadError("tensor '" + name + "' appears in both " + found_in[name] + " and " + path);
+        throw LoadError("tensor '" + name + "' appears in both " + m.file_of[name] + " and " +
+                        path);
       }
-      found_in[name] = path;
+      m.file_of[name] = path;
     }
   }
+  return m;
+}
 
-  const std::vector<TensorSpec> specs = ExpectedTensors(config);
+// Missing tensors are collected so that one message says how many there are.
+void CheckExpectedPresent(const std::vector<TensorSpec>& specs, MappedTensors& m,
+                          const std::string& dir) {
   std::vector<std::string> missing;
   for (const TensorSpec& spec : specs) {
-    auto it = found.find(spec.name);
-    if (it == found.end()) {
+    auto it = m.views.find(spec.name);
+    if (it == m.views.end()) {
       missing.push_back(spec.name);
     } else if (it->second->shape != spec.shape) {
       throw LoadError("tensor '" + spec.name + "' has shape " + ShapeString(it->second->shape) +
-                      ", expected " + ShapeString(spec.shape) + " (in " + found_in[spec.name] +
+                      ", expected " + ShapeString(spec.shape) + " (in " + m.file_of[spec.name] +
                       ")");
     }
   }
@@ -171,46 +168,81 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
     if (missing.size() > 1) more = " (and " + std::to_string(missing.size() - 1) + " more)";
     throw LoadError("missing tensor '" + missing[0] + "'" + more + " in checkpoint " + dir);
   }
+}
+
+void CheckNoneUnexpected(const std::vector<TensorSpec>& specs, MappedTensors& m,
+                         const ModelConfig& config) {
   std::set<std::string> expected_names;
   for (const TensorSpec& spec : specs) expected_names.insert(spec.name);
-  for (const auto& [name, view] : found) {
+  for (const auto& [name, view] : m.views) {
     if (expected_names.count(name)) continue;
-    // Old exports saved RoPE's inverse frequencies; they are recomputed from rope_theta.
-    if (EndsWith(name, ".rotary_emb.inv_freq") ||
-        (name == "lm_head.weight" && config.tie_word_embeddings)) {
-      spdlog::debug("ignoring tensor '{}' in {}", name, found_in[name]);
+    if (tensor_names::IsRotaryInvFreq(name) ||
+        (name == tensor_names::kLmHead && config.tie_word_embeddings)) {
+      spdlog::debug("ignoring tensor '{}' in {}", name, m.file_of[name]);
       continue;
     }
-    throw LoadError("unexpected tensor '" + name + "' in " + found_in[name] + " (not used by a " +
+    throw LoadError("unexpected tensor '" + name + "' in " + m.file_of[name] + " (not used by a " +
                     config.architecture_name + " with this config)");
   }
+}
 
-  WeightMap weights;
-  weights.reserve(specs.size());
+// The loader's choice of dtype for each tensor.
+struct TargetTypes {
+  at::ScalarType dtype;
+  at::ScalarType matrix_dtype;
+  bool keep_bfloat16_matrices;
+};
+
+struct CopyTotals {
   uint64_t file_bytes = 0;
   int64_t params = 0;
-  int64_t kept = 0;
+  int64_t kept = 0;  // BF16 matrices kept in bfloat16
+};
+
+WeightMap CopyTensors(const std::vector<TensorSpec>& specs, const MappedTensors& m,
+                      const TargetTypes& types, const at::Device& device, CopyTotals* totals) {
+  WeightMap weights;
+  weights.reserve(specs.size());
   for (const TensorSpec& spec : specs) {
-    const TensorView& view = *found.at(spec.name);
-    at::ScalarType to = dtype;
+    const TensorView& view = *m.views.at(spec.name);
+    at::ScalarType to = types.dtype;
     if (IsMatrixWeight(spec.name)) {
-      const bool keep = keep_bfloat16_matrices && view.dtype == DType::kBF16;
-      to = keep ? at::kBFloat16 : matrix_dtype;
-      kept += keep ? 1 : 0;
+      const bool keep = types.keep_bfloat16_matrices && view.dtype == DType::kBF16;
+      to = keep ? at::kBFloat16 : types.matrix_dtype;
+      totals->kept += keep ? 1 : 0;
     }
     weights.emplace(spec.name, Materialize(view, to, device));
     ReleaseMappedPages(view);
-    file_bytes += view.nbytes;
-    params += view.numel();
+    totals->file_bytes += view.nbytes;
+    totals->params += view.numel();
   }
+  return weights;
+}
+
+}  // namespace
+
+WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
+                      const at::Device& device, at::ScalarType matrix_dtype,
+                      bool keep_bfloat16_matrices) {
+  if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
+  const auto start = std::chrono::steady_clock::now();
+
+  MappedTensors mapped = MapTensors(dir);
+  const std::vector<TensorSpec> specs = ExpectedTensors(config);
+  CheckExpectedPresent(specs, mapped, dir);
+  CheckNoneUnexpected(specs, mapped, config);
+  CopyTotals totals;
+  WeightMap weights =
+      CopyTensors(specs, mapped, {dtype, matrix_dtype, keep_bfloat16_matrices}, device, &totals);
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info(
       "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {}{} on {} "
       "in {:.2f} s",
-      weights.size(), params, file_bytes / 1e6, files.size(), dir, c10::toString(dtype),
-      kept > 0                ? " (" + std::to_string(kept) + " BF16 matrices kept in bfloat16)"
+      weights.size(), totals.params, totals.file_bytes / 1e6, mapped.files.size(), dir,
+      c10::toString(dtype),
+      totals.kept > 0 ? " (" + std::to_string(totals.kept) + " BF16 matrices kept in bfloat16)"
       : matrix_dtype == dtype ? ""
                               : std::string(" (matrices ") + c10::toString(matrix_dtype) + ")",
       device.str(), seconds);

@@ -4,8 +4,6 @@
 #include <utf8proc.h>
 
 #include <chrono>
-#include <cmath>
-#include <limits>
 #include <random>
 
 namespace gritserve::http {
@@ -42,13 +40,23 @@ void SendJson(httplib::Response& res, const json& body, int status) {
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-void SendError(httplib::Response& res, int status, const std::string& message,
-               const std::string& type) {
-  SendJson(res, {{"error", {{"message", message}, {"type", type}, {"code", status}}}}, status);
+namespace {
+json ErrorJson(int status, const std::string& message, const std::string& type) {
+  return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
+}
+}  // namespace
+
+json ErrorBody(const Error& e) {
+  return ErrorJson(StatusFor(e.kind()), e.what(), ErrorKindName(e.kind()));
 }
 
 void SendError(httplib::Response& res, const Error& e) {
-  SendError(res, StatusFor(e.kind()), e.what(), ErrorKindName(e.kind()));
+  SendJson(res, ErrorBody(e), StatusFor(e.kind()));
+}
+
+void SendHttplibError(httplib::Response& res) {
+  SendJson(res, ErrorJson(res.status, "HTTP error " + std::to_string(res.status), "http_error"),
+           res.status);
 }
 
 json ParseBody(const std::string& body) {
@@ -75,14 +83,6 @@ json ParseBody(const std::string& body) {
   return j;
 }
 
-namespace {
-const json* Field(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-}  // namespace
-
 void RequireUtf8(const std::string& s, const char* what) {
   const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
   utf8proc_ssize_t left = static_cast<utf8proc_ssize_t>(s.size());
@@ -93,98 +93,6 @@ void RequireUtf8(const std::string& s, const char* what) {
     p += n;
     left -= n;
   }
-}
-
-std::optional<std::string> OptString(const json& j, const char* key) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  if (!f->is_string()) throw InvalidRequest(std::string("'") + key + "' must be a string");
-  std::string s = f->get<std::string>();
-  RequireUtf8(s, key);
-  return s;
-}
-
-std::optional<bool> OptBool(const json& j, const char* key) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  if (!f->is_boolean()) throw InvalidRequest(std::string("'") + key + "' must be a boolean");
-  return f->get<bool>();
-}
-
-std::optional<int64_t> OptInt(const json& j, const char* key, int64_t lo, int64_t hi) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  int64_t v = 0;
-  if (f->is_number_integer()) {
-    if (f->is_number_unsigned() &&
-        f->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      v = std::numeric_limits<int64_t>::max();
-    } else {
-      v = f->get<int64_t>();
-    }
-  } else if (f->is_number_float() && std::isfinite(f->get<double>()) &&
-             std::floor(f->get<double>()) == f->get<double>()) {
-    // 16.0 is an integer too, and so are 1e300 and 99999999999999999999 (which
-    // nlohmann stores as a double): those are out of range (422), not of the
-    // wrong type, so saturate them into the range check below.
-    const double d = f->get<double>();
-    constexpr double kLimit = 9.2e18;  // just inside int64_t
-    v = d >= kLimit    ? std::numeric_limits<int64_t>::max()
-        : d <= -kLimit ? std::numeric_limits<int64_t>::min()
-                       : static_cast<int64_t>(d);
-  } else {
-    throw InvalidRequest(std::string("'") + key + "' must be an integer");
-  }
-  if (v < lo || v > hi) {
-    throw Unprocessable(std::string("'") + key + "' must be between " + std::to_string(lo) +
-                        " and " + std::to_string(hi) + ", got " + f->dump());
-  }
-  return v;
-}
-
-std::optional<double> OptNumber(const json& j, const char* key, double lo, double hi) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  if (!f->is_number()) throw InvalidRequest(std::string("'") + key + "' must be a number");
-  double v = f->get<double>();
-  if (!std::isfinite(v) || v < lo || v > hi) {
-    throw Unprocessable(std::string("'") + key + "' must be between " + std::to_string(lo) +
-                        " and " + std::to_string(hi));
-  }
-  return v;
-}
-
-std::optional<uint64_t> OptSeed(const json& j, const char* key) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  if (f->is_number_unsigned()) return f->get<uint64_t>();
-  if (f->is_number_integer()) return static_cast<uint64_t>(f->get<int64_t>());
-  throw InvalidRequest(std::string("'") + key + "' must be an integer");
-}
-
-std::optional<std::vector<std::string>> OptStringList(const json& j, const char* key,
-                                                      int64_t max_items) {
-  const json* f = Field(j, key);
-  if (!f) return std::nullopt;
-  std::vector<std::string> out;
-  if (f->is_string()) {
-    out.push_back(f->get<std::string>());
-  } else if (f->is_array()) {
-    if (static_cast<int64_t>(f->size()) > max_items) {
-      throw Error(ErrorKind::kTooLarge, std::string("'") + key + "' has more than " +
-                                            std::to_string(max_items) + " items");
-    }
-    for (const auto& e : *f) {
-      if (!e.is_string()) {
-        throw InvalidRequest(std::string("'") + key + "' must be a string or a list of strings");
-      }
-      out.push_back(e.get<std::string>());
-    }
-  } else {
-    throw InvalidRequest(std::string("'") + key + "' must be a string or a list of strings");
-  }
-  for (const auto& s : out) RequireUtf8(s, key);
-  return out;
 }
 
 namespace {
@@ -207,9 +115,10 @@ std::vector<int32_t> TokenIds(const json& arr, const char* key, int64_t vocab_si
 }
 }  // namespace
 
-Inputs ParseInputs(const json& j, const char* key, int64_t max_items, int64_t vocab_size) {
-  const json* f = Field(j, key);
-  if (!f) throw InvalidRequest(std::string("'") + key + "' is required");
+Inputs ParseInputs(const JsonFields& fields, const char* key, int64_t max_items,
+                   int64_t vocab_size) {
+  const json* f = fields.Find(key);
+  if (!f) throw fields.Missing(key);
   Inputs in;
   const std::string shape_msg = std::string("'") + key +
                                 "' must be a string, a list of strings, a list of token ids, "

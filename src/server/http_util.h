@@ -4,35 +4,29 @@
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 
 namespace gritserve::http {
 
 using nlohmann::json;
 
+// The one place an ErrorKind becomes an HTTP status.
 int StatusFor(ErrorKind kind);
-void SendError(httplib::Response& res, int status, const std::string& message,
-               const std::string& type);
+// {"error": {"message", "type", "code"}}: a response body, or a stream's last event.
+json ErrorBody(const Error& e);
 void SendError(httplib::Response& res, const Error& e);
+// For errors httplib found before any route ran (a bad request line, a URI too
+// long): their status is httplib's and has no ErrorKind, so it is kept as set.
+void SendHttplibError(httplib::Response& res);
 void SendJson(httplib::Response& res, const json& body, int status = 200);
 
 // Parses a request body: 400 for malformed JSON, nesting deeper than 64 levels,
 // or a top level that is not an object.
 json ParseBody(const std::string& body);
-
-// Typed field access: 400 when the field has the wrong type, 422 when out of range.
-std::optional<std::string> OptString(const json& j, const char* key);
-std::optional<bool> OptBool(const json& j, const char* key);
-std::optional<int64_t> OptInt(const json& j, const char* key, int64_t lo, int64_t hi);
-std::optional<double> OptNumber(const json& j, const char* key, double lo, double hi);
-std::optional<uint64_t> OptSeed(const json& j, const char* key);
-// A string or a list of strings (at most `max_items`, 413 beyond).
-std::optional<std::vector<std::string>> OptStringList(const json& j, const char* key,
-                                                      int64_t max_items);
 
 // Inputs as TEI and OpenAI accept them: a string, a list of strings, a list of
 // token ids, or a list of lists of token ids. Exactly one of the two is filled.
@@ -41,9 +35,12 @@ struct Inputs {
   std::vector<std::vector<int32_t>> ids;
   size_t size() const { return texts.empty() ? ids.size() : texts.size(); }
 };
-Inputs ParseInputs(const json& j, const char* key, int64_t max_items, int64_t vocab_size);
+Inputs ParseInputs(const JsonFields& fields, const char* key, int64_t max_items,
+                   int64_t vocab_size);
 
-// Strict UTF-8 check for user text (422 when invalid).
+// Strict UTF-8 check for user text (422 when invalid). ParseBody's lexer already
+// refuses ill-formed UTF-8, so this guards the text that reaches the tokenizer,
+// the document store or a response against a parser that someday lets it by.
 void RequireUtf8(const std::string& s, const char* what);
 
 std::string Base64(const void* data, size_t size);

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "http_util.h"
+
 namespace gritserve {
 namespace {
 
@@ -83,7 +85,7 @@ json StringOrList(const std::string& description) {
 // ---- Operation helpers. ----
 
 struct ErrorStatus {
-  int code;
+  ErrorKind kind;
   const char* name;
   const char* description;
 };
@@ -91,23 +93,32 @@ struct ErrorStatus {
 // Every error the server sends has the shared Error body; httplib's own errors
 // (unknown route, body over the limit) are rewritten into the same shape.
 constexpr ErrorStatus kErrors[] = {
-    {400, "BadRequest", "Malformed JSON, a missing field, or a field of the wrong type."},
-    {401, "Unauthorized", "Missing or wrong API key (only when started with --api-key)."},
-    {404, "NotFound", "Unknown route or unknown cached document id."},
-    {413, "PayloadTooLarge", "Request body or number of inputs over the server's limits."},
-    {422, "Unprocessable",
+    {ErrorKind::kInvalidRequest, "BadRequest",
+     "Malformed JSON, a missing field, or a field of the wrong type."},
+    {ErrorKind::kUnauthorized, "Unauthorized",
+     "Missing or wrong API key (only when started with --api-key)."},
+    {ErrorKind::kNotFound, "NotFound", "Unknown route or unknown cached document id."},
+    {ErrorKind::kTooLarge, "PayloadTooLarge",
+     "Request body or number of inputs over the server's limits."},
+    {ErrorKind::kUnprocessable, "Unprocessable",
      "Valid JSON but unusable values: too many tokens without truncation, a parameter out "
      "of range, invalid UTF-8, an empty input."},
-    {429, "QueueFull", "Too many requests queued or running; retry later."},
-    {503, "Unavailable", "The model is still loading or the server is shutting down."},
+    {ErrorKind::kQueueFull, "QueueFull", "Too many requests queued or running; retry later."},
+    {ErrorKind::kUnavailable, "Unavailable",
+     "The model is still loading or the server is shutting down."},
 };
 
-json ErrorResponses(std::initializer_list<int> codes) {
+// A route's errors are kinds, so that their codes here are the ones the server
+// sends (http::StatusFor).
+using Errors = std::initializer_list<ErrorKind>;
+
+json ErrorResponses(Errors kinds) {
   json out = json::object();
-  for (int code : codes) {
+  for (ErrorKind kind : kinds) {
     for (const ErrorStatus& e : kErrors) {
-      if (e.code == code) {
-        out[std::to_string(code)] = {{"$ref", std::string("#/components/responses/") + e.name}};
+      if (e.kind == kind) {
+        out[std::to_string(http::StatusFor(kind))] = {
+            {"$ref", std::string("#/components/responses/") + e.name}};
       }
     }
   }
@@ -116,13 +127,24 @@ json ErrorResponses(std::initializer_list<int> codes) {
 
 json JsonBody(json schema) { return {{"application/json", {{"schema", std::move(schema)}}}}; }
 
-// Errors of a route that runs the model: the scheduler may refuse with 429.
-const std::initializer_list<int> kModelErrors = {400, 401, 413, 422, 429, 503};
+// Errors of a route that runs the model: the scheduler may refuse with kQueueFull.
+const Errors kModelErrors = {ErrorKind::kInvalidRequest, ErrorKind::kUnauthorized,
+                             ErrorKind::kTooLarge,       ErrorKind::kUnprocessable,
+                             ErrorKind::kQueueFull,      ErrorKind::kUnavailable};
+// /generate's documents may name an id that is not in the store.
+const Errors kGenerateErrors = {ErrorKind::kInvalidRequest, ErrorKind::kUnauthorized,
+                                ErrorKind::kNotFound,       ErrorKind::kTooLarge,
+                                ErrorKind::kUnprocessable,  ErrorKind::kQueueFull,
+                                ErrorKind::kUnavailable};
 // Errors of a route that validates a body but never queues (tokeniser only).
-const std::initializer_list<int> kBodyErrors = {400, 401, 413, 422, 503};
+const Errors kBodyErrors = {ErrorKind::kInvalidRequest, ErrorKind::kUnauthorized,
+                            ErrorKind::kTooLarge, ErrorKind::kUnprocessable,
+                            ErrorKind::kUnavailable};
+// Errors of a GET that needs the model.
+const Errors kGetErrors = {ErrorKind::kUnauthorized, ErrorKind::kUnavailable};
 
 json Operation(const char* id, const char* tag, const std::string& summary, json ok,
-               std::initializer_list<int> errors) {
+               Errors errors) {
   json responses = ErrorResponses(errors);
   responses["200"] = std::move(ok);
   return {{"operationId", id},
@@ -134,7 +156,7 @@ json Operation(const char* id, const char* tag, const std::string& summary, json
 // A POST taking a JSON body. With `stream_event` set, `"stream": true` switches
 // the 200 response to server-sent events whose data lines have that schema.
 json PostJson(const char* id, const char* tag, const std::string& summary, json request,
-              json response, std::initializer_list<int> errors, json stream_event = nullptr) {
+              json response, Errors errors, json stream_event = nullptr) {
   json ok = {{"description", "Success."}, {"content", JsonBody(std::move(response))}};
   if (!stream_event.is_null()) {
     ok["description"] =
@@ -152,7 +174,7 @@ json PostJson(const char* id, const char* tag, const std::string& summary, json 
 }
 
 json JsonOp(const char* id, const char* tag, const std::string& summary, json response,
-            std::initializer_list<int> errors) {
+            Errors errors) {
   return Operation(id, tag, summary,
                    {{"description", "Success."}, {"content", JsonBody(std::move(response))}},
                    errors);
@@ -256,8 +278,15 @@ json Documents(const std::string& description, bool tokens = false) {
 
 // ---- Component schemas. ----
 
-json Schemas() {
-  json s;
+// One prompt, as /generate and /v1/completions take it.
+json PromptSchema() {
+  return OneOf({T("string"),
+                {{"type", "array"}, {"items", T("string")}, {"maxItems", 1}},
+                ArrayOf({{"type", "integer"}, {"minimum", 0}})},
+               "One prompt: a string, a one-string list, or token ids (used as given).");
+}
+
+void AddErrorSchema(json& s) {
   s["Error"] =
       Object({{"error", Object({{"message", Field("string", "What went wrong, for people.")},
                                 {"type", Field("string",
@@ -268,7 +297,9 @@ json Schemas() {
                                 {"code", Field("integer", "The HTTP status code.")}},
                                {"message", "type", "code"})}},
              {"error"}, "The one error shape every route uses.");
+}
 
+void AddEmbedSchemas(json& s) {
   s["EmbedRequest"] = Object(
       Props(
           {{{"inputs", Inputs("Texts to embed")}},
@@ -306,7 +337,9 @@ json Schemas() {
        {"model", T("string")},
        {"usage", Object({{"prompt_tokens", T("integer")}, {"total_tokens", T("integer")}})}},
       {"object", "data", "model", "usage"});
+}
 
+void AddRerankSchemas(json& s) {
   s["RerankRequest"] = Object(
       Props({{{"query", Field("string", "The query; embedded with the instruction, if any.")},
               {"texts", Documents("Candidate texts, or {\"id\"} of entries cached by /embed "
@@ -343,7 +376,9 @@ json Schemas() {
                 "Best first.")},
        {"usage", Object({{"total_tokens", T("integer")}})}},
       {"id", "model", "results", "usage"});
+}
 
+void AddGenerateSchemas(json& s) {
   s["Message"] = Object(
       {{"role", Enum({"system", "user", "assistant"}, "Who wrote the message.")},
        {"content",
@@ -352,14 +387,9 @@ json Schemas() {
               "Text, or a list of text parts that are concatenated.")}},
       {"role", "content"});
 
-  json prompt = OneOf({T("string"),
-                       {{"type", "array"}, {"items", T("string")}, {"maxItems", 1}},
-                       ArrayOf({{"type", "integer"}, {"minimum", 0}})},
-                      "One prompt: a string, a one-string list, or token ids (used as given).");
-
   json generate = Object(
       Props(
-          {{{"prompt", prompt},
+          {{{"prompt", PromptSchema()},
             {"messages", ArrayOf(Ref("Message"),
                                  "Chat messages, rendered with the model's chat template; "
                                  "takes precedence over \"prompt\".")},
@@ -406,16 +436,18 @@ json Schemas() {
       OneOf({Object({{"text", T("string")}}, {"text"}, "A piece of the answer."),
              Ref("GenerateResponse"), Ref("Error")},
             "Pieces of text, then one final GenerateResponse with \"full_text\".");
+}
 
+void AddOpenAiGenerationSchemas(json& s) {
   s["Usage"] = Object(Typed("integer", {"prompt_tokens", "completion_tokens", "total_tokens"}),
                       {"prompt_tokens", "completion_tokens", "total_tokens"});
   const json finish = {{"type", {"string", "null"}},
                        {"enum", {"stop", "length", nullptr}},
                        {"description", "null in streamed chunks until the last one."}};
 
-  s["CompletionRequest"] =
-      Object(Props({{{"prompt", prompt}}, ModelProp(), SamplingProps(16), StreamOptionsProps()}),
-             {"prompt"}, "OpenAI-compatible completion; the prompt is used without a template.");
+  s["CompletionRequest"] = Object(
+      Props({{{"prompt", PromptSchema()}}, ModelProp(), SamplingProps(16), StreamOptionsProps()}),
+      {"prompt"}, "OpenAI-compatible completion; the prompt is used without a template.");
   s["Completion"] =
       Object({{"id", T("string")},
               {"object", {{"const", "text_completion"}}},
@@ -457,7 +489,9 @@ json Schemas() {
               {"usage", Ref("Usage")}}}),
       {"id", "object", "created", "model", "choices"},
       "First chunk carries the role, then content pieces, then the finish reason.");
+}
 
+void AddTokenizerSchemas(json& s) {
   s["TokenizeRequest"] =
       Object({{"inputs", StringOrList("Texts to tokenise.")},
               {"add_special_tokens",
@@ -477,7 +511,9 @@ json Schemas() {
       {"ids"});
   s["DetokenizeResponse"] = OneOf({T("string"), ArrayOf(T("string"))},
                                   "A string for one id list, a list for a list of lists.");
+}
 
+void AddInfoSchemas(json& s) {
   s["Info"] = Object(
       Props(
           {Typed("string", {"model_id", "model_dir", "architecture", "device", "dtype", "tokenizer",
@@ -504,6 +540,17 @@ json Schemas() {
               {"disk_writes", Int("Entries written to the disk tier.")}},
              {"entries", "bytes", "hits", "misses", "evictions", "disk_reads", "disk_writes"},
              "Document KV store statistics.");
+}
+
+json Schemas() {
+  json s;
+  AddErrorSchema(s);
+  AddEmbedSchemas(s);
+  AddRerankSchemas(s);
+  AddGenerateSchemas(s);
+  AddOpenAiGenerationSchemas(s);
+  AddTokenizerSchemas(s);
+  AddInfoSchemas(s);
   return s;
 }
 
@@ -544,11 +591,10 @@ json Paths() {
   p["/v1/rerank"]["post"] =
       PostJson("createRerank", "rerank", "Score documents against a query (Cohere/Jina).",
                Ref("CohereRerankRequest"), Ref("CohereRerankResponse"), kModelErrors);
-  p["/generate"]["post"] =
-      PostJson("generate", "generation",
-               "Generate text, optionally over cached documents (prefill only the prompt).",
-               Ref("GenerateRequest"), Ref("GenerateResponse"), {400, 401, 404, 413, 422, 429, 503},
-               Ref("GenerateStreamEvent"));
+  p["/generate"]["post"] = PostJson(
+      "generate", "generation",
+      "Generate text, optionally over cached documents (prefill only the prompt).",
+      Ref("GenerateRequest"), Ref("GenerateResponse"), kGenerateErrors, Ref("GenerateStreamEvent"));
   p["/v1/completions"]["post"] =
       PostJson("createCompletion", "generation", "Complete a prompt (OpenAI).",
                Ref("CompletionRequest"), Ref("Completion"), kModelErrors, Ref("Completion"));
@@ -565,27 +611,28 @@ json Paths() {
 
   // /health answers without a key so that load balancers need no secret, and
   // reports loading or draining as 503.
-  json health = JsonOp("health", "info", "Liveness and readiness.",
-                       Object({{"status", {{"const", "ok"}}}}, {"status"}), {503});
+  json health =
+      JsonOp("health", "info", "Liveness and readiness.",
+             Object({{"status", {{"const", "ok"}}}}, {"status"}), {ErrorKind::kUnavailable});
   health["security"] = json::array();
   p["/health"]["get"] = std::move(health);
   p["/info"]["get"] =
-      JsonOp("info", "info", "The loaded model and the server's limits.", Ref("Info"), {401, 503});
+      JsonOp("info", "info", "The loaded model and the server's limits.", Ref("Info"), kGetErrors);
   p["/v1/models"]["get"] =
-      JsonOp("listModels", "info", "The served model (OpenAI).", Ref("ModelList"), {401, 503});
+      JsonOp("listModels", "info", "The served model (OpenAI).", Ref("ModelList"), kGetErrors);
   p["/metrics"]["get"] = Operation("metrics", "info", "Prometheus metrics.",
                                    {{"description", "Prometheus text exposition format 0.0.4."},
                                     {"content", {{"text/plain", {{"schema", T("string")}}}}}},
-                                   {401, 503});
+                                   kGetErrors);
   p["/openapi.json"]["get"] =
-      JsonOp("openapi", "info", "This document.", {{"type", "object"}}, {401});
+      JsonOp("openapi", "info", "This document.", {{"type", "object"}}, {ErrorKind::kUnauthorized});
   p["/cache"]["get"] =
-      JsonOp("cacheStats", "cache", "Document KV store statistics.", Ref("CacheStats"), {401, 503});
+      JsonOp("cacheStats", "cache", "Document KV store statistics.", Ref("CacheStats"), kGetErrors);
 
   json remove =
       JsonOp("deleteCacheEntry", "cache", "Evict one cached document.",
              Object({{"id", T("string")}, {"deleted", {{"const", true}}}}, {"id", "deleted"}),
-             {401, 404, 503});
+             {ErrorKind::kUnauthorized, ErrorKind::kNotFound, ErrorKind::kUnavailable});
   remove["parameters"] = {{{"name", "id"},
                            {"in", "path"},
                            {"required", true},

@@ -18,21 +18,23 @@ struct EmbedRequest {
 };
 
 // Fields shared by /embed, /v1/embeddings and the rerank routes.
-EmbedRequest ParseEmbedOptions(const json& body, const Engine& engine) {
+EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
   EmbedRequest r;
   EmbedOptions& o = r.options;
-  o.instruction = http::OptString(body, "instruction").value_or("");
-  const std::string pooling = http::OptString(body, "pooling").value_or("mean");
+  o.instruction = f.String("instruction").value_or("");
+  http::RequireUtf8(o.instruction, "instruction");
+  const std::string pooling = f.String("pooling").value_or("mean");
   if (pooling != "mean" && pooling != "last") {
     throw Unprocessable("'pooling' must be \"mean\" or \"last\"");
   }
   o.pooling = pooling == "last" ? Pooling::kLast : Pooling::kMean;
-  o.layer = http::OptInt(body, "layer", 1, engine.config().num_hidden_layers).value_or(-1);
-  o.normalize = http::OptBool(body, "normalize").value_or(true);
-  o.dimensions = http::OptInt(body, "dimensions", 1, engine.config().hidden_size).value_or(0);
-  o.raw = http::OptBool(body, "raw").value_or(false);
-  r.truncate = http::OptBool(body, "truncate").value_or(false);
-  std::string dir = http::OptString(body, "truncation_direction").value_or("right");
+  const ModelConfig& config = ctx.front().config();
+  o.layer = f.Int("layer", 1, config.num_hidden_layers).value_or(-1);
+  o.normalize = f.Bool("normalize").value_or(true);
+  o.dimensions = f.Int("dimensions", 1, config.hidden_size).value_or(0);
+  o.raw = f.Bool("raw").value_or(false);
+  r.truncate = f.Bool("truncate").value_or(false);
+  std::string dir = f.String("truncation_direction").value_or("right");
   std::transform(dir.begin(), dir.end(), dir.begin(), ::tolower);
   if (dir != "right" && dir != "left") {
     throw Unprocessable("'truncation_direction' must be \"right\" or \"left\"");
@@ -60,8 +62,8 @@ std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& 
                                   const EmbedRequest& r) {
   std::vector<EncodedPrompt> prompts;
   prompts.reserve(in.size());
-  for (const auto& t : in.texts) prompts.push_back(ctx.engine->EncodeEmbed(t, r.options));
-  for (const auto& ids : in.ids) prompts.push_back(ctx.engine->EncodeEmbedIds(ids));
+  for (const auto& t : in.texts) prompts.push_back(ctx.front().EncodeEmbed(t, r.options));
+  for (const auto& ids : in.ids) prompts.push_back(ctx.front().EncodeEmbedIds(ids));
   for (size_t i = 0; i < prompts.size(); ++i) {
     ApplyLimit(prompts[i], i, ctx.max_input_tokens(), r);
   }
@@ -83,8 +85,6 @@ float Dot(const std::vector<float>& a, const std::vector<float>& b) {
   return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
 }
 
-// Cosine scores of documents against a query, GritLM style: the query carries
-// the instruction, the documents are embedded without one.
 // A rerank document: a text, or the id of an entry cached by /embed.
 struct Doc {
   std::string value;
@@ -103,10 +103,9 @@ Doc ParseDoc(const json& d, const char* field) {
                        "' must be a string, {\"text\": string} or {\"id\": cached id}");
 }
 
-std::vector<Doc> ParseDocs(const json& body, const char* field, int64_t max_items) {
-  auto it = body.find(field);
-  if (it == body.end() || it->is_null())
-    throw InvalidRequest(std::string("'") + field + "' is required");
+std::vector<Doc> ParseDocs(const JsonFields& f, const char* field, int64_t max_items) {
+  const json* it = f.Find(field);
+  if (it == nullptr) throw f.Missing(field);
   if (!it->is_array() || it->empty()) {
     throw InvalidRequest(std::string("'") + field + "' must be a non-empty list");
   }
@@ -124,16 +123,18 @@ std::vector<Doc> ParseDocs(const json& body, const char* field, int64_t max_item
 
 std::string DocText(const ServerContext& ctx, const Doc& d) {
   if (!d.is_id) return d.value;
-  EncodedPrompt p = ctx.engine->StoredPrompt(d.value);
-  return ctx.engine->tokenizer().Decode(
+  EncodedPrompt p = ctx.front().StoredPrompt(d.value);
+  return ctx.front().tokenizer().Decode(
       std::vector<int32_t>(p.ids.begin() + static_cast<std::ptrdiff_t>(p.text_begin),
                            p.ids.begin() + static_cast<std::ptrdiff_t>(p.text_end)),
       /*skip_special=*/true);
 }
 
-std::vector<float> Rerank(ServerContext& ctx, const json& body, const std::string& query,
+// Cosine scores of documents against a query, GritLM style: the query carries
+// the instruction, the documents are embedded without one.
+std::vector<float> Rerank(ServerContext& ctx, const JsonFields& f, const std::string& query,
                           const std::vector<Doc>& docs, int64_t* tokens) {
-  EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
+  EmbedRequest r = ParseEmbedOptions(f, ctx);
   r.options.normalize = true;
   r.options.dimensions = 0;
   http::RequireUtf8(query, "query");
@@ -147,7 +148,7 @@ std::vector<float> Rerank(ServerContext& ctx, const json& body, const std::strin
   for (const Doc& d : docs) {
     if (d.is_id) {
       // A cached id: its stored embedding is reused, nothing is re-encoded.
-      prompts.push_back(ctx.engine->StoredPrompt(d.value));
+      prompts.push_back(ctx.front().StoredPrompt(d.value));
       any_id = true;
     } else {
       http::Inputs one;
@@ -173,155 +174,183 @@ std::vector<size_t> BestFirst(const std::vector<float>& scores) {
   return order;
 }
 
+// "ids" name the cached entries for later /generate documents, one per input.
+std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext& ctx,
+                                       size_t inputs) {
+  std::vector<std::string> ids;
+  if (auto list = f.StringList("ids", ctx.options.max_inputs)) {
+    for (const auto& id : *list) http::RequireUtf8(id, "ids");
+    ids = *list;
+    if (ids.size() != inputs) {
+      throw Unprocessable("'ids' has " + std::to_string(ids.size()) + " entries for " +
+                          std::to_string(inputs) + " inputs");
+    }
+    for (const auto& id : ids) {
+      if (id.empty() || id.size() > 256) throw Unprocessable("each id must be 1-256 bytes");
+    }
+  }
+  return ids;
+}
+
+void HandleEmbed(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  EmbedRequest r = ParseEmbedOptions(f, ctx);
+  auto in = http::ParseInputs(f, "inputs", ctx.options.max_inputs, ctx.front().config().vocab_size);
+  // "cache": true (or "ids") keeps each input's K/V from this same pass in the
+  // document store.
+  const std::vector<std::string> ids = ParseCacheIds(f, ctx, in.size());
+  const bool cache = f.Bool("cache").value_or(!ids.empty());
+  if (!cache && !ids.empty()) throw Unprocessable("'ids' needs \"cache\": true (the default)");
+  if (cache && r.options.layer > 0) {
+    throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
+  }
+  http::SendJson(res, ctx.scheduler
+                          ->SubmitEmbed(Encode(ctx, in, r), r.options,
+                                        cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
+                          .get());
+}
+
+void HandleEmbeddings(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  f.String("model");  // any model name is accepted; type-checked only
+  const std::string format = f.String("encoding_format").value_or("float");
+  if (format != "float" && format != "base64") {
+    throw Unprocessable("'encoding_format' must be \"float\" or \"base64\"");
+  }
+  EmbedRequest r = ParseEmbedOptions(f, ctx);
+  auto in = http::ParseInputs(f, "input", ctx.options.max_inputs, ctx.front().config().vocab_size);
+  auto prompts = Encode(ctx, in, r);
+  const int64_t tokens = CountTokens(prompts);
+  auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
+  json data = json::array();
+  for (size_t i = 0; i < vecs.size(); ++i) {
+    json e = {{"object", "embedding"}, {"index", i}};
+    if (format == "base64") {
+      e["embedding"] = http::Base64(vecs[i].data(), vecs[i].size() * sizeof(float));
+    } else {
+      e["embedding"] = vecs[i];
+    }
+    data.push_back(std::move(e));
+  }
+  http::SendJson(res, {{"object", "list"},
+                       {"data", data},
+                       {"model", ctx.model_id},
+                       {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
+}
+
+void HandleRerank(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  const std::string query = f.RequireString("query");
+  const std::vector<Doc> docs = ParseDocs(f, "texts", ctx.options.max_inputs);
+  const bool raw = f.Bool("raw_scores").value_or(false);
+  const bool return_text = f.Bool("return_text").value_or(false);
+  int64_t tokens = 0;
+  std::vector<float> scores = Rerank(ctx, f, query, docs, &tokens);
+  json out = json::array();
+  for (size_t i : BestFirst(scores)) {
+    // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
+    json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
+    if (return_text) e["text"] = DocText(ctx, docs[i]);
+    out.push_back(std::move(e));
+  }
+  http::SendJson(res, out);
+}
+
+void HandleCohereRerank(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  f.String("model");  // any model name is accepted; type-checked only
+  const std::string query = f.RequireString("query");
+  const std::vector<Doc> docs = ParseDocs(f, "documents", ctx.options.max_inputs);
+  const int64_t top_n = f.Int("top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
+                            .value_or(static_cast<int64_t>(docs.size()));
+  const bool return_docs = f.Bool("return_documents").value_or(false);
+  int64_t tokens = 0;
+  std::vector<float> scores = Rerank(ctx, f, query, docs, &tokens);
+  json results = json::array();
+  for (size_t i : BestFirst(scores)) {
+    if (static_cast<int64_t>(results.size()) >= top_n) break;
+    json e = {{"index", i}, {"relevance_score", scores[i]}};
+    if (return_docs) e["document"] = {{"text", DocText(ctx, docs[i])}};
+    results.push_back(std::move(e));
+  }
+  http::SendJson(res, {{"id", http::RandomId("rerank-")},
+                       {"model", ctx.model_id},
+                       {"results", results},
+                       {"usage", {{"total_tokens", tokens}}}});
+}
+
+// The BOS that add_special puts first has no text of its own: it is listed
+// with the empty span at 0, so every id the model sees is in the list.
+json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) {
+  json tokens = json::array();
+  if (add_special && tok.add_bos() && tok.bos_id()) {
+    tokens.push_back({{"id", *tok.bos_id()},
+                      {"text", tok.Decode({*tok.bos_id()})},
+                      {"special", true},
+                      {"start", 0},
+                      {"stop", 0}});
+  }
+  for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
+    tokens.push_back({{"id", s.id},
+                      {"text", text.substr(s.start, s.stop - s.start)},
+                      {"special", tok.IsSpecial(s.id)},
+                      {"start", s.start},
+                      {"stop", s.stop}});
+  }
+  return tokens;
+}
+
+void HandleTokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  auto texts = f.StringList("inputs", ctx.options.max_inputs);
+  if (!texts) throw f.Missing("inputs");
+  for (const auto& text : *texts) http::RequireUtf8(text, "inputs");
+  const bool add_special = f.Bool("add_special_tokens").value_or(true);
+  const Tokenizer& tok = ctx.front().tokenizer();
+  json out = json::array();
+  for (const auto& text : *texts) out.push_back(TokenList(tok, text, add_special));
+  http::SendJson(res, out);
+}
+
+void HandleDetokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json body = http::ParseBody(req.body);
+  const JsonFields f = JsonFields::Request(body);
+  const bool skip = f.Bool("skip_special_tokens").value_or(false);
+  auto in =
+      http::ParseInputs(f, "ids", ctx.options.max_inputs, ctx.front().tokenizer().VocabSize());
+  if (in.ids.empty()) throw InvalidRequest("'ids' must be a list of token ids");
+  // One id list answers with one string, a list of lists with a list.
+  const bool nested = (*f.Find("ids"))[0].is_array();
+  json out = json::array();
+  for (const auto& ids : in.ids) out.push_back(ctx.front().tokenizer().Decode(ids, skip));
+  http::SendJson(res, nested ? out : out[0]);
+}
+
 }  // namespace
 
 void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Post("/embed", GuardedBody(ctx, "/embed", [&](const auto& req, auto& res) {
-                json body = http::ParseBody(req.body);
-                EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
-                auto in = http::ParseInputs(body, "inputs", ctx.options.max_inputs,
-                                            ctx.engine->config().vocab_size);
-                // "cache": true (or "ids") keeps each input's K/V from this same pass in the
-                // document store; "ids" names the entries for later /generate documents.
-                std::vector<std::string> ids;
-                if (auto list = http::OptStringList(body, "ids", ctx.options.max_inputs)) {
-                  ids = *list;
-                  if (ids.size() != in.size()) {
-                    throw Unprocessable("'ids' has " + std::to_string(ids.size()) +
-                                        " entries for " + std::to_string(in.size()) + " inputs");
-                  }
-                  for (const auto& id : ids) {
-                    if (id.empty() || id.size() > 256)
-                      throw Unprocessable("each id must be 1-256 bytes");
-                  }
-                }
-                const bool cache = http::OptBool(body, "cache").value_or(!ids.empty());
-                if (!cache && !ids.empty())
-                  throw Unprocessable("'ids' needs \"cache\": true (the default)");
-                if (cache && r.options.layer > 0) {
-                  throw Unprocessable(
-                      "'layer' cannot be combined with 'cache': the store keeps every layer");
-                }
-                http::SendJson(res,
-                               ctx.scheduler
-                                   ->SubmitEmbed(Encode(ctx, in, r), r.options,
-                                                 cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
-                                   .get());
+  server.Post("/embed", GuardedBody(ctx, "/embed", [&ctx](const auto& req, auto& res) {
+                HandleEmbed(ctx, req, res);
               }));
-
-  server.Post(
-      "/v1/embeddings", GuardedBody(ctx, "/v1/embeddings", [&](const auto& req, auto& res) {
-        json body = http::ParseBody(req.body);
-        http::OptString(body, "model");  // any model name is accepted; type-checked only
-        const std::string format = http::OptString(body, "encoding_format").value_or("float");
-        if (format != "float" && format != "base64") {
-          throw Unprocessable("'encoding_format' must be \"float\" or \"base64\"");
-        }
-        EmbedRequest r = ParseEmbedOptions(body, *ctx.engine);
-        auto in = http::ParseInputs(body, "input", ctx.options.max_inputs,
-                                    ctx.engine->config().vocab_size);
-        auto prompts = Encode(ctx, in, r);
-        const int64_t tokens = CountTokens(prompts);
-        auto vecs = RunEmbed(ctx, std::move(prompts), r.options);
-        json data = json::array();
-        for (size_t i = 0; i < vecs.size(); ++i) {
-          json e = {{"object", "embedding"}, {"index", i}};
-          if (format == "base64") {
-            e["embedding"] = http::Base64(vecs[i].data(), vecs[i].size() * sizeof(float));
-          } else {
-            e["embedding"] = vecs[i];
-          }
-          data.push_back(std::move(e));
-        }
-        http::SendJson(res, {{"object", "list"},
-                             {"data", data},
-                             {"model", ctx.model_id},
-                             {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
-      }));
-
-  server.Post("/rerank", GuardedBody(ctx, "/rerank", [&](const auto& req, auto& res) {
-                json body = http::ParseBody(req.body);
-                auto query = http::OptString(body, "query");
-                if (!query) throw InvalidRequest("'query' is required");
-                const std::vector<Doc> docs = ParseDocs(body, "texts", ctx.options.max_inputs);
-                const bool raw = http::OptBool(body, "raw_scores").value_or(false);
-                const bool return_text = http::OptBool(body, "return_text").value_or(false);
-                int64_t tokens = 0;
-                std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
-                json out = json::array();
-                for (size_t i : BestFirst(scores)) {
-                  // Cosine in [-1, 1]; without raw_scores mapped to [0, 1] like TEI's scores.
-                  json e = {{"index", i}, {"score", raw ? scores[i] : (scores[i] + 1.0f) / 2.0f}};
-                  if (return_text) e["text"] = DocText(ctx, docs[i]);
-                  out.push_back(std::move(e));
-                }
-                http::SendJson(res, out);
+  server.Post("/v1/embeddings",
+              GuardedBody(ctx, "/v1/embeddings",
+                          [&ctx](const auto& req, auto& res) { HandleEmbeddings(ctx, req, res); }));
+  server.Post("/rerank", GuardedBody(ctx, "/rerank", [&ctx](const auto& req, auto& res) {
+                HandleRerank(ctx, req, res);
               }));
-
-  server.Post("/v1/rerank", GuardedBody(ctx, "/v1/rerank", [&](const auto& req, auto& res) {
-                json body = http::ParseBody(req.body);
-                http::OptString(body, "model");
-                auto query = http::OptString(body, "query");
-                if (!query) throw InvalidRequest("'query' is required");
-                const std::vector<Doc> docs = ParseDocs(body, "documents", ctx.options.max_inputs);
-                const int64_t top_n =
-                    http::OptInt(body, "top_n", 1, static_cast<int64_t>(docs.size()) + 1000000)
-                        .value_or(static_cast<int64_t>(docs.size()));
-                const bool return_docs = http::OptBool(body, "return_documents").value_or(false);
-                int64_t tokens = 0;
-                std::vector<float> scores = Rerank(ctx, body, *query, docs, &tokens);
-                json results = json::array();
-                for (size_t i : BestFirst(scores)) {
-                  if (static_cast<int64_t>(results.size()) >= top_n) break;
-                  json e = {{"index", i}, {"relevance_score", scores[i]}};
-                  if (return_docs) e["document"] = {{"text", DocText(ctx, docs[i])}};
-                  results.push_back(std::move(e));
-                }
-                http::SendJson(res, {{"id", http::RandomId("rerank-")},
-                                     {"model", ctx.model_id},
-                                     {"results", results},
-                                     {"usage", {{"total_tokens", tokens}}}});
+  server.Post("/v1/rerank", GuardedBody(ctx, "/v1/rerank", [&ctx](const auto& req, auto& res) {
+                HandleCohereRerank(ctx, req, res);
               }));
-
-  server.Post("/tokenize", GuardedBody(ctx, "/tokenize", [&](const auto& req, auto& res) {
-                json body = http::ParseBody(req.body);
-                auto texts = http::OptStringList(body, "inputs", ctx.options.max_inputs);
-                if (!texts) throw InvalidRequest("'inputs' is required");
-                const bool add_special = http::OptBool(body, "add_special_tokens").value_or(true);
-                const Tokenizer& tok = ctx.engine->tokenizer();
-                json out = json::array();
-                for (const auto& text : *texts) {
-                  json tokens = json::array();
-                  if (add_special && tok.add_bos() && tok.bos_id()) {
-                    tokens.push_back({{"id", *tok.bos_id()},
-                                      {"text", tok.Decode({*tok.bos_id()})},
-                                      {"special", true},
-                                      {"start", 0},
-                                      {"stop", 0}});
-                  }
-                  for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
-                    tokens.push_back({{"id", s.id},
-                                      {"text", text.substr(s.start, s.stop - s.start)},
-                                      {"special", tok.IsSpecial(s.id)},
-                                      {"start", s.start},
-                                      {"stop", s.stop}});
-                  }
-                  out.push_back(std::move(tokens));
-                }
-                http::SendJson(res, out);
+  server.Post("/tokenize", GuardedBody(ctx, "/tokenize", [&ctx](const auto& req, auto& res) {
+                HandleTokenize(ctx, req, res);
               }));
-
-  server.Post("/detokenize", GuardedBody(ctx, "/detokenize", [&](const auto& req, auto& res) {
-                json body = http::ParseBody(req.body);
-                const bool skip = http::OptBool(body, "skip_special_tokens").value_or(false);
-                auto in = http::ParseInputs(body, "ids", ctx.options.max_inputs,
-                                            ctx.engine->tokenizer().VocabSize());
-                if (in.ids.empty()) throw InvalidRequest("'ids' must be a list of token ids");
-                const bool nested = body["ids"][0].is_array();
-                json out = json::array();
-                for (const auto& ids : in.ids)
-                  out.push_back(ctx.engine->tokenizer().Decode(ids, skip));
-                http::SendJson(res, nested ? out : out[0]);
+  server.Post("/detokenize", GuardedBody(ctx, "/detokenize", [&ctx](const auto& req, auto& res) {
+                HandleDetokenize(ctx, req, res);
               }));
 }
 

@@ -56,6 +56,11 @@ void WriteDemoCheckpoint(const std::string& dir) {
   }
 }
 
+Error BodyTooLarge(int64_t limit) {
+  return Error(ErrorKind::kTooLarge,
+               "request body larger than " + std::to_string(limit) + " bytes");
+}
+
 bool Authorized(const httplib::Request& req, const std::string& key) {
   const std::string auth = req.get_header_value("Authorization");
   if (auth == "Bearer " + key) return true;
@@ -64,34 +69,25 @@ bool Authorized(const httplib::Request& req, const std::string& key) {
 
 void LoadModel(ServerContext& ctx) {
   ServerOptions& o = ctx.options;
-  if (o.model_dir.empty()) {
-    o.model_dir = DemoCheckpointDir();
+  if (o.engine.model_dir.empty()) {
+    o.engine.model_dir = DemoCheckpointDir();
     spdlog::warn("==================================================================");
     spdlog::warn("no --model given: serving a GENERATED DEMO CHECKPOINT with RANDOM");
-    spdlog::warn("WEIGHTS from {}; its outputs are meaningless.", o.model_dir);
+    spdlog::warn("WEIGHTS from {}; its outputs are meaningless.", o.engine.model_dir);
     spdlog::warn("Pass --model DIR with a Hugging Face checkpoint for real use.");
     spdlog::warn("==================================================================");
-    if (!std::filesystem::exists(o.model_dir + "/config.json")) WriteDemoCheckpoint(o.model_dir);
+    if (!std::filesystem::exists(o.engine.model_dir + "/config.json"))
+      WriteDemoCheckpoint(o.engine.model_dir);
     if (ctx.model_id.empty()) ctx.model_id = "gritserve-demo-random";
   }
   if (ctx.model_id.empty()) {
-    ctx.model_id = std::filesystem::path(o.model_dir).lexically_normal().filename().string();
+    ctx.model_id = std::filesystem::path(o.engine.model_dir).lexically_normal().filename().string();
     if (ctx.model_id.empty()) {
-      ctx.model_id = std::filesystem::path(o.model_dir).parent_path().filename().string();
+      ctx.model_id = std::filesystem::path(o.engine.model_dir).parent_path().filename().string();
     }
   }
-  EngineOptions eo;
-  eo.model_dir = o.model_dir;
-  eo.template_path = o.template_path;
-  eo.threads = o.threads;
-  eo.device = o.device;
-  eo.dtype = o.dtype;
-  eo.max_batch_tokens = o.max_batch_tokens;
-  eo.cache_bytes = o.cache_bytes;
-  eo.cache_dir = o.cache_dir;
-  eo.cache_dtype = o.cache_dtype;
-  ctx.engine = Engine::Load(eo);
-  ctx.scheduler = std::make_unique<Scheduler>(*ctx.engine, o.max_concurrent_requests);
+  ctx.engine = Engine::Load(o.engine);
+  ctx.scheduler = std::make_unique<Scheduler>(ctx.engine->runner(), o.max_concurrent_requests);
   ctx.ready = true;
 }
 
@@ -109,9 +105,7 @@ httplib::Server::Handler Guarded(
       // httplib 0.11 enforces its payload limit only on Content-Length bodies; a
       // chunked body of any size reaches the handler, so check it again here.
       if (static_cast<int64_t>(req.body.size()) > ctx.options.max_body_bytes) {
-        throw Error(
-            ErrorKind::kTooLarge,
-            "request body larger than " + std::to_string(ctx.options.max_body_bytes) + " bytes");
+        throw BodyTooLarge(ctx.options.max_body_bytes);
       }
       fn(req, res);
     } catch (const Error& e) {
@@ -119,7 +113,7 @@ httplib::Server::Handler Guarded(
     } catch (const std::exception& e) {
       // Every expected failure is a typed Error; anything else is a bug worth a log line.
       spdlog::error("{} {}: unexpected error: {}", req.method, req.path, e.what());
-      http::SendError(res, 500, std::string("internal error: ") + e.what(), "internal_error");
+      http::SendError(res, Error(ErrorKind::kInternal, std::string("internal error: ") + e.what()));
     }
     ctx.in_flight.fetch_sub(1);
     ctx.metrics.RecordRequest(
@@ -160,19 +154,18 @@ httplib::Server::HandlerWithContentReader GuardedBody(
       // calling the receiver; any other failure is a broken body.
       const std::string declared = req.get_header_value("Content-Length");
       if (declared.empty() || std::strtoull(declared.c_str(), nullptr, 10) <= limit) {
-        http::SendError(res, 400, "could not read the request body", "invalid_request_error");
+        http::SendError(res, InvalidRequest("could not read the request body"));
         res.set_header("Connection", "close");
-        ctx.metrics.RecordRequest(route, 400, 0);
+        ctx.metrics.RecordRequest(route, res.status, 0);
         return;
       }
       too_large = cut_off = true;
     }
     if (too_large) {
-      http::SendError(res, 413, "request body larger than " + std::to_string(limit) + " bytes",
-                      "payload_too_large");
+      http::SendError(res, BodyTooLarge(ctx.options.max_body_bytes));
       // The unread rest of the body would be taken for the next request.
       if (cut_off) res.set_header("Connection", "close");
-      ctx.metrics.RecordRequest(route, 413, 0);
+      ctx.metrics.RecordRequest(route, res.status, 0);
       return;
     }
     // httplib owns a mutable Request and hands content-reader routes an empty
@@ -181,6 +174,92 @@ httplib::Server::HandlerWithContentReader GuardedBody(
     guarded(req, res);
   };
 }
+
+namespace {
+
+// Before any route: the API key (never asked of /health, so load balancers need
+// no secret).
+httplib::Server::HandlerResponse CheckApiKey(ServerContext& ctx, const std::string& api_key,
+                                             const httplib::Request& req, httplib::Response& res) {
+  if (api_key.empty() || req.path == "/health" || Authorized(req, api_key)) {
+    return httplib::Server::HandlerResponse::Unhandled;
+  }
+  http::SendError(
+      res, Error(ErrorKind::kUnauthorized, "missing or wrong API key (Authorization: Bearer KEY)"));
+  ctx.metrics.RecordRequest("unauthorized", res.status, 0);
+  return httplib::Server::HandlerResponse::Handled;
+}
+
+// Errors that httplib produces itself (unknown route, body too large, bad
+// request line) get the same JSON shape as ours. httplib answers an unknown
+// method on a known path with its not-found status; that is our 405.
+httplib::Server::HandlerResponse RewriteHttplibError(ServerContext& ctx, int64_t max_body_bytes,
+                                                     const httplib::Request& req,
+                                                     httplib::Response& res) {
+  if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+  const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path);
+  if (res.status == http::StatusFor(ErrorKind::kNotFound)) {
+    http::SendError(res, known ? Error(ErrorKind::kMethodNotAllowed,
+                                       "method " + req.method + " is not allowed on " + req.path)
+                               : NotFound("no route " + req.method + " " + req.path));
+  } else if (res.status == http::StatusFor(ErrorKind::kTooLarge)) {
+    http::SendError(res, BodyTooLarge(max_body_bytes));
+  } else {
+    http::SendHttplibError(res);
+  }
+  ctx.metrics.RecordRequest(known ? req.path : "other", res.status, 0);
+  return httplib::Server::HandlerResponse::Handled;
+}
+
+void ConfigureServer(httplib::Server& server, ServerContext& ctx, const ServerOptions& options) {
+  const size_t http_threads = static_cast<size_t>(
+      options.http_threads > 0 ? options.http_threads : options.max_concurrent_requests + 8);
+  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
+  server.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  server.set_read_timeout(60, 0);
+  server.set_write_timeout(60, 0);
+
+  server.set_pre_routing_handler(
+      [&ctx, api_key = options.api_key](const httplib::Request& req, httplib::Response& res) {
+        return CheckApiKey(ctx, api_key, req, res);
+      });
+  server.set_error_handler(httplib::Server::HandlerWithResponse(
+      [&ctx, max_body_bytes = options.max_body_bytes](const httplib::Request& req,
+                                                      httplib::Response& res) {
+        return RewriteHttplibError(ctx, max_body_bytes, req, res);
+      }));
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
+  });
+
+  AddEmbedRoutes(server, ctx);
+  AddGenerateRoutes(server, ctx);
+  AddInfoRoutes(server, ctx);
+}
+
+// Port 0 takes any free port: callers that start several servers at once
+// (tests) need no free-port guess to race on. -1 when the bind failed.
+int Bind(httplib::Server& server, const ServerOptions& options) {
+  if (options.port == 0) return server.bind_to_any_port(options.host);
+  return server.bind_to_port(options.host, options.port) ? options.port : -1;
+}
+
+// New requests get 503 from now on; running jobs have the grace period to
+// finish, and responses being written the rest of it.
+void Drain(ServerContext& ctx, double grace_seconds) {
+  ctx.draining = true;
+  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  if (ctx.scheduler) {
+    ctx.scheduler->Drain();
+    if (!ctx.scheduler->WaitIdle(grace)) spdlog::warn("grace period over: cancelling the rest");
+  }
+  while (ctx.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+}  // namespace
 
 int RunServer(const ServerOptions& options) {
   // Signals are taken by one thread with sigwait, so no handler runs in an
@@ -196,57 +275,9 @@ int RunServer(const ServerOptions& options) {
   ctx.options = options;
   ctx.model_id = options.model_name;
   httplib::Server server;
-  const size_t http_threads = static_cast<size_t>(
-      options.http_threads > 0 ? options.http_threads : options.max_concurrent_requests + 8);
-  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
-  server.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
-  server.set_read_timeout(60, 0);
-  server.set_write_timeout(60, 0);
+  ConfigureServer(server, ctx, options);
 
-  server.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
-    if (!options.api_key.empty() && req.path != "/health" && !Authorized(req, options.api_key)) {
-      http::SendError(res, 401, "missing or wrong API key (Authorization: Bearer KEY)",
-                      "authentication_error");
-      ctx.metrics.RecordRequest("unauthorized", 401, 0);
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
-  // Errors that httplib produces itself (unknown route, body too large, bad
-  // request line) get the same JSON shape as ours.
-  server.set_error_handler(httplib::Server::HandlerWithResponse([&](const httplib::Request& req,
-                                                                    httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path);
-    if (res.status == 404 && known) {
-      res.status = 405;
-      http::SendError(res, 405, "method " + req.method + " is not allowed on " + req.path,
-                      "method_not_allowed");
-    } else if (res.status == 404) {
-      http::SendError(res, 404, "no route " + req.method + " " + req.path, "not_found_error");
-    } else if (res.status == 413) {
-      http::SendError(
-          res, 413, "request body larger than " + std::to_string(options.max_body_bytes) + " bytes",
-          "payload_too_large");
-    } else {
-      http::SendError(res, res.status, "HTTP error " + std::to_string(res.status), "http_error");
-    }
-    ctx.metrics.RecordRequest(known ? req.path : "other", res.status, 0);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
-  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
-    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
-  });
-
-  AddEmbedRoutes(server, ctx);
-  AddGenerateRoutes(server, ctx);
-  AddInfoRoutes(server, ctx);
-
-  // Port 0 takes any free port and says which in the log line below: callers
-  // that start several servers at once (tests) need no free-port guess to race on.
-  const int port = options.port == 0 ? server.bind_to_any_port(options.host)
-                   : server.bind_to_port(options.host, options.port) ? options.port
-                                                                     : -1;
+  const int port = Bind(server, options);
   if (port < 0) {
     spdlog::error("cannot listen on {}:{}", options.host, options.port);
     return 1;
@@ -272,17 +303,7 @@ int RunServer(const ServerOptions& options) {
   loader.join();
   spdlog::info("signal {}: draining (new requests get 503, grace {} s)", sig,
                options.grace_seconds);
-  ctx.draining = true;
-  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(options.grace_seconds * 1000));
-  const auto deadline = std::chrono::steady_clock::now() + grace;
-  if (ctx.scheduler) {
-    ctx.scheduler->Drain();
-    if (!ctx.scheduler->WaitIdle(grace)) spdlog::warn("grace period over: cancelling the rest");
-  }
-  // Let responses that are being written finish.
-  while (ctx.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  Drain(ctx, options.grace_seconds);
   server.stop();
   http_thread.join();
   if (ctx.scheduler) ctx.scheduler->Stop();

@@ -26,9 +26,12 @@ struct ServerContext {
   std::atomic<int64_t> in_flight{0};
   Metrics metrics;
 
-  KvSource default_kv_source() const { return engine->default_kv_source(); }
+  // The engine's thread-safe front end: tokenizer, config, documents. Routes
+  // use only this and the scheduler.
+  FrontEnd& front() const { return engine->front(); }
+  KvSource default_kv_source() const { return front().default_kv_source(); }
   int64_t max_input_tokens() const {
-    const int64_t ctx = engine->max_context();
+    const int64_t ctx = front().max_context();
     return options.max_input_tokens > 0 ? std::min(options.max_input_tokens, ctx) : ctx;
   }
 };

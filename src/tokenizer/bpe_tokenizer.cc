@@ -10,6 +10,7 @@
 #include <queue>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 
 namespace gritserve {
 
@@ -22,21 +23,37 @@ namespace {
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-std::string TypeOf(const json& j, const std::string& what) {
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw LoadError(what + " has no \"type\"");
-  }
-  return j["type"].get<std::string>();
+// Flags are read leniently: a value that is not a boolean gives the default rather than
+// an error (not JsonFields::Bool), so odd but loadable tokenizer.json files still load.
+bool LenientBool(const JsonFields& f, const char* key, bool dflt) {
+  const json* v = f.Find(key);
+  return v != nullptr && v->is_boolean() ? v->get<bool>() : dflt;
 }
 
-bool BoolOr(const json& j, const char* key, bool dflt) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_boolean() ? it->get<bool>() : dflt;
+// Likewise for optional strings (HF writes null for "none"): a non-string is ignored.
+std::optional<std::string> LenientString(const JsonFields& f, const char* key) {
+  const json* v = f.Find(key);
+  if (v == nullptr || !v->is_string()) return std::nullopt;
+  return v->get<std::string>();
+}
+
+// JsonFields::String, except that an explicit null is refused rather than taken as
+// absent: for these keys null is a malformed file, not "use the default".
+std::optional<std::string> NonNullString(const JsonFields& f, const char* key) {
+  if (!f.Has(key) && f.object().contains(key)) throw f.TypeError(key, "a string");
+  return f.String(key);
+}
+
+// The field, or null when absent; the part parsers below treat null as "none".
+const json& FieldOrNull(const JsonFields& f, const char* key) {
+  static const json kNull;
+  const json* v = f.Find(key);
+  return v != nullptr ? *v : kNull;
 }
 
 void ParseNormalizer(const json& j, std::vector<ti::NormalForm>* out) {
   if (j.is_null()) return;
-  const std::string type = TypeOf(j, "normalizer");
+  const std::string type = JsonFields::File(j, "normalizer").RequireString("type");
   if (type == "Sequence") {
     for (const auto& n : j.at("normalizers")) ParseNormalizer(n, out);
   } else if (type == "NFC") {
@@ -52,13 +69,13 @@ void ParseNormalizer(const json& j, std::vector<ti::NormalForm>* out) {
   }
 }
 
-bool HasByteLevel(const json& j, const char* list_key) {
-  if (!j.is_object()) return false;
-  const std::string type = j.value("type", "");
+bool HasByteLevel(const JsonFields& f, const char* list_key) {
+  const std::string type = NonNullString(f, "type").value_or("");
   if (type == "ByteLevel") return true;
-  if (type == "Sequence" && j.contains(list_key)) {
-    for (const auto& s : j[list_key]) {
-      if (HasByteLevel(s, list_key)) return true;
+  const json* list = f.Find(list_key);
+  if (type == "Sequence" && list != nullptr) {
+    for (const auto& s : *list) {
+      if (HasByteLevel(f.Nested(s), list_key)) return true;
     }
   }
   return false;
@@ -66,7 +83,7 @@ bool HasByteLevel(const json& j, const char* list_key) {
 
 void CheckDecoder(const json& j) {
   if (j.is_null()) return;
-  const std::string type = TypeOf(j, "decoder");
+  const std::string type = JsonFields::File(j, "decoder").RequireString("type");
   if (type == "Sequence") {
     for (const auto& d : j.at("decoders")) CheckDecoder(d);
   } else if (type != "ByteLevel" && type != "ByteFallback" && type != "Fuse") {
@@ -78,21 +95,49 @@ void CheckDecoder(const json& j) {
 
 // First special token of a TemplateProcessing "single" template (e.g. Llama-3's
 // <|begin_of_text|>), or "" if the post-processor adds none.
-std::string FirstTemplateSpecial(const json& j) {
-  if (!j.is_object()) return "";
-  const std::string type = j.value("type", "");
-  if (type == "Sequence" && j.contains("processors")) {
-    for (const auto& p : j["processors"]) {
-      std::string s = FirstTemplateSpecial(p);
+std::string FirstTemplateSpecial(const JsonFields& f) {
+  const std::string type = NonNullString(f, "type").value_or("");
+  const json* processors = f.Find("processors");
+  if (type == "Sequence" && processors != nullptr) {
+    for (const auto& p : *processors) {
+      std::string s = FirstTemplateSpecial(f.Nested(p));
       if (!s.empty()) return s;
     }
   }
-  if (type == "TemplateProcessing" && j.contains("single") && j["single"].is_array() &&
-      !j["single"].empty()) {
-    const json& first = j["single"][0];
-    if (first.contains("SpecialToken")) return first["SpecialToken"].value("id", "");
+  const json* single = f.Find("single");
+  if (type == "TemplateProcessing" && single != nullptr && single->is_array() && !single->empty()) {
+    const json& first = (*single)[0];
+    if (first.contains("SpecialToken")) {
+      const json& special = first["SpecialToken"];
+      if (!special.is_object()) throw f.Nested(first).TypeError("SpecialToken", "an object");
+      return NonNullString(f.Nested(special), "id").value_or("");
+    }
   }
   return "";
+}
+
+// A merge as its two parts: "a b" strings (older files) or [a, b] pairs (newer ones).
+void SplitMerge(const json& m, std::string* a, std::string* b) {
+  if (m.is_string()) {
+    const std::string& s = m.get_ref<const std::string&>();
+    const size_t sp = s.find(' ');
+    if (sp == std::string::npos) throw LoadError("malformed merge '" + s + "'");
+    a->assign(s, 0, sp);
+    b->assign(s, sp + 1, std::string::npos);
+  } else if (m.is_array() && m.size() == 2) {
+    *a = m[0].get<std::string>();
+    *b = m[1].get<std::string>();
+  } else {
+    throw LoadError("malformed merge entry " + m.dump());
+  }
+}
+
+// The id of an added_tokens entry. Not JsonFields::RequireInt, which refuses 5.0: any
+// JSON number converts here, as nlohmann's get does.
+int32_t AddedTokenId(const JsonFields& entry) {
+  const json* id = entry.Find("id");
+  if (id == nullptr) throw entry.Missing("id");
+  return id->get<int32_t>();
 }
 
 // "<0x41>" -> 0x41; -1 if the token is not a byte-fallback token.
@@ -172,185 +217,212 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromJsonText(const std::string& json
   }
   std::unique_ptr<BpeTokenizer> tok(new BpeTokenizer());
   try {
-    if (!j.contains("model") || !j["model"].is_object()) throw LoadError("no \"model\" object");
-    const json& model = j["model"];
-    const std::string type = model.value("type", "BPE");
-    if (type != "BPE") throw LoadError("unsupported model type '" + type + "' (only BPE)");
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
-        throw LoadError(std::string("unsupported model option ") + key);
+    const JsonFields root = JsonFields::File(j, "tokenizer.json");
+    const json* model_json = root.Find("model");
+    if (model_json == nullptr || !model_json->is_object()) {
+      throw LoadError("no \"model\" object");
     }
-    tok->byte_fallback_ = BoolOr(model, "byte_fallback", false);
-    tok->ignore_merges_ = BoolOr(model, "ignore_merges", false);
-    const json null_json;
-    const json& pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : null_json;
-    const json& dec = j.contains("decoder") ? j["decoder"] : null_json;
-    tok->byte_level_ = HasByteLevel(pre, "pretokenizers") || HasByteLevel(dec, "decoders");
-
-    ParseNormalizer(j.contains("normalizer") ? j["normalizer"] : null_json, &tok->normalizers_);
+    const JsonFields model = JsonFields::File(*model_json, "model");
+    tok->LoadModelOptions(model);
+    const json& pre = FieldOrNull(root, "pre_tokenizer");
+    const json& dec = FieldOrNull(root, "decoder");
+    tok->byte_level_ = HasByteLevel(JsonFields::File(pre, "pre_tokenizer"), "pretokenizers") ||
+                       HasByteLevel(JsonFields::File(dec, "decoder"), "decoders");
+    ParseNormalizer(FieldOrNull(root, "normalizer"), &tok->normalizers_);
     CheckDecoder(dec);
+    tok->LoadPreTokenizer(pre);
 
-    // Pre-tokenizer steps, flattened from any Sequence.
-    std::function<void(const json&)> add_pre = [&](const json& p) {
-      if (p.is_null()) return;
-      const std::string ptype = TypeOf(p, "pre_tokenizer");
-      if (ptype == "Sequence") {
-        for (const auto& s : p.at("pretokenizers")) add_pre(s);
-        return;
-      }
-      PreTokenizerStep step;
-      if (ptype == "Split") {
-        step.type = PreTokenizerStep::kSplit;
-        const json& pat = p.at("pattern");
-        if (BoolOr(p, "invert", false)) throw LoadError("unsupported Split option invert=true");
-        if (pat.contains("Regex")) {
-          step.regex =
-              std::make_unique<ti::Regex>(ti::AdaptRegexForPcre2(pat["Regex"].get<std::string>()));
-        } else if (pat.contains("String")) {
-          step.regex = std::make_unique<ti::Regex>(pat["String"].get<std::string>(), true);
-        } else {
-          throw LoadError("Split pattern is neither Regex nor String");
-        }
-        const std::string b = p.value("behavior", "Isolated");
-        if (b == "Isolated") {
-          step.behavior = PreTokenizerStep::kIsolated;
-        } else if (b == "Removed") {
-          step.behavior = PreTokenizerStep::kRemoved;
-        } else if (b == "MergedWithPrevious") {
-          step.behavior = PreTokenizerStep::kMergedWithPrevious;
-        } else if (b == "MergedWithNext") {
-          step.behavior = PreTokenizerStep::kMergedWithNext;
-        } else {
-          throw LoadError("unsupported Split behavior '" + b + "'");
-        }
-      } else if (ptype == "ByteLevel") {
-        step.type = PreTokenizerStep::kByteLevel;
-        step.behavior = PreTokenizerStep::kIsolated;
-        step.add_prefix_space = BoolOr(p, "add_prefix_space", true);
-        if (BoolOr(p, "use_regex", true)) {
-          step.regex = std::make_unique<ti::Regex>(ti::AdaptRegexForPcre2(kGpt2Pattern));
-        }
-      } else {
-        throw LoadError("unsupported pre_tokenizer type '" + ptype + "'");
-      }
-      tok->pre_tokenizers_.push_back(std::move(step));
-    };
-    add_pre(pre);
-
-    // Vocabulary.
-    if (!model.contains("vocab") || !model["vocab"].is_object()) throw LoadError("no model.vocab");
-    const json& vocab = model["vocab"];
-    int32_t max_id = -1;
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      if (!it.value().is_number_integer()) throw LoadError("vocab id of '" + it.key() + "'");
-      max_id = std::max(max_id, it.value().get<int32_t>());
-    }
-    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-      for (const auto& a : j["added_tokens"]) max_id = std::max(max_id, a.at("id").get<int32_t>());
-    }
-    if (max_id < 0) throw LoadError("empty vocabulary");
-    tok->bytes_.assign(static_cast<size_t>(max_id) + 1, std::string());
-    tok->kinds_.assign(static_cast<size_t>(max_id) + 1, IdKind::kNone);
-    tok->vocab_.reserve(vocab.size());
-    tok->spelled_.reserve(vocab.size() + 64);
-    std::string raw;
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      const std::string& spelled = it.key();
-      const int32_t id = it.value().get<int32_t>();
-      if (id < 0) throw LoadError("negative vocab id for '" + spelled + "'");
-      std::string key = spelled;
-      std::string decoded = spelled;
-      const int fb = tok->byte_fallback_ ? ByteFallbackValue(spelled) : -1;
-      if (fb >= 0) {
-        decoded = std::string(1, static_cast<char>(fb));
-      } else if (tok->byte_level_ && ti::UnicodeToBytes(spelled, &raw)) {
-        key = raw;
-        decoded = raw;
-      }
-      tok->bytes_[id] = decoded;
-      tok->kinds_[id] = IdKind::kVocab;
-      if (fb < 0) tok->vocab_.emplace(std::move(key), id);
-      tok->spelled_.emplace(spelled, id);
-    }
-
-    // Merges: "a b" strings (older files) or [a, b] pairs (newer ones).
-    if (model.contains("merges") && model["merges"].is_array()) {
-      const json& merges = model["merges"];
-      tok->merges_.reserve(merges.size());
-      uint32_t rank = 0;
-      std::string a, b;
-      for (const auto& m : merges) {
-        if (m.is_string()) {
-          const std::string& s = m.get_ref<const std::string&>();
-          const size_t sp = s.find(' ');
-          if (sp == std::string::npos) throw LoadError("malformed merge '" + s + "'");
-          a.assign(s, 0, sp);
-          b.assign(s, sp + 1, std::string::npos);
-        } else if (m.is_array() && m.size() == 2) {
-          a = m[0].get<std::string>();
-          b = m[1].get<std::string>();
-        } else {
-          throw LoadError("malformed merge entry " + m.dump());
-        }
-        auto ia = tok->spelled_.find(a), ib = tok->spelled_.find(b), im = tok->spelled_.find(a + b);
-        if (ia == tok->spelled_.end() || ib == tok->spelled_.end() || im == tok->spelled_.end()) {
-          throw LoadError("merge '" + a + " " + b + "' refers to a token not in the vocabulary");
-        }
-        const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) |
-                             static_cast<uint32_t>(ib->second);
-        tok->merges_.emplace(key, std::make_pair(rank++, im->second));
-      }
-    }
-
-    tok->byte_ids_.fill(-1);
-    for (int bv = 0; bv < 256; ++bv) {
-      if (tok->byte_level_) {
-        auto it = tok->vocab_.find(std::string(1, static_cast<char>(bv)));
-        if (it != tok->vocab_.end()) tok->byte_ids_[bv] = it->second;
-      }
-      if (tok->byte_ids_[bv] < 0 && tok->byte_fallback_) {
-        char name[8];
-        std::snprintf(name, sizeof(name), "<0x%02X>", bv);
-        auto it = tok->spelled_.find(name);
-        if (it != tok->spelled_.end()) tok->byte_ids_[bv] = it->second;
-      }
-    }
-    if (model.contains("unk_token") && model["unk_token"].is_string()) {
-      auto it = tok->spelled_.find(model["unk_token"].get<std::string>());
+    const json* vocab = model.Find("vocab");
+    if (vocab == nullptr || !vocab->is_object()) throw LoadError("no model.vocab");
+    const json* added = root.Find("added_tokens");
+    if (added != nullptr && !added->is_array()) added = nullptr;  // ignored, as ever
+    tok->LoadVocab(*vocab, added);
+    const json* merges = model.Find("merges");
+    if (merges != nullptr && merges->is_array()) tok->LoadMerges(*merges);
+    tok->BuildByteIds();
+    if (const auto unk = LenientString(model, "unk_token")) {
+      auto it = tok->spelled_.find(*unk);
       if (it != tok->spelled_.end()) tok->unk_id_ = it->second;
     }
-
-    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-      for (const auto& a : j["added_tokens"]) {
-        AddedToken t;
-        t.content = a.at("content").get<std::string>();
-        t.id = a.at("id").get<int32_t>();
-        t.special = BoolOr(a, "special", false);
-        t.lstrip = BoolOr(a, "lstrip", false);
-        t.rstrip = BoolOr(a, "rstrip", false);
-        if (t.id < 0) throw LoadError("negative added token id for '" + t.content + "'");
-        if (t.content.empty()) continue;
-        tok->bytes_[t.id] = t.content;
-        tok->kinds_[t.id] = t.special ? IdKind::kSpecial : IdKind::kAdded;
-        tok->spelled_[t.content] = t.id;
-        tok->added_.push_back(std::move(t));
-      }
-    }
-    for (size_t k = 0; k < tok->added_.size(); ++k) {
-      const auto first = static_cast<unsigned char>(tok->added_[k].content[0]);
-      tok->added_by_first_byte_[first].push_back(static_cast<int>(k));
-    }
-    for (auto& v : tok->added_by_first_byte_) {
-      std::stable_sort(v.begin(), v.end(), [&](int x, int y) {
-        return tok->added_[x].content.size() > tok->added_[y].content.size();
-      });
-    }
-    tok->post_processor_first_special_ =
-        FirstTemplateSpecial(j.contains("post_processor") ? j["post_processor"] : null_json);
+    if (added != nullptr) tok->LoadAddedTokens(*added);
+    tok->IndexAddedTokens();
+    tok->post_processor_first_special_ = FirstTemplateSpecial(
+        JsonFields::File(FieldOrNull(root, "post_processor"), "post_processor"));
   } catch (const json::exception& e) {
     throw LoadError(std::string("malformed tokenizer.json: ") + e.what());
   }
   return tok;
+}
+
+void BpeTokenizer::LoadModelOptions(const JsonFields& model) {
+  const std::string type = NonNullString(model, "type").value_or("BPE");
+  if (type != "BPE") throw LoadError("unsupported model type '" + type + "' (only BPE)");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const auto value = LenientString(model, key);
+    if (value && !value->empty()) throw LoadError(std::string("unsupported model option ") + key);
+  }
+  byte_fallback_ = LenientBool(model, "byte_fallback", false);
+  ignore_merges_ = LenientBool(model, "ignore_merges", false);
+}
+
+// Pre-tokenizer steps, flattened from any Sequence.
+void BpeTokenizer::LoadPreTokenizer(const json& pre) {
+  if (pre.is_null()) return;
+  const JsonFields f = JsonFields::File(pre, "pre_tokenizer");
+  const std::string type = f.RequireString("type");
+  if (type == "Sequence") {
+    for (const auto& s : pre.at("pretokenizers")) LoadPreTokenizer(s);
+  } else if (type == "Split") {
+    pre_tokenizers_.push_back(ParseSplit(f));
+  } else if (type == "ByteLevel") {
+    pre_tokenizers_.push_back(ParseByteLevel(f));
+  } else {
+    throw LoadError("unsupported pre_tokenizer type '" + type + "'");
+  }
+}
+
+BpeTokenizer::PreTokenizerStep BpeTokenizer::ParseSplit(const JsonFields& split) {
+  PreTokenizerStep step;
+  step.type = PreTokenizerStep::kSplit;
+  const json* pattern_json = split.Find("pattern");
+  if (pattern_json == nullptr) throw split.Missing("pattern");
+  const JsonFields pattern = split.Nested(*pattern_json);
+  if (LenientBool(split, "invert", false)) throw LoadError("unsupported Split option invert=true");
+  if (const auto regex = NonNullString(pattern, "Regex")) {
+    step.regex = std::make_unique<ti::Regex>(ti::AdaptRegexForPcre2(*regex));
+  } else if (const auto literal = NonNullString(pattern, "String")) {
+    step.regex = std::make_unique<ti::Regex>(*literal, true);
+  } else {
+    throw LoadError("Split pattern is neither Regex nor String");
+  }
+  const std::string b = NonNullString(split, "behavior").value_or("Isolated");
+  if (b == "Isolated") {
+    step.behavior = PreTokenizerStep::kIsolated;
+  } else if (b == "Removed") {
+    step.behavior = PreTokenizerStep::kRemoved;
+  } else if (b == "MergedWithPrevious") {
+    step.behavior = PreTokenizerStep::kMergedWithPrevious;
+  } else if (b == "MergedWithNext") {
+    step.behavior = PreTokenizerStep::kMergedWithNext;
+  } else {
+    throw LoadError("unsupported Split behavior '" + b + "'");
+  }
+  return step;
+}
+
+BpeTokenizer::PreTokenizerStep BpeTokenizer::ParseByteLevel(const JsonFields& byte_level) {
+  PreTokenizerStep step;
+  step.type = PreTokenizerStep::kByteLevel;
+  step.behavior = PreTokenizerStep::kIsolated;
+  step.add_prefix_space = LenientBool(byte_level, "add_prefix_space", true);
+  if (LenientBool(byte_level, "use_regex", true)) {
+    step.regex = std::make_unique<ti::Regex>(ti::AdaptRegexForPcre2(kGpt2Pattern));
+  }
+  return step;
+}
+
+// Sizes the id tables to cover the vocabulary and the added tokens, then fills in the
+// vocabulary (added tokens come later, once merges have been resolved without them).
+void BpeTokenizer::LoadVocab(const json& vocab, const json* added_tokens) {
+  int32_t max_id = -1;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    if (!it.value().is_number_integer()) throw LoadError("vocab id of '" + it.key() + "'");
+    max_id = std::max(max_id, it.value().get<int32_t>());
+  }
+  if (added_tokens != nullptr) {
+    for (const auto& a : *added_tokens) {
+      max_id = std::max(max_id, AddedTokenId(JsonFields::File(a, "added_tokens")));
+    }
+  }
+  if (max_id < 0) throw LoadError("empty vocabulary");
+  bytes_.assign(static_cast<size_t>(max_id) + 1, std::string());
+  kinds_.assign(static_cast<size_t>(max_id) + 1, IdKind::kNone);
+  vocab_.reserve(vocab.size());
+  spelled_.reserve(vocab.size() + 64);
+  std::string raw;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    const std::string& spelled = it.key();
+    const int32_t id = it.value().get<int32_t>();
+    if (id < 0) throw LoadError("negative vocab id for '" + spelled + "'");
+    std::string key = spelled;
+    std::string decoded = spelled;
+    const int fb = byte_fallback_ ? ByteFallbackValue(spelled) : -1;
+    if (fb >= 0) {
+      decoded = std::string(1, static_cast<char>(fb));
+    } else if (byte_level_ && ti::UnicodeToBytes(spelled, &raw)) {
+      key = raw;
+      decoded = raw;
+    }
+    bytes_[id] = decoded;
+    kinds_[id] = IdKind::kVocab;
+    if (fb < 0) vocab_.emplace(std::move(key), id);
+    spelled_.emplace(spelled, id);
+  }
+}
+
+void BpeTokenizer::LoadMerges(const json& merges) {
+  merges_.reserve(merges.size());
+  uint32_t rank = 0;
+  std::string a, b;
+  for (const auto& m : merges) {
+    SplitMerge(m, &a, &b);
+    auto ia = spelled_.find(a), ib = spelled_.find(b), im = spelled_.find(a + b);
+    if (ia == spelled_.end() || ib == spelled_.end() || im == spelled_.end()) {
+      throw LoadError("merge '" + a + " " + b + "' refers to a token not in the vocabulary");
+    }
+    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) |
+                         static_cast<uint32_t>(ib->second);
+    merges_.emplace(key, std::make_pair(rank++, im->second));
+  }
+}
+
+// Per byte, the token for it alone: the single-byte token of a byte-level vocabulary,
+// else the <0xXX> byte-fallback token.
+void BpeTokenizer::BuildByteIds() {
+  byte_ids_.fill(-1);
+  for (int bv = 0; bv < 256; ++bv) {
+    if (byte_level_) {
+      auto it = vocab_.find(std::string(1, static_cast<char>(bv)));
+      if (it != vocab_.end()) byte_ids_[bv] = it->second;
+    }
+    if (byte_ids_[bv] < 0 && byte_fallback_) {
+      char name[8];
+      std::snprintf(name, sizeof(name), "<0x%02X>", bv);
+      auto it = spelled_.find(name);
+      if (it != spelled_.end()) byte_ids_[bv] = it->second;
+    }
+  }
+}
+
+void BpeTokenizer::LoadAddedTokens(const json& added_tokens) {
+  for (const auto& a : added_tokens) {
+    const JsonFields entry = JsonFields::File(a, "added_tokens");
+    AddedToken t;
+    t.content = entry.RequireString("content");
+    t.id = AddedTokenId(entry);
+    t.special = LenientBool(entry, "special", false);
+    t.lstrip = LenientBool(entry, "lstrip", false);
+    t.rstrip = LenientBool(entry, "rstrip", false);
+    if (t.id < 0) throw LoadError("negative added token id for '" + t.content + "'");
+    if (t.content.empty()) continue;
+    bytes_[t.id] = t.content;
+    kinds_[t.id] = t.special ? IdKind::kSpecial : IdKind::kAdded;
+    spelled_[t.content] = t.id;
+    added_.push_back(std::move(t));
+  }
+}
+
+// added_by_first_byte_: candidates per first byte, longest first, for EncodeImpl's scan.
+void BpeTokenizer::IndexAddedTokens() {
+  for (size_t k = 0; k < added_.size(); ++k) {
+    const auto first = static_cast<unsigned char>(added_[k].content[0]);
+    added_by_first_byte_[first].push_back(static_cast<int>(k));
+  }
+  for (auto& v : added_by_first_byte_) {
+    std::stable_sort(v.begin(), v.end(), [&](int x, int y) {
+      return added_[x].content.size() > added_[y].content.size();
+    });
+  }
 }
 
 void BpeTokenizer::ApplyConfig(const std::string& dir) {

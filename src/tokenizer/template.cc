@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 
 namespace gritserve {
 
@@ -49,6 +50,45 @@ std::vector<int32_t> EncodeTemplateText(const Tokenizer& tok, const std::string&
 
 std::string Wrap(const std::string& wrapper, const std::string& content) {
   return wrapper.empty() ? content : Substitute(wrapper, "content", content);
+}
+
+// A string-valued key of a template file; a non-empty value must contain `placeholder`.
+struct TemplateField {
+  const char* key;
+  std::string PromptTemplate::*slot;
+  const char* placeholder;
+};
+
+const TemplateField kTemplateFields[] = {
+    {"name", &PromptTemplate::name, nullptr},
+    {"embed_instruction", &PromptTemplate::embed_instruction, "{instruction}"},
+    {"embed_plain", &PromptTemplate::embed_plain, nullptr},
+    {"generate", &PromptTemplate::generate, "{prompt}"},
+    {"chat_system", &PromptTemplate::chat_system, "{content}"},
+    {"chat_user", &PromptTemplate::chat_user, "{content}"},
+    {"chat_assistant", &PromptTemplate::chat_assistant, "{content}"},
+    {"chat_generation_prompt", &PromptTemplate::chat_generation_prompt, nullptr},
+    {"chat_begin", &PromptTemplate::chat_begin, nullptr},
+    {"default_system", &PromptTemplate::default_system, nullptr},
+    {"kv_source", &PromptTemplate::kv_source, nullptr},
+};
+
+const TemplateField* FindTemplateField(const std::string& key) {
+  for (const auto& field : kTemplateFields) {
+    if (key == field.key) return &field;
+  }
+  return nullptr;
+}
+
+// "stop" must be a list: unlike JsonFields::StringList, a bare string is refused.
+std::vector<std::string> StopList(const JsonFields& f, const json& stop) {
+  if (!stop.is_array()) throw f.TypeError("stop", "a list of strings");
+  std::vector<std::string> out;
+  for (const auto& s : stop) {
+    if (!s.is_string()) throw f.TypeError("stop", "a list of strings");
+    out.push_back(s.get<std::string>());
+  }
+  return out;
 }
 
 }  // namespace
@@ -103,51 +143,29 @@ PromptTemplate PromptTemplate::FromJsonText(const std::string& text) {
     throw LoadError(std::string("prompt template: invalid JSON: ") + e.what());
   }
   if (!j.is_object()) throw LoadError("prompt template: not a JSON object");
+  // Not JsonFields::Missing: this message has always quoted the key as "name".
   if (!j.contains("name")) throw LoadError("prompt template: missing key \"name\"");
+  const JsonFields f = JsonFields::File(j, "prompt template");
   PromptTemplate t;
-  struct Field {
-    const char* key;
-    std::string* slot;
-    const char* placeholder;  // must appear when the value is non-empty
-  };
-  const Field fields[] = {
-      {"name", &t.name, nullptr},
-      {"embed_instruction", &t.embed_instruction, "{instruction}"},
-      {"embed_plain", &t.embed_plain, nullptr},
-      {"generate", &t.generate, "{prompt}"},
-      {"chat_system", &t.chat_system, "{content}"},
-      {"chat_user", &t.chat_user, "{content}"},
-      {"chat_assistant", &t.chat_assistant, "{content}"},
-      {"chat_generation_prompt", &t.chat_generation_prompt, nullptr},
-      {"chat_begin", &t.chat_begin, nullptr},
-      {"default_system", &t.default_system, nullptr},
-      {"kv_source", &t.kv_source, nullptr},
-  };
+  // Every key present is checked, null included: a template has no "none" values.
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     if (key == "stop") {
-      if (!it->is_array()) throw LoadError("prompt template: \"stop\" must be a list of strings");
-      for (const auto& s : *it) {
-        if (!s.is_string()) throw LoadError("prompt template: \"stop\" must be a list of strings");
-        t.stop.push_back(s.get<std::string>());
-      }
+      t.stop = StopList(f, *it);
       continue;
     }
-    const Field* f = nullptr;
-    for (const auto& cand : fields) {
-      if (key == cand.key) f = &cand;
-    }
-    if (f == nullptr) throw LoadError("prompt template: unknown key \"" + key + "\"");
-    if (!it->is_string()) throw LoadError("prompt template: \"" + key + "\" must be a string");
-    *f->slot = it->get<std::string>();
-    if (f->placeholder && !f->slot->empty() && f->slot->find(f->placeholder) == std::string::npos) {
-      throw LoadError("prompt template: \"" + key + "\" lacks " + f->placeholder);
+    const TemplateField* field = FindTemplateField(key);
+    if (field == nullptr) throw LoadError("prompt template: unknown key \"" + key + "\"");
+    if (!it->is_string()) throw f.TypeError(field->key, "a string");
+    std::string& slot = t.*field->slot;
+    slot = it->get<std::string>();
+    if (field->placeholder && !slot.empty() && slot.find(field->placeholder) == std::string::npos) {
+      throw f.RangeError(field->key, std::string("lacks ") + field->placeholder);
     }
   }
-  if (t.name.empty()) throw LoadError("prompt template: \"name\" is empty");
+  if (t.name.empty()) throw f.RangeError("name", "is empty");
   if (t.kv_source != "embed" && t.kv_source != "causal") {
-    throw LoadError("prompt template: \"kv_source\" must be \"embed\" or \"causal\", not \"" +
-                    t.kv_source + "\"");
+    throw f.RangeError("kv_source", "must be \"embed\" or \"causal\", not \"" + t.kv_source + "\"");
   }
   return t;
 }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/common/json_fields.h"
 #include "gritserve/tokenizer/bpe_tokenizer.h"
 #include "gritserve/tokenizer/sentencepiece_tokenizer.h"
 #include "gritserve/tokenizer/text_util.h"
@@ -29,14 +30,13 @@ std::string ReadWholeFile(const std::string& path) {
 
 // tokenizer_config.json spells a token either as a string or as a serialised
 // AddedToken object {"content": ...}; null means "none".
-std::optional<std::string> TokenField(const json& cfg, const char* key) {
-  auto it = cfg.find(key);
-  if (it == cfg.end() || it->is_null()) return std::nullopt;
-  if (it->is_string()) return it->get<std::string>();
-  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
-    return (*it)["content"].get<std::string>();
-  }
-  throw LoadError(std::string("tokenizer_config.json: \"") + key + "\" is not a token");
+std::optional<std::string> TokenField(const JsonFields& cfg, const char* key) {
+  const json* v = cfg.Find(key);
+  if (v == nullptr) return std::nullopt;
+  if (v->is_string()) return v->get<std::string>();
+  const json* content = cfg.Nested(*v).Find("content");
+  if (content != nullptr && content->is_string()) return content->get<std::string>();
+  throw cfg.TypeError(key, "a string or an object with a string 'content'");
 }
 
 }  // namespace
@@ -76,8 +76,9 @@ bool Tokenizer::ApplyTokenizerConfig(const std::string& dir) {
     throw LoadError(path + ": invalid JSON: " + e.what());
   }
   if (!cfg.is_object()) throw LoadError(path + ": not a JSON object");
+  const JsonFields fields = JsonFields::File(cfg, path);
   auto resolve = [&](const char* key, std::optional<int32_t>* slot) {
-    const auto name = TokenField(cfg, key);
+    const auto name = TokenField(fields, key);
     if (!name) {
       // An explicit null means the model has none (Qwen2's bos_token).
       if (cfg.contains(key)) slot->reset();
@@ -93,9 +94,10 @@ bool Tokenizer::ApplyTokenizerConfig(const std::string& dir) {
   resolve("bos_token", &bos_id_);
   resolve("eos_token", &eos_id_);
   resolve("pad_token", &pad_id_);
-  auto it = cfg.find("add_bos_token");
-  if (it != cfg.end() && it->is_boolean()) {
-    add_bos_ = it->get<bool>();
+  // Read leniently, as always: a value that is not a boolean leaves the default.
+  const json* add_bos = fields.Find("add_bos_token");
+  if (add_bos != nullptr && add_bos->is_boolean()) {
+    add_bos_ = add_bos->get<bool>();
     return true;
   }
   return false;

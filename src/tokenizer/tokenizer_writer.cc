@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
@@ -92,15 +94,29 @@ The the the and and and of of of to to to in in in is is is that that that.
   return corpus;
 }
 
-int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
+namespace {
+
+// A trained byte-level BPE: the vocabulary (id -> raw bytes) and the merges, in order.
+struct DemoBpe {
+  std::vector<std::string> vocab;
+  std::map<std::string, int> vocab_ids;
+  std::vector<std::pair<int, int>> merges;
+};
+// The corpus's words as symbol ids, each with its count.
+using SymbolWords = std::vector<std::pair<std::vector<int>, int>>;
+
+// Word (as raw bytes) -> count; std::map keeps the training order deterministic.
+std::map<std::string, int> CountCorpusWords() {
   const std::string norm = ti::Normalize(DemoTokenizerCorpus(), ti::NormalForm::kNfc);
   const ti::Regex split(ti::AdaptRegexForPcre2(kQwen2Pattern));
-  // Word (as raw bytes) -> count; std::map keeps the training order deterministic.
   std::map<std::string, int> word_counts;
   for (const auto& [b, e] : split.FindAll(norm)) ++word_counts[norm.substr(b, e - b)];
+  return word_counts;
+}
 
-  // Ids 0..255 are the bytes in GPT-2's table order of code points ("!" first), as in
-  // GPT-2 / Qwen2 vocabularies.
+// Ids 0..255 are the bytes in GPT-2's table order of code points ("!" first), as in
+// GPT-2 / Qwen2 vocabularies.
+std::vector<int> Gpt2ByteOrder() {
   const auto& map = ti::ByteToUnicode();
   // That order is: printable bytes (mapped to themselves) first, then the rest.
   std::vector<int> byte_order;
@@ -110,82 +126,134 @@ int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
       if (printable == (pass == 0)) byte_order.push_back(b);
     }
   }
-  std::vector<std::string> vocab;  // id -> raw bytes
-  std::map<std::string, int> vocab_ids;
+  return byte_order;
+}
+
+// Seeds the vocabulary with the 256 bytes and spells every word in their ids.
+SymbolWords SeedByteVocab(const std::map<std::string, int>& word_counts, DemoBpe* bpe) {
   std::vector<int> byte_id(256);
-  for (int b : byte_order) {
-    byte_id[b] = static_cast<int>(vocab.size());
-    vocab_ids[std::string(1, static_cast<char>(b))] = byte_id[b];
-    vocab.push_back(std::string(1, static_cast<char>(b)));
+  for (int b : Gpt2ByteOrder()) {
+    byte_id[b] = static_cast<int>(bpe->vocab.size());
+    bpe->vocab_ids[std::string(1, static_cast<char>(b))] = byte_id[b];
+    bpe->vocab.push_back(std::string(1, static_cast<char>(b)));
   }
-  std::vector<std::pair<std::vector<int>, int>> words;
+  SymbolWords words;
   for (const auto& [w, c] : word_counts) {
     std::vector<int> syms;
     for (unsigned char ch : w) syms.push_back(byte_id[ch]);
     words.emplace_back(std::move(syms), c);
   }
-  std::vector<std::pair<int, int>> merges;
-  for (int m = 0; m < num_merges; ++m) {
-    std::map<std::pair<int, int>, int> pair_counts;
-    for (const auto& [syms, c] : words) {
-      for (size_t i = 0; i + 1 < syms.size(); ++i) pair_counts[{syms[i], syms[i + 1]}] += c;
-    }
-    // Most frequent pair; ties go to the smallest byte strings, so output is stable.
-    const std::pair<int, int>* best = nullptr;
-    int best_count = 0;
-    for (const auto& [p, c] : pair_counts) {
-      const bool better = c > best_count || (c == best_count && best != nullptr &&
-                                             std::tie(vocab[p.first], vocab[p.second]) <
-                                                 std::tie(vocab[best->first], vocab[best->second]));
-      if (better) {
-        best = &p;
-        best_count = c;
-      }
-    }
-    if (best == nullptr) break;
-    const auto [a, b] = *best;
-    const std::string merged = vocab[a] + vocab[b];
-    int id;
-    auto it = vocab_ids.find(merged);
-    if (it != vocab_ids.end()) {
-      id = it->second;
-    } else {
-      id = static_cast<int>(vocab.size());
-      vocab.push_back(merged);
-      vocab_ids[merged] = id;
-    }
-    merges.emplace_back(a, b);
-    for (auto& [syms, c] : words) {
-      std::vector<int> out;
-      out.reserve(syms.size());
-      for (size_t i = 0; i < syms.size(); ++i) {
-        if (i + 1 < syms.size() && syms[i] == a && syms[i + 1] == b) {
-          out.push_back(id);
-          ++i;
-        } else {
-          out.push_back(syms[i]);
-        }
-      }
-      syms = std::move(out);
+  return words;
+}
+
+// Most frequent pair; ties go to the smallest byte strings, so output is stable.
+std::optional<std::pair<int, int>> MostFrequentPair(const SymbolWords& words,
+                                                    const std::vector<std::string>& vocab) {
+  std::map<std::pair<int, int>, int> pair_counts;
+  for (const auto& [syms, c] : words) {
+    for (size_t i = 0; i + 1 < syms.size(); ++i) pair_counts[{syms[i], syms[i + 1]}] += c;
+  }
+  const std::pair<int, int>* best = nullptr;
+  int best_count = 0;
+  for (const auto& [p, c] : pair_counts) {
+    const bool better = c > best_count || (c == best_count && best != nullptr &&
+                                           std::tie(vocab[p.first], vocab[p.second]) <
+                                               std::tie(vocab[best->first], vocab[best->second]));
+    if (better) {
+      best = &p;
+      best_count = c;
     }
   }
+  if (best == nullptr) return std::nullopt;
+  return *best;
+}
 
-  const int32_t regular = static_cast<int32_t>(vocab.size());
+// Id of the token a + b, added to the vocabulary unless it is there already.
+int MergedTokenId(int a, int b, DemoBpe* bpe) {
+  const std::string merged = bpe->vocab[a] + bpe->vocab[b];
+  auto it = bpe->vocab_ids.find(merged);
+  if (it != bpe->vocab_ids.end()) return it->second;
+  const int id = static_cast<int>(bpe->vocab.size());
+  bpe->vocab.push_back(merged);
+  bpe->vocab_ids[merged] = id;
+  return id;
+}
+
+// Replaces each (a, b) in the words, left to right, by `id`.
+void ApplyMerge(int a, int b, int id, SymbolWords* words) {
+  for (auto& [syms, c] : *words) {
+    std::vector<int> out;
+    out.reserve(syms.size());
+    for (size_t i = 0; i < syms.size(); ++i) {
+      if (i + 1 < syms.size() && syms[i] == a && syms[i + 1] == b) {
+        out.push_back(id);
+        ++i;
+      } else {
+        out.push_back(syms[i]);
+      }
+    }
+    syms = std::move(out);
+  }
+}
+
+DemoBpe TrainDemoBpe(int num_merges) {
+  DemoBpe bpe;
+  SymbolWords words = SeedByteVocab(CountCorpusWords(), &bpe);
+  for (int m = 0; m < num_merges; ++m) {
+    const auto best = MostFrequentPair(words, bpe.vocab);
+    if (!best) break;
+    const auto [a, b] = *best;
+    const int id = MergedTokenId(a, b, &bpe);
+    bpe.merges.emplace_back(a, b);
+    ApplyMerge(a, b, id, &words);
+  }
+  return bpe;
+}
+
+// tokenizer.json's "added_tokens": kSpecials, numbered from `first_id`.
+ojson SpecialTokensJson(int32_t first_id) {
+  ojson added = ojson::array();
+  int32_t next_id = first_id;
+  for (const char* s : kSpecials) {
+    added.push_back({{"id", next_id++},
+                     {"content", s},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  }
+  return added;
+}
+
+// tokenizer.json's "model", tokens spelled through GPT-2's byte-to-unicode table.
+ojson DemoBpeModelJson(const DemoBpe& bpe) {
+  ojson model = {{"type", "BPE"},
+                 {"dropout", nullptr},
+                 {"unk_token", nullptr},
+                 {"continuing_subword_prefix", ""},
+                 {"end_of_word_suffix", ""},
+                 {"fuse_unk", false},
+                 {"byte_fallback", false},
+                 {"ignore_merges", false}};
+  ojson v = ojson::object();
+  const int32_t regular = static_cast<int32_t>(bpe.vocab.size());
+  for (int32_t id = 0; id < regular; ++id) v[ToByteLevel(bpe.vocab[id])] = id;
+  model["vocab"] = std::move(v);
+  ojson ms = ojson::array();
+  for (const auto& [a, b] : bpe.merges)
+    ms.push_back(ToByteLevel(bpe.vocab[a]) + " " + ToByteLevel(bpe.vocab[b]));
+  model["merges"] = std::move(ms);
+  return model;
+}
+
+// The whole tokenizer.json, keys in the order HF writes them.
+ojson DemoBpeTokenizerJson(const DemoBpe& bpe) {
   ojson j;
   j["version"] = "1.0";
   j["truncation"] = nullptr;
   j["padding"] = nullptr;
-  j["added_tokens"] = ojson::array();
-  int32_t next_id = regular;
-  for (const char* s : kSpecials) {
-    j["added_tokens"].push_back({{"id", next_id++},
-                                 {"content", s},
-                                 {"single_word", false},
-                                 {"lstrip", false},
-                                 {"rstrip", false},
-                                 {"normalized", false},
-                                 {"special", true}});
-  }
+  j["added_tokens"] = SpecialTokensJson(static_cast<int32_t>(bpe.vocab.size()));
   j["normalizer"] = {{"type", "NFC"}};
   const ojson byte_level = {{"type", "ByteLevel"},
                             {"add_prefix_space", false},
@@ -200,24 +268,15 @@ int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
                           byte_level}}};
   j["post_processor"] = byte_level;
   j["decoder"] = byte_level;
-  ojson model = {{"type", "BPE"},
-                 {"dropout", nullptr},
-                 {"unk_token", nullptr},
-                 {"continuing_subword_prefix", ""},
-                 {"end_of_word_suffix", ""},
-                 {"fuse_unk", false},
-                 {"byte_fallback", false},
-                 {"ignore_merges", false}};
-  ojson v = ojson::object();
-  for (int32_t id = 0; id < regular; ++id) v[ToByteLevel(vocab[id])] = id;
-  model["vocab"] = std::move(v);
-  ojson ms = ojson::array();
-  for (const auto& [a, b] : merges)
-    ms.push_back(ToByteLevel(vocab[a]) + " " + ToByteLevel(vocab[b]));
-  model["merges"] = std::move(ms);
-  j["model"] = std::move(model);
-  WriteFile(dir + "/tokenizer.json", j.dump(1));
+  j["model"] = DemoBpeModelJson(bpe);
+  return j;
+}
 
+}  // namespace
+
+int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
+  const DemoBpe bpe = TrainDemoBpe(num_merges);
+  WriteFile(dir + "/tokenizer.json", DemoBpeTokenizerJson(bpe).dump(1));
   const ojson cfg = {{"add_bos_token", false},
                      {"add_prefix_space", false},
                      {"bos_token", nullptr},
@@ -228,7 +287,7 @@ int32_t WriteDemoBpeTokenizer(const std::string& dir, int num_merges) {
                      {"clean_up_tokenization_spaces", false},
                      {"tokenizer_class", "Qwen2Tokenizer"}};
   WriteFile(dir + "/tokenizer_config.json", cfg.dump(2));
-  return next_id;
+  return static_cast<int32_t>(bpe.vocab.size() + std::size(kSpecials));
 }
 
 namespace {

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "gritserve/common/allocator.h"
 #include "gritserve/common/error.h"
+#include "gritserve/engine/engine_flags.h"
 #include "gritserve/server/server.h"
 
 namespace {
@@ -68,27 +69,16 @@ int main(int argc, char** argv) {
 
   gritserve::ServerOptions o;
   std::string config_path, log_level = "info";
-  app.add_option("--model", o.model_dir,
-                 "model directory (Hugging Face layout); default: a generated demo checkpoint "
-                 "with RANDOM weights");
+  gritserve::AddEngineFlags(app, o.engine, gritserve::ModelFlag::kOptional,
+                            "model directory (Hugging Face layout); default: a generated demo "
+                            "checkpoint with RANDOM weights");
   app.add_option("--config", config_path, "JSON file with any of these flags as keys");
-  app.add_option("--template", o.template_path, "prompt template JSON (see configs/)");
   app.add_option("--host", o.host, "address to listen on")->capture_default_str();
   app.add_option("--port", o.port, "port (0: any free port, named in the log)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
-  app.add_option("--threads", o.threads, "compute threads (0: all cores)");
-  app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
-  app.add_option("--max-batch-tokens", o.max_batch_tokens, "padded tokens per embedding pass")
-      ->capture_default_str();
   app.add_option("--max-concurrent-requests", o.max_concurrent_requests,
                  "queued + running jobs before 429")
-      ->capture_default_str();
-  app.add_option("--cache-bytes", o.cache_bytes, "document KV store budget in bytes")
-      ->capture_default_str();
-  app.add_option("--cache-dir", o.cache_dir, "document KV disk tier directory");
-  app.add_option("--cache-dtype", o.cache_dtype, "document KV storage: float32, float16, bfloat16")
       ->capture_default_str();
   app.add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' (not on /health)");
   app.add_option("--max-body-bytes", o.max_body_bytes, "request body limit (413 beyond)")

@@ -1,5 +1,5 @@
 // The one inference thread and its bounded queue. HTTP threads submit jobs and
-// wait on them; the inference thread owns the Engine, runs embedding jobs as
+// wait on them; the inference thread drives the Runner, runs embedding jobs as
 // they come and steps every active generation one token at a time, so a long
 // generation never blocks embeddings (or other generations) for its length.
 #pragma once
@@ -19,47 +19,6 @@
 
 namespace gritserve {
 
-// A generation in flight, shared between the inference thread (producer) and
-// the HTTP thread that waits for its text (consumer).
-class GenerationJob {
- public:
-  GenerationJob(std::vector<int32_t> prompt, SamplingParams params,
-                std::vector<ResolvedDocument> documents = {},
-                DocPositions positions = DocPositions::kSequential)
-      : prompt(std::move(prompt)),
-        params(std::move(params)),
-        documents(std::move(documents)),
-        positions(positions) {}
-
-  // Consumer: waits up to `timeout` for new text or the end. Returns the text
-  // produced since the last call; `done` tells whether the result is final.
-  std::string WaitForText(std::chrono::milliseconds timeout, bool* done);
-  // Consumer: blocks until finished and returns the result (or rethrows the error).
-  GenerateResult Wait();
-  // Consumer: the client went away; the inference thread stops it before its next token.
-  void Cancel() { cancelled_ = true; }
-  bool cancelled() const { return cancelled_; }
-
-  // Producer side.
-  void PushText(const std::string& text);
-  void Finish(GenerateResult result);
-  void Fail(std::exception_ptr error);
-
-  const std::vector<int32_t> prompt;
-  const SamplingParams params;
-  const std::vector<ResolvedDocument> documents;
-  const DocPositions positions;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::string unread_;
-  bool done_ = false;
-  GenerateResult result_;
-  std::exception_ptr error_;
-  std::atomic<bool> cancelled_{false};
-};
-
 struct SchedulerStats {
   int64_t queued = 0;  // jobs waiting to start
   int64_t active_generations = 0;
@@ -74,18 +33,17 @@ struct SchedulerStats {
 class Scheduler {
  public:
   // max_pending bounds queued + active jobs; past it Submit* throws kQueueFull.
-  Scheduler(Engine& engine, int64_t max_pending);
+  Scheduler(Runner& runner, int64_t max_pending);
   ~Scheduler();  // Stop()s
 
   std::future<std::vector<std::vector<float>>> SubmitEmbed(std::vector<EncodedPrompt> prompts,
                                                            EmbedOptions options,
                                                            EmbedStore store = EmbedStore::kNone,
                                                            std::vector<std::string> ids = {});
-  std::shared_ptr<GenerationJob> SubmitGenerate(std::vector<int32_t> prompt, SamplingParams params,
-                                                std::vector<ResolvedDocument> documents = {},
-                                                DocPositions positions = DocPositions::kSequential);
+  // The sequence to wait on (its text and result).
+  std::shared_ptr<Sequence> SubmitGenerate(GenerateRequest request);
   // Runs `fn` on the inference thread (for work that touches the model).
-  std::future<void> SubmitTask(std::function<void(Engine&)> fn);
+  std::future<void> SubmitTask(std::function<void(Runner&)> fn);
 
   // Refuses new jobs (kUnavailable) from now on; running ones continue.
   void Drain() { draining_ = true; }
@@ -103,8 +61,14 @@ class Scheduler {
   void Loop();
   static bool Mergeable(const Job& a, const Job& b);
   void RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch);
+  // Loop's parts: one queued job between rounds, then one round of steps.
+  void RunEmbedJobs(std::unique_ptr<Job> first);
+  void StartSequences(std::unique_ptr<Job> first, std::vector<std::shared_ptr<Sequence>>* active);
+  void StepRound(std::vector<std::shared_ptr<Sequence>>* active);
+  void JobDone(int64_t generated, size_t active);
+  void FailAll(std::vector<std::shared_ptr<Sequence>>* active);
 
-  Engine& engine_;
+  Runner& runner_;
   const int64_t max_pending_;
   mutable std::mutex mu_;
   std::condition_variable cv_;       // wakes the inference thread

@@ -20,7 +20,8 @@
 
 namespace gritserve::cpu_attention {
 
-// Whether this CPU and build run the kernel (x86-64 with AVX-512F).
+// Whether this CPU and build run the kernel (x86-64 with AVX-512F) and
+// GRITSERVE_CPU_ISA allows it; read by AttentionBackend::For at load.
 bool Available();
 
 // Whether Attend takes these operands: CPU float32, D a multiple of 64 up to

@@ -17,10 +17,6 @@
 
 namespace gritserve::cpu_kernels {
 
-// False when GRITSERVE_CPU_KERNELS=aten asks for LibTorch's ops instead
-// (side-by-side benchmarks, and an escape hatch); read when a model is built.
-bool Wanted();
-
 // How many threads the kernels split their rows over: LibTorch's intra-op
 // thread count when this file was built with OpenMP, 1 when it was not (then
 // at::parallel_for runs everything on the caller; the build must not let that

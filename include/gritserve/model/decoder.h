@@ -9,9 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include "gritserve/kernels/attention.h"
+#include "gritserve/kernels/linear.h"
 #include "gritserve/model/attention.h"
 #include "gritserve/model/config.h"
-#include "gritserve/model/linear.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -148,13 +149,13 @@ class Decoder {
   at::ScalarType dtype_;
   at::ScalarType matmul_dtype_;
   at::Device device_;
-  bool onednn_attention_ = false;  // prompt attention products on oneDNN (CPU float32)
-  bool fused_cpu_ = false;         // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
-  at::Tensor embed_tokens_;        // [V, H] (bfloat16 when it is lm_head_bf16_)
-  at::Tensor norm_;                // [H]
-  Linear lm_head_;                 // H -> V (the embedding matrix when tied)
-  at::Tensor lm_head_bf16_;        // [V, H] instead of lm_head_, for bfloat16-valued heads
-  at::Tensor inv_freq_;            // [D / 2] float32
+  kernels::AttentionBackend attention_;
+  bool fused_cpu_ = false;   // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
+  at::Tensor embed_tokens_;  // [V, H] (bfloat16 when it is lm_head_bf16_)
+  at::Tensor norm_;          // [H]
+  Linear lm_head_;           // H -> V (the embedding matrix when tied)
+  at::Tensor lm_head_bf16_;  // [V, H] instead of lm_head_, for bfloat16-valued heads
+  at::Tensor inv_freq_;      // [D / 2] float32
   std::vector<Layer> layers_;
 };
 

@@ -8,13 +8,14 @@
 
 #include "gritserve/model/config.h"
 #include "gritserve/model/safetensors.h"
+#include "gritserve/model/tensor_names.h"
 
 namespace gritserve {
 
-// HF tensor name -> tensor.
 // The LibTorch type of a safetensors dtype.
 at::ScalarType ToScalarType(DType dtype);
 
+// HF tensor name -> tensor.
 using WeightMap = std::unordered_map<std::string, at::Tensor>;
 
 // Opens DIR/model.safetensors, or the shards listed in DIR/model.safetensors.index.json
@@ -28,7 +29,7 @@ using WeightMap = std::unordered_map<std::string, at::Tensor>;
 // returned tensor is contiguous and owns its memory, so the files are closed on return.
 // Shapes are those of ExpectedTensors, e.g. "model.embed_tokens.weight": [vocab, hidden].
 // `matrix_dtype`, when given, applies to the linear layers' weight matrices
-// ("*_proj.weight", "lm_head.weight") instead: bfloat16-matmul models load them
+// (IsMatrixWeight) instead: bfloat16-matmul models load them
 // at half the bytes rather than widening the whole checkpoint first. With
 // `keep_bfloat16_matrices`, matrices stored as BF16 load as bfloat16 whatever
 // `dtype` says: a float32 model that holds them as bfloat16 panels (see
@@ -37,8 +38,5 @@ WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::Sca
                       const at::Device& device,
                       at::ScalarType matrix_dtype = at::ScalarType::Undefined,
                       bool keep_bfloat16_matrices = false);
-
-// Whether `name` is a linear layer's weight matrix in the sense of matrix_dtype.
-bool IsMatrixWeight(const std::string& name);
 
 }  // namespace gritserve

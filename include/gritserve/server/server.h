@@ -2,23 +2,20 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
+
+#include "gritserve/engine/types.h"
 
 namespace gritserve {
 
 struct ServerOptions {
-  std::string model_dir;      // empty: a generated demo checkpoint (random weights)
-  std::string template_path;  // prompt template JSON; empty: the tokenizer's default
+  // The model and how it runs; an empty model_dir serves a generated demo
+  // checkpoint (random weights).
+  EngineOptions engine;
   std::string host = "127.0.0.1";
   int port = 8080;
-  int threads = 0;  // compute threads; 0: all cores
-  std::string device = "cpu";
-  std::string dtype = "auto";
-  int64_t max_batch_tokens = 8192;
   int64_t max_concurrent_requests = 64;  // queued + running jobs; past it 429
-  int64_t cache_bytes = 1LL << 30;       // document KV store budget
-  std::string cache_dir;                 // document KV disk tier; empty: memory only
-  std::string cache_dtype = "float32";   // float32 or float16/bfloat16 storage
   std::string api_key;                   // empty: no authentication
   // Limits, each refused with a clear 4xx.
   int64_t max_body_bytes = 4 << 20;
@@ -29,6 +26,9 @@ struct ServerOptions {
   double grace_seconds = 30;     // how long SIGTERM waits for in-flight requests
   std::string model_name;        // id reported to clients; default: the directory name
 };
+
+// A generation's result as /generate answers it (and the CLI prints it).
+nlohmann::json GenerateJson(const GenerateResult& result, bool return_tokens);
 
 // Serves until SIGINT/SIGTERM (then drains) and returns the process exit code.
 int RunServer(const ServerOptions& options);

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -14,6 +15,8 @@
 #include "gritserve/tokenizer/tokenizer.h"
 
 namespace gritserve {
+
+class JsonFields;
 
 class BpeTokenizer : public Tokenizer {
  public:
@@ -63,6 +66,17 @@ class BpeTokenizer : public Tokenizer {
   enum class IdKind : uint8_t { kNone, kVocab, kAdded, kSpecial };
 
   BpeTokenizer() = default;
+  // Loading, one part of tokenizer.json each, in the order FromJsonText calls them.
+  void LoadModelOptions(const JsonFields& model);
+  void LoadPreTokenizer(const nlohmann::json& pre);
+  static PreTokenizerStep ParseSplit(const JsonFields& split);
+  static PreTokenizerStep ParseByteLevel(const JsonFields& byte_level);
+  void LoadVocab(const nlohmann::json& vocab, const nlohmann::json* added_tokens);
+  void LoadMerges(const nlohmann::json& merges);
+  void BuildByteIds();
+  void LoadAddedTokens(const nlohmann::json& added_tokens);
+  void IndexAddedTokens();
+
   void EncodeImpl(std::string_view text, bool parse_special, bool want_offsets,
                   std::vector<TokenSpan>* out) const;
   void EncodeSegment(std::string_view seg, size_t base, bool want_offsets,

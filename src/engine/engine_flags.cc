@@ -1,0 +1,24 @@
+#include "gritserve/engine/engine_flags.h"
+
+#include <CLI/CLI.hpp>
+
+namespace gritserve {
+
+void AddEngineFlags(CLI::App& app, EngineOptions& o, ModelFlag model,
+                    const std::string& model_help) {
+  CLI::Option* m = app.add_option("--model", o.model_dir, model_help);
+  if (model == ModelFlag::kRequired) m->required();
+  app.add_option("--template", o.template_path, "prompt template JSON (see configs/)");
+  app.add_option("--threads", o.threads, "compute threads (0: all cores)");
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
+  app.add_option("--max-batch-tokens", o.max_batch_tokens, "padded tokens per embedding pass")
+      ->capture_default_str();
+  app.add_option("--cache-bytes", o.cache_bytes, "document KV store budget in bytes")
+      ->capture_default_str();
+  app.add_option("--cache-dir", o.cache_dir, "document KV disk tier directory");
+  app.add_option("--cache-dtype", o.cache_dtype, "document KV storage: float32, float16, bfloat16")
+      ->capture_default_str();
+}
+
+}  // namespace gritserve

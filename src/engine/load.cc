@@ -1,0 +1,238 @@
+// Loading a model: device and precision chosen, weights read, the front end
+// and the runner built.
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <dlfcn.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <thread>
+
+#include "engine_impl.h"
+#include "gritserve/common/error.h"
+#include "gritserve/common/memory_info.h"
+#include "gritserve/engine/engine.h"
+#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/linear.h"
+#include "gritserve/model/weights.h"
+
+namespace gritserve {
+namespace {
+
+at::Device ParseDevice(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+#ifdef GRITSERVE_TORCH_CUDA
+    // LibTorch's CUDA backend registers itself when libtorch_cuda.so loads, and
+    // ATen settles on "no CUDA" at its first CUDA query. Our binaries link it
+    // with --no-as-needed; loading it by name (before that first query) covers
+    // an executable linked without that flag.
+    ::dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL);
+#endif
+    if (!at::hasCUDA()) {
+      throw LoadError("--device " + name +
+                      ": no CUDA device (CPU-only LibTorch, or no GPU/driver)");
+    }
+    return at::Device(name);
+  }
+  throw LoadError("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
+}
+
+at::ScalarType ParseDtype(const std::string& name, const at::Device& device) {
+  if (name == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
+  if (name == "float32" || name == "f32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "f16") return at::kHalf;
+  throw LoadError("unknown dtype '" + name + "' (expected auto, float32, bfloat16, float16)");
+}
+
+// "Float", "BFloat16", or "BFloat16 matmul, Float" when only the products are bfloat16.
+std::string PrecisionName(const Decoder& d) {
+  if (d.matmul_dtype() == d.dtype()) return c10::toString(d.dtype());
+  return std::string(c10::toString(d.matmul_dtype())) + " matmul, " + c10::toString(d.dtype());
+}
+
+// Weights plus what serving needs beside them (activations, KV caches, the
+// tokenizer, the document store's default budget).
+int64_t ServingBytes(int64_t parameters, int64_t bytes_per_parameter) {
+  return parameters * bytes_per_parameter * 11 / 10 + (int64_t{1} << 30);
+}
+
+std::string Gb(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return buf;
+}
+
+}  // namespace
+
+std::string AutoCpuDtype(int64_t parameters, std::optional<int64_t> available_bytes,
+                         bool bf16_products) {
+  const bool fits = !available_bytes || ServingBytes(parameters, 4) <= *available_bytes;
+  return fits || !bf16_products ? "float32" : "bfloat16";
+}
+
+namespace {
+
+// The precision a model loads and computes in.
+struct Precision {
+  at::ScalarType requested;  // what was asked for (auto resolved)
+  at::ScalarType dtype;      // activations, norms, attention, KV cache
+  // bfloat16 on a CPU with native bfloat16 kernels: the matrix products (nearly
+  // all the arithmetic, and the weight bytes decode streams) run in bfloat16,
+  // while norms, attention and the KV cache stay float32, where LibTorch's CPU
+  // kernels are fast and the KV cache is exact.
+  bool cpu_bf16_matmul;
+};
+
+Precision ChoosePrecision(const EngineOptions& options, const at::Device& device, int64_t params) {
+  const std::optional<int64_t> available =
+      device.is_cpu() ? AvailableMemoryBytes() : std::optional<int64_t>();
+  std::string dtype_name = options.dtype;
+  if (device.is_cpu() && dtype_name == "auto") {
+    dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
+    if (dtype_name != "float32") {
+      spdlog::info("float32 weights would need {} with {} available: {} matrix products",
+                   Gb(ServingBytes(params, 4)), Gb(*available), dtype_name);
+    }
+  }
+  Precision p;
+  p.requested = ParseDtype(dtype_name, device);
+  // Say so with the numbers before the kernel's OOM killer does it silently.
+  const int64_t weight_bytes = params * (p.requested == at::kFloat ? 4 : 2);
+  if (available && weight_bytes > *available) {
+    spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
+                 Gb(weight_bytes), c10::toString(p.requested), Gb(*available),
+                 p.requested == at::kFloat ? " (--dtype bfloat16 halves it)" : "");
+  }
+  p.cpu_bf16_matmul = device.is_cpu() && p.requested == at::kBFloat16 && Linear::CpuBf16Available();
+  p.dtype = p.cpu_bf16_matmul ? at::kFloat : p.requested;
+  if (device.is_cpu() && p.dtype != at::kFloat) {
+    spdlog::warn("{} compute on CPU is far slower than float32 here", dtype_name);
+  }
+  if (device.is_cuda() && p.dtype == at::kFloat) {
+    // float32 means float32: with TF32 allowed, cuBLAS rounds matmul inputs to
+    // a 10-bit mantissa on Ampere and later (~1e-3 relative error). LibTorch's
+    // default is off; this guards against an embedding application turning it
+    // on. The setting is process-wide.
+    at::globalContext().setAllowTF32CuBLAS(false);
+    if (at::globalContext().allowTF32CuBLAS()) {
+      spdlog::warn(
+          "TF32 matmuls stay enabled (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE?): float32 "
+          "results on CUDA are less precise");
+    }
+  }
+  return p;
+}
+
+std::unique_ptr<Decoder> LoadDecoder(const EngineOptions& options, const ModelConfig& config,
+                                     const at::Device& device, const Precision& p) {
+  c10::InferenceMode guard;
+  return std::make_unique<Decoder>(
+      config,
+      // bfloat16 products: the matrices load as bfloat16, never whole in float32
+      // (GritLM-7B would need 29 GB on the way). Likewise a bfloat16
+      // checkpoint computed in float32 where its matrices become bfloat16 panels.
+      LoadWeights(options.model_dir, config, p.dtype, device,
+                  p.cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined,
+                  /*keep_bfloat16_matrices=*/device.is_cpu() && p.dtype == at::kFloat &&
+                      Linear::Bfloat16PanelsAvailable()),
+      p.cpu_bf16_matmul ? at::kBFloat16 : p.dtype);
+}
+
+void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
+  spdlog::info("CPU matrix products: {}{}; {} threads; kernels for {}", Linear::CpuBackend(),
+               cpu_bf16_matmul ? ", bfloat16 weights (float32 activations and KV cache)" : "",
+               threads, kernels::Dispatch::Current().Describe());
+  if (const int used = cpu_kernels::Threads(); used < at::get_num_threads()) {
+    spdlog::warn("fused CPU kernels run on {} thread(s) of {}: built without OpenMP?", used,
+                 at::get_num_threads());
+  }
+  if (decoder.lm_head_in_bfloat16()) {
+    spdlog::info(
+        "LM head held in bfloat16: its float32 values are all bfloat16 numbers "
+        "(exact; half the bytes per generated token)");
+  }
+  if (const auto [held, all] = decoder.layer_matrices_in_bfloat16(); held > 0) {
+    spdlog::info(
+        "{} of {} layer weight matrices held as bfloat16 panels: their values are bfloat16 "
+        "numbers, widened exactly for float32 products (half the weight memory and bytes "
+        "streamed)",
+        held, all);
+  }
+}
+
+// What the front end holds besides the tokenizer and template, once the
+// model is loaded: stop ids, names, and the document store.
+void FinishShared(FrontEnd::Impl& f, const Decoder& decoder) {
+  for (int64_t id : f.config.eos_token_ids) f.eos_ids.insert(static_cast<int32_t>(id));
+  if (auto eos = f.tokenizer->eos_id()) f.eos_ids.insert(*eos);
+  for (const std::string& s : f.prompt_template.stop) {
+    if (auto id = f.tokenizer->TokenToId(s)) f.eos_ids.insert(*id);
+  }
+  f.sampleable_vocab = std::min<int64_t>(f.config.vocab_size, f.tokenizer->VocabSize());
+  f.device_name = decoder.device().str();
+  f.dtype_name = PrecisionName(decoder);
+
+  DocKvStore::Options so;
+  so.budget_bytes = f.options.cache_bytes;
+  so.dir = f.options.cache_dir;
+  so.storage_dtype = ParseDtype(f.options.cache_dtype == "auto" ? "float32" : f.options.cache_dtype,
+                                at::Device(at::kCPU));
+  // Entries computed at another precision are close but not equal: keep them apart.
+  so.fingerprint = ModelFingerprint(f.options.model_dir) + "/" +
+                   c10::DeviceTypeName(decoder.device().type(), /*lower_case=*/true) + "/" +
+                   c10::toString(decoder.matmul_dtype());
+  f.store = std::make_unique<DocKvStore>(so);
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::Load(const EngineOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // LibTorch starts with one intra-op thread here; use the cores we were given.
+  at::set_num_threads(threads);
+
+  const at::Device device = ParseDevice(options.device);
+  auto shared = std::make_unique<FrontEnd::Impl>();
+  shared->options = options;
+  shared->config = ModelConfig::FromDirectory(options.model_dir);
+  const Precision precision = ChoosePrecision(options, device, shared->config.NumParameters());
+  shared->tokenizer = Tokenizer::FromDirectory(options.model_dir);
+  shared->prompt_template = options.template_path.empty()
+                                ? DefaultTemplateFor(*shared->tokenizer)
+                                : PromptTemplate::FromJsonFile(options.template_path);
+  std::unique_ptr<Decoder> decoder = LoadDecoder(options, shared->config, device, precision);
+  if (device.is_cpu()) LogCpuKernels(*decoder, precision.cpu_bf16_matmul, threads);
+  FinishShared(*shared, *decoder);
+
+  const FrontEnd::Impl& state = *shared;
+  auto front = std::make_unique<FrontEnd>(std::move(shared));
+  auto runner = std::make_unique<Runner>(
+      *front, std::unique_ptr<Runner::Impl>(new Runner::Impl{*front, state, std::move(decoder)}));
+
+  const FrontEnd& f = *front;
+  const ModelConfig& c = f.config();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info(
+      "loaded {} ({} layers, hidden {}, {:.1f}M parameters) on {} as {}, tokenizer {} "
+      "({} tokens), template '{}', {} threads, in {:.2f} s",
+      c.architecture_name, c.num_hidden_layers, c.hidden_size, c.NumParameters() / 1e6,
+      device.str(), f.dtype_name(), f.tokenizer().Kind(), f.tokenizer().VocabSize(),
+      f.prompt_template().name, threads, secs);
+  return std::unique_ptr<Engine>(new Engine(std::move(front), std::move(runner)));
+}
+
+Engine::Engine(std::unique_ptr<FrontEnd> front, std::unique_ptr<Runner> runner)
+    : front_(std::move(front)), runner_(std::move(runner)) {}
+
+Engine::~Engine() = default;
+
+}  // namespace gritserve
