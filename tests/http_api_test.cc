@@ -467,6 +467,9 @@ TEST_F(HttpApiTest, MetricsCountRequestsAndTokens) {
   EXPECT_GE(Metric(after, "gritserve_request_duration_seconds_sum{route=\"/embed\"}"), 0);
   EXPECT_NE(after.find("# TYPE gritserve_request_duration_seconds histogram"), std::string::npos);
   EXPECT_EQ(Metric(after, "gritserve_active_generations"), 0);
+  // /metrics counts itself like any route, with the status it answered.
+  EXPECT_GE(Metric(after, "gritserve_requests_total{route=\"/metrics\",status=\"200\"}"), 1);
+  EXPECT_EQ(after.find("status=\"-1\""), std::string::npos) << after;
 }
 
 TEST_F(HttpApiTest, OpenApiListsEveryRoute) {

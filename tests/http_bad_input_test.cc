@@ -196,6 +196,14 @@ std::vector<BadRequest> Table() {
       {"GET on a POST route", "GET", "/embed", "", 405, "not allowed"},
       {"DELETE on a POST route", "DELETE", "/generate", "", 405, "not allowed"},
       {"POST on a GET route", "POST", "/health", "{}", 405, "not allowed"},
+      {"GET on /cache/{id} (DELETE only)", "GET", "/cache/some-id", "", 405, "not allowed"},
+      {"POST on /cache/{id} (DELETE only)", "POST", "/cache/some-id", "{}", 405, "not allowed"},
+      {"max_completion_tokens: 0 beside max_tokens", "POST", "/v1/completions",
+       R"({"prompt":"x","max_tokens":4,"max_completion_tokens":0})", 422,
+       "'max_completion_tokens'"},
+      // A message quoting the client's text keeps what follows a NUL.
+      {"unknown document id with a NUL", "POST", "/generate",
+       R"({"prompt":"x","documents":[{"id":"a\u0000b"}]})", 404, std::string("'a") + '\0' + "b'"},
 
       // The limits are enforced, not merely reported: truncation makes the long
       // text acceptable.

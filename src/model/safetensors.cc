@@ -37,15 +37,6 @@ bool ParseDType(const std::string& name, DType* out) {
   return true;
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // Bytes for a tensor, or false on overflow (a hostile header could claim 2^70 elements).
 bool TensorBytes(const std::vector<int64_t>& shape, DType dtype, uint64_t* out) {
   uint64_t n = DTypeSize(dtype);
@@ -234,6 +225,15 @@ TensorView ParseTensorEntry(const std::string& path, const std::string& name, co
 }
 
 }  // namespace
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {

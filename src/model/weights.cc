@@ -30,15 +30,6 @@ using nlohmann::json;
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // The shard files named by the index, in a stable order.
 std::vector<std::string> ShardsFromIndex(const fs::path& dir) {
   const std::string index_path = (dir / kIndexFile).string();

@@ -47,7 +47,7 @@ json ErrorJson(int status, const std::string& message, const std::string& type) 
 }  // namespace
 
 json ErrorBody(const Error& e) {
-  return ErrorJson(StatusFor(e.kind()), e.what(), ErrorKindName(e.kind()));
+  return ErrorJson(StatusFor(e.kind()), e.message(), ErrorKindName(e.kind()));
 }
 
 void SendError(httplib::Response& res, const Error& e) {

@@ -25,7 +25,8 @@ void ParseSampling(const JsonFields& f, const ServerContext& ctx, int64_t defaul
   SamplingParams& p = r.params;
   const int64_t cap = ctx.options.max_tokens;
   auto max_tokens = f.Int("max_tokens", 1, cap);
-  if (!max_tokens) max_tokens = f.Int("max_completion_tokens", 1, cap);
+  const auto max_completion_tokens = f.Int("max_completion_tokens", 1, cap);  // checked either way
+  if (!max_tokens) max_tokens = max_completion_tokens;
   p.max_tokens = max_tokens.value_or(std::min(default_max_tokens, cap));
   p.temperature = f.Number("temperature", 0.0, 10.0).value_or(1.0);
   p.top_p = f.Number("top_p", 0.0, 1.0).value_or(1.0);

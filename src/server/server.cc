@@ -108,6 +108,9 @@ httplib::Server::Handler Guarded(
         throw BodyTooLarge(ctx.options.max_body_bytes);
       }
       fn(req, res);
+      // A handler that only set content leaves the status to httplib, which
+      // fills in 200 after it returns: too late for the count below.
+      if (res.status == -1) res.status = 200;
     } catch (const Error& e) {
       http::SendError(res, e);
     } catch (const std::exception& e) {
@@ -197,7 +200,9 @@ httplib::Server::HandlerResponse RewriteHttplibError(ServerContext& ctx, int64_t
                                                      const httplib::Request& req,
                                                      httplib::Response& res) {
   if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-  const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path);
+  // /cache/{id} answers DELETE only.
+  const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path) ||
+                     req.path.rfind("/cache/", 0) == 0;
   if (res.status == http::StatusFor(ErrorKind::kNotFound)) {
     http::SendError(res, known ? Error(ErrorKind::kMethodNotAllowed,
                                        "method " + req.method + " is not allowed on " + req.path)

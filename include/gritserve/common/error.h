@@ -22,11 +22,15 @@ enum class ErrorKind {
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  Error(ErrorKind kind, const std::string& message)
+      : std::runtime_error(message), kind_(kind), message_(message) {}
   ErrorKind kind() const { return kind_; }
+  // The whole message: what() ends at the first NUL byte a client's text may hold.
+  const std::string& message() const { return message_; }
 
  private:
   ErrorKind kind_;
+  std::string message_;
 };
 
 inline Error LoadError(const std::string& m) { return Error(ErrorKind::kLoad, m); }

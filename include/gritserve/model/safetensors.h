@@ -109,4 +109,7 @@ class SafeTensorsWriter {
   bool finished_ = false;
 };
 
+// "[2, 3]": a shape as error messages write it.
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 }  // namespace gritserve
