@@ -152,11 +152,10 @@ void Scheduler::RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch) {
   }
 }
 
-void Scheduler::JobDone(int64_t generated, size_t active) {
+void Scheduler::JobDone(int64_t generated) {
   std::lock_guard<std::mutex> lock(mu_);
   --active_;
   stats_.generated_tokens += generated;
-  stats_.active_generations = static_cast<int64_t>(active);
   idle_cv_.notify_all();
 }
 
@@ -165,7 +164,6 @@ void Scheduler::RunEmbedJobs(std::unique_ptr<Job> first) {
   // forward passes: many small requests become one padded batch.
   std::vector<std::unique_ptr<Job>> batch;
   batch.push_back(std::move(first));
-  size_t active = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     size_t inputs = batch[0]->prompts.size();
@@ -180,10 +178,9 @@ void Scheduler::RunEmbedJobs(std::unique_ptr<Job> first) {
       }
     }
     stats_.queued = static_cast<int64_t>(queue_.size());
-    active = static_cast<size_t>(stats_.active_generations);
   }
   RunEmbedBatch(batch);
-  for (size_t i = 0; i < batch.size(); ++i) JobDone(0, active);
+  for (size_t i = 0; i < batch.size(); ++i) JobDone(0);
 }
 
 void Scheduler::StartSequences(std::unique_ptr<Job> first,
@@ -215,7 +212,7 @@ void Scheduler::StartSequences(std::unique_ptr<Job> first,
       stats_.active_generations = static_cast<int64_t>(active->size());
     } catch (...) {
       seq->Complete(std::current_exception());
-      JobDone(0, active->size());
+      JobDone(0);
     }
   }
 }
@@ -242,10 +239,14 @@ void Scheduler::StepRound(std::vector<std::shared_ptr<Sequence>>* active) {
     }
   }
   *active = std::move(still);
+  if (!ended.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.active_generations = static_cast<int64_t>(active->size());
+  }
   for (auto& [finished, error] : ended) {
     // Counters first, then the answer: a client that reads /metrics right
     // after its response must see its own tokens counted.
-    JobDone(finished->started() ? finished->result().completion_tokens : 0, active->size());
+    JobDone(finished->started() ? finished->result().completion_tokens : 0);
     finished->Complete(error);
   }
 }
@@ -263,6 +264,7 @@ void Scheduler::FailAll(std::vector<std::shared_ptr<Sequence>>* active) {
   }
   queue_.clear();
   active_ = 0;
+  stats_.active_generations = 0;
   idle_cv_.notify_all();
 }
 
@@ -291,7 +293,7 @@ void Scheduler::Loop() {
       } catch (...) {
         job->task_done.set_exception(std::current_exception());
       }
-      JobDone(0, active.size());
+      JobDone(0);
     }
     if (!active.empty()) StepRound(&active);
   }

@@ -65,7 +65,7 @@ class Scheduler {
   void RunEmbedJobs(std::unique_ptr<Job> first);
   void StartSequences(std::unique_ptr<Job> first, std::vector<std::shared_ptr<Sequence>>* active);
   void StepRound(std::vector<std::shared_ptr<Sequence>>* active);
-  void JobDone(int64_t generated, size_t active);
+  void JobDone(int64_t generated);
   void FailAll(std::vector<std::shared_ptr<Sequence>>* active);
 
   Runner& runner_;
