@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates
   libsentencepiece-dev sentencepiece
-  libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libboost-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev
 )

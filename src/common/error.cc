@@ -12,8 +12,14 @@ const char* ErrorKindName(ErrorKind kind) {
       return "not_found_error";
     case ErrorKind::kMethodNotAllowed:
       return "method_not_allowed";
+    case ErrorKind::kTimeout:
+      return "request_timeout";
+    case ErrorKind::kLengthRequired:
+      return "length_required";
     case ErrorKind::kTooLarge:
       return "payload_too_large";
+    case ErrorKind::kHeaderTooLarge:
+      return "header_fields_too_large";
     case ErrorKind::kUnprocessable:
       return "unprocessable_entity";
     case ErrorKind::kQueueFull:

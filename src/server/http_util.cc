@@ -18,8 +18,14 @@ int StatusFor(ErrorKind kind) {
       return 404;
     case ErrorKind::kMethodNotAllowed:
       return 405;
+    case ErrorKind::kTimeout:
+      return 408;
+    case ErrorKind::kLengthRequired:
+      return 411;
     case ErrorKind::kTooLarge:
       return 413;
+    case ErrorKind::kHeaderTooLarge:
+      return 431;
     case ErrorKind::kUnprocessable:
       return 422;
     case ErrorKind::kQueueFull:
@@ -34,30 +40,19 @@ int StatusFor(ErrorKind kind) {
   return 500;
 }
 
-void SendJson(httplib::Response& res, const json& body, int status) {
+void SendJson(Response& res, const json& body, int status) {
   res.status = status;
+  res.content_type = "application/json";
   // Invalid UTF-8 from a model (never from us) is replaced rather than thrown on.
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+  res.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
 }
-
-namespace {
-json ErrorJson(int status, const std::string& message, const std::string& type) {
-  return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
-}
-}  // namespace
 
 json ErrorBody(const Error& e) {
-  return ErrorJson(StatusFor(e.kind()), e.message(), ErrorKindName(e.kind()));
+  const int status = StatusFor(e.kind());
+  return {{"error", {{"message", e.message()}, {"type", ErrorKindName(e.kind())}, {"code", status}}}};
 }
 
-void SendError(httplib::Response& res, const Error& e) {
-  SendJson(res, ErrorBody(e), StatusFor(e.kind()));
-}
-
-void SendHttplibError(httplib::Response& res) {
-  SendJson(res, ErrorJson(res.status, "HTTP error " + std::to_string(res.status), "http_error"),
-           res.status);
-}
+void SendError(Response& res, const Error& e) { SendJson(res, ErrorBody(e), StatusFor(e.kind())); }
 
 json ParseBody(const std::string& body) {
   constexpr int kMaxDepth = 64;

@@ -1,14 +1,13 @@
 // Request parsing and response helpers shared by the route files.
 #pragma once
 
-#include <httplib.h>
-
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "gritserve/common/error.h"
 #include "gritserve/common/json_fields.h"
+#include "http_server.h"
 
 namespace gritserve::http {
 
@@ -18,11 +17,8 @@ using nlohmann::json;
 int StatusFor(ErrorKind kind);
 // {"error": {"message", "type", "code"}}: a response body, or a stream's last event.
 json ErrorBody(const Error& e);
-void SendError(httplib::Response& res, const Error& e);
-// For errors httplib found before any route ran (a bad request line, a URI too
-// long): their status is httplib's and has no ErrorKind, so it is kept as set.
-void SendHttplibError(httplib::Response& res);
-void SendJson(httplib::Response& res, const json& body, int status = 200);
+void SendError(Response& res, const Error& e);
+void SendJson(Response& res, const json& body, int status = 200);
 
 // Parses a request body: 400 for malformed JSON, nesting deeper than 64 levels,
 // or a top level that is not an object.

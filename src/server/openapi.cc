@@ -90,14 +90,18 @@ struct ErrorStatus {
   const char* description;
 };
 
-// Every error the server sends has the shared Error body; httplib's own errors
-// (unknown route, body over the limit) are rewritten into the same shape.
+// Every error the server sends has the shared Error body, those of the HTTP
+// front (framing, deadlines, the connection cap) included.
 constexpr ErrorStatus kErrors[] = {
     {ErrorKind::kInvalidRequest, "BadRequest",
      "Malformed JSON, a missing field, or a field of the wrong type."},
     {ErrorKind::kUnauthorized, "Unauthorized",
      "Missing or wrong API key (only when started with --api-key)."},
     {ErrorKind::kNotFound, "NotFound", "Unknown route or unknown cached document id."},
+    {ErrorKind::kTimeout, "RequestTimeout",
+     "The request's headers or body did not arrive within the server's deadline."},
+    {ErrorKind::kLengthRequired, "LengthRequired",
+     "A body sent with neither Content-Length nor chunked transfer encoding."},
     {ErrorKind::kTooLarge, "PayloadTooLarge",
      "Request body or number of inputs over the server's limits."},
     {ErrorKind::kUnprocessable, "Unprocessable",
@@ -105,7 +109,9 @@ constexpr ErrorStatus kErrors[] = {
      "of range, invalid UTF-8, an empty input."},
     {ErrorKind::kQueueFull, "QueueFull", "Too many requests queued or running; retry later."},
     {ErrorKind::kUnavailable, "Unavailable",
-     "The model is still loading or the server is shutting down."},
+     "The model is still loading, the server is shutting down, or it has too many open "
+     "connections."},
+    {ErrorKind::kHeaderTooLarge, "HeaderFieldsTooLarge", "Request header fields over 16 KiB."},
 };
 
 // A route's errors are kinds, so that their codes here are the ones the server

@@ -192,7 +192,7 @@ std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext&
   return ids;
 }
 
-void HandleEmbed(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   EmbedRequest r = ParseEmbedOptions(f, ctx);
@@ -211,7 +211,7 @@ void HandleEmbed(ServerContext& ctx, const httplib::Request& req, httplib::Respo
                           .get());
 }
 
-void HandleEmbeddings(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleEmbeddings(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   f.String("model");  // any model name is accepted; type-checked only
@@ -240,7 +240,7 @@ void HandleEmbeddings(ServerContext& ctx, const httplib::Request& req, httplib::
                        {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
 }
 
-void HandleRerank(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleRerank(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   const std::string query = f.RequireString("query");
@@ -259,7 +259,7 @@ void HandleRerank(ServerContext& ctx, const httplib::Request& req, httplib::Resp
   http::SendJson(res, out);
 }
 
-void HandleCohereRerank(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleCohereRerank(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   f.String("model");  // any model name is accepted; type-checked only
@@ -304,7 +304,7 @@ json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) 
   return tokens;
 }
 
-void HandleTokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   auto texts = f.StringList("inputs", ctx.options.max_inputs);
@@ -317,7 +317,7 @@ void HandleTokenize(ServerContext& ctx, const httplib::Request& req, httplib::Re
   http::SendJson(res, out);
 }
 
-void HandleDetokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleDetokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   const bool skip = f.Bool("skip_special_tokens").value_or(false);
@@ -333,25 +333,15 @@ void HandleDetokenize(ServerContext& ctx, const httplib::Request& req, httplib::
 
 }  // namespace
 
-void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Post("/embed", GuardedBody(ctx, "/embed", [&ctx](const auto& req, auto& res) {
-                HandleEmbed(ctx, req, res);
-              }));
-  server.Post("/v1/embeddings",
-              GuardedBody(ctx, "/v1/embeddings",
-                          [&ctx](const auto& req, auto& res) { HandleEmbeddings(ctx, req, res); }));
-  server.Post("/rerank", GuardedBody(ctx, "/rerank", [&ctx](const auto& req, auto& res) {
-                HandleRerank(ctx, req, res);
-              }));
-  server.Post("/v1/rerank", GuardedBody(ctx, "/v1/rerank", [&ctx](const auto& req, auto& res) {
-                HandleCohereRerank(ctx, req, res);
-              }));
-  server.Post("/tokenize", GuardedBody(ctx, "/tokenize", [&ctx](const auto& req, auto& res) {
-                HandleTokenize(ctx, req, res);
-              }));
-  server.Post("/detokenize", GuardedBody(ctx, "/detokenize", [&ctx](const auto& req, auto& res) {
-                HandleDetokenize(ctx, req, res);
-              }));
+void AddEmbedRoutes(Routes& routes, ServerContext& ctx) {
+  const std::pair<const char*, void (*)(ServerContext&, const http::Request&, http::Response&)>
+      posts[] = {{"/embed", HandleEmbed},           {"/v1/embeddings", HandleEmbeddings},
+                 {"/rerank", HandleRerank},         {"/v1/rerank", HandleCohereRerank},
+                 {"/tokenize", HandleTokenize},     {"/detokenize", HandleDetokenize}};
+  for (const auto& [path, fn] : posts) {
+    routes.Add({"POST", path, path, false, true, true,
+                [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
+  }
 }
 
 }  // namespace gritserve

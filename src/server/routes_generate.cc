@@ -209,44 +209,30 @@ std::vector<json> FinalEvents(const StreamFormat& fmt,
 }
 
 // Streams the sequence's text as server-sent events. The stream counts as in
-// flight until its last byte, so that draining waits for it.
+// flight until its last byte, so that draining waits for it; a client that
+// goes away (a failed write) cancels the sequence.
 template <typename SequencePtr>
-void StreamEvents(ServerContext& ctx, httplib::Response& res, SequencePtr seq, StreamFormat fmt) {
-  res.set_header("Cache-Control", "no-cache");
-  ctx.in_flight.fetch_add(1);
-  auto started = std::make_shared<bool>(false);
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [seq, fmt, started](size_t, httplib::DataSink& sink) {
-        auto send = [&](const std::string& data) {
-          const std::string event = "data: " + data + "\n\n";
-          return sink.write(event.data(), event.size());
-        };
-        if (!*started) {
-          *started = true;
-          for (const auto& e : fmt.start()) {
-            if (!send(Dump(e))) return false;
-          }
-        }
-        bool done = false;
-        const std::string text = seq->WaitForText(250ms, &done);
-        // A failed write means the client went away: the releaser cancels.
-        if (!text.empty() && !send(Dump(fmt.piece(text)))) return false;
-        if (!done) return true;
-        for (const auto& e : FinalEvents(fmt, [&seq] { return seq->Wait(); })) send(Dump(e));
-        send("[DONE]");
-        sink.done();
-        return true;
-      },
-      [seq, &ctx](bool success) {
-        if (!success) seq->Cancel();
-        ctx.in_flight.fetch_sub(1);
-      });
+void StreamEvents(ServerContext& ctx, http::Response& res, SequencePtr seq, StreamFormat fmt) {
+  res.SetHeader("Cache-Control", "no-cache");
+  res.content_type = "text/event-stream";
+  res.stream = [seq, fmt, held = InFlight(ctx)](http::ChunkSink& sink) {
+    auto send = [&](const std::string& data) { return sink.Write("data: " + data + "\n\n"); };
+    for (const auto& e : fmt.start()) {
+      if (!send(Dump(e))) return seq->Cancel();
+    }
+    bool done = false;
+    while (!done) {
+      const std::string text = seq->WaitForText(250ms, &done);
+      if (!text.empty() && !send(Dump(fmt.piece(text)))) return seq->Cancel();
+    }
+    for (const auto& e : FinalEvents(fmt, [&seq] { return seq->Wait(); })) send(Dump(e));
+    send("[DONE]");
+  };
 }
 
 // ---- /generate ----
 
-void HandleGenerate(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleGenerate(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   GenRequest r;
@@ -290,7 +276,7 @@ std::vector<json> OpenAiEnd(json last, json usage_chunk, bool include_usage,
   return events;
 }
 
-void HandleCompletions(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void HandleCompletions(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   f.String("model");  // any model name is accepted; type-checked only
@@ -327,8 +313,8 @@ void HandleCompletions(ServerContext& ctx, const httplib::Request& req, httplib:
                 }});
 }
 
-void HandleChatCompletions(ServerContext& ctx, const httplib::Request& req,
-                           httplib::Response& res) {
+void HandleChatCompletions(ServerContext& ctx, const http::Request& req,
+                           http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
   f.String("model");  // any model name is accepted; type-checked only
@@ -395,18 +381,15 @@ nlohmann::json GenerateJson(const GenerateResult& g, bool return_tokens) {
   return out;
 }
 
-void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Post("/generate", GuardedBody(ctx, "/generate", [&ctx](const auto& req, auto& res) {
-                HandleGenerate(ctx, req, res);
-              }));
-  server.Post("/v1/completions",
-              GuardedBody(ctx, "/v1/completions", [&ctx](const auto& req, auto& res) {
-                HandleCompletions(ctx, req, res);
-              }));
-  server.Post("/v1/chat/completions",
-              GuardedBody(ctx, "/v1/chat/completions", [&ctx](const auto& req, auto& res) {
-                HandleChatCompletions(ctx, req, res);
-              }));
+void AddGenerateRoutes(Routes& routes, ServerContext& ctx) {
+  const std::pair<const char*, void (*)(ServerContext&, const http::Request&, http::Response&)>
+      posts[] = {{"/generate", HandleGenerate},
+                 {"/v1/completions", HandleCompletions},
+                 {"/v1/chat/completions", HandleChatCompletions}};
+  for (const auto& [path, fn] : posts) {
+    routes.Add({"POST", path, path, false, true, true,
+                [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
+  }
 }
 
 }  // namespace gritserve

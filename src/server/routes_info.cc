@@ -9,7 +9,7 @@ namespace {
 using http::json;
 
 // Not Guarded: /health answers while loading and draining, with 503.
-void HandleHealth(const ServerContext& ctx, httplib::Response& res) {
+void HandleHealth(const ServerContext& ctx, http::Response& res) {
   if (ctx.draining) {
     http::SendError(res, Error(ErrorKind::kUnavailable, "shutting down"));
   } else if (!ctx.ready) {
@@ -19,7 +19,7 @@ void HandleHealth(const ServerContext& ctx, httplib::Response& res) {
   }
 }
 
-void HandleInfo(const ServerContext& ctx, httplib::Response& res) {
+void HandleInfo(const ServerContext& ctx, http::Response& res) {
   const ModelConfig& c = ctx.front().config();
   const ServerOptions& o = ctx.options;
   http::SendJson(res, {{"model_id", ctx.model_id},
@@ -44,7 +44,7 @@ void HandleInfo(const ServerContext& ctx, httplib::Response& res) {
                        {"version", "0.1.0"}});
 }
 
-void HandleModels(const ServerContext& ctx, httplib::Response& res) {
+void HandleModels(const ServerContext& ctx, http::Response& res) {
   http::SendJson(
       res,
       {{"object", "list"},
@@ -52,7 +52,7 @@ void HandleModels(const ServerContext& ctx, httplib::Response& res) {
         {{{"id", ctx.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "gritserve"}}}}});
 }
 
-void HandleMetrics(const ServerContext& ctx, httplib::Response& res) {
+void HandleMetrics(const ServerContext& ctx, http::Response& res) {
   SchedulerStats s = ctx.scheduler->stats();
   DocKvStats c = ctx.front().document_stats();
   const double avg_batch =
@@ -61,7 +61,8 @@ void HandleMetrics(const ServerContext& ctx, httplib::Response& res) {
                                ? static_cast<double>(s.generation_round_sequences) /
                                      static_cast<double>(s.generation_rounds)
                                : 0.0;
-  res.set_content(
+  res.content_type = "text/plain; version=0.0.4";
+  res.body =
       ctx.metrics.Render(
           {{"gritserve_queue_size", static_cast<double>(s.queued)},
            {"gritserve_active_generations", static_cast<double>(s.active_generations)},
@@ -84,11 +85,10 @@ void HandleMetrics(const ServerContext& ctx, httplib::Response& res) {
            {"gritserve_doc_cache_evictions_total", static_cast<double>(c.evictions)},
            {"gritserve_doc_cache_disk_reads_total", static_cast<double>(c.disk_reads)},
            {"gritserve_doc_cache_disk_writes_total", static_cast<double>(c.disk_writes)},
-           {"gritserve_doc_cache_disk_errors_total", static_cast<double>(c.disk_errors)}}),
-      "text/plain; version=0.0.4");
+           {"gritserve_doc_cache_disk_errors_total", static_cast<double>(c.disk_errors)}});
 }
 
-void HandleCacheStats(const ServerContext& ctx, httplib::Response& res) {
+void HandleCacheStats(const ServerContext& ctx, http::Response& res) {
   DocKvStats s = ctx.front().document_stats();
   http::SendJson(res, {{"entries", s.entries},
                        {"bytes", s.bytes},
@@ -105,9 +105,9 @@ void HandleCacheStats(const ServerContext& ctx, httplib::Response& res) {
                        {"dtype", ctx.options.engine.cache_dtype}});
 }
 
-void HandleDeleteCacheEntry(ServerContext& ctx, const httplib::Request& req,
-                            httplib::Response& res) {
-  const std::string id = req.matches[1];
+void HandleDeleteCacheEntry(ServerContext& ctx, const http::Request& req,
+                            http::Response& res) {
+  const std::string id = req.path.substr(std::string("/cache/").size());
   // The store is also used by the inference thread; removal is thread-safe.
   if (!ctx.front().RemoveDocument(id)) throw NotFound("unknown document id '" + id + "'");
   http::SendJson(res, {{"id", id}, {"deleted", true}});
@@ -115,23 +115,24 @@ void HandleDeleteCacheEntry(ServerContext& ctx, const httplib::Request& req,
 
 }  // namespace
 
-void AddInfoRoutes(httplib::Server& server, ServerContext& ctx) {
-  server.Get("/health",
-             [&ctx](const httplib::Request&, httplib::Response& res) { HandleHealth(ctx, res); });
-  server.Get("/info",
-             Guarded(ctx, "/info", [&ctx](const auto&, auto& res) { HandleInfo(ctx, res); }));
-  server.Get("/v1/models", Guarded(ctx, "/v1/models",
-                                   [&ctx](const auto&, auto& res) { HandleModels(ctx, res); }));
-  server.Get("/metrics",
-             Guarded(ctx, "/metrics", [&ctx](const auto&, auto& res) { HandleMetrics(ctx, res); }));
-  server.Get("/cache", Guarded(ctx, "/cache",
-                               [&ctx](const auto&, auto& res) { HandleCacheStats(ctx, res); }));
-  server.Delete(R"(/cache/(.+))", Guarded(ctx, "/cache/{id}", [&ctx](const auto& req, auto& res) {
-                  HandleDeleteCacheEntry(ctx, req, res);
-                }));
-  server.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
-    http::SendJson(res, OpenApiSpec());
-  });
+void AddInfoRoutes(Routes& routes, ServerContext& ctx) {
+  auto get = [&](const char* path, std::function<void(http::Response&)> fn, bool guarded = true,
+                 bool needs_model = true) {
+    routes.Add({"GET", path, path, false, guarded, needs_model,
+                [fn](const http::Request&, http::Response& res) { fn(res); }});
+  };
+  // /health answers while loading and draining, with 503.
+  get("/health", [&ctx](http::Response& res) { HandleHealth(ctx, res); }, false);
+  get("/info", [&ctx](http::Response& res) { HandleInfo(ctx, res); });
+  get("/v1/models", [&ctx](http::Response& res) { HandleModels(ctx, res); });
+  get("/metrics", [&ctx](http::Response& res) { HandleMetrics(ctx, res); });
+  get("/cache", [&ctx](http::Response& res) { HandleCacheStats(ctx, res); });
+  get("/openapi.json", [](http::Response& res) { http::SendJson(res, OpenApiSpec()); }, false,
+      false);
+  routes.Add({"DELETE", "/cache/", "/cache/{id}", true, true, true,
+              [&ctx](const http::Request& req, http::Response& res) {
+                HandleDeleteCacheEntry(ctx, req, res);
+              }});
 }
 
 }  // namespace gritserve

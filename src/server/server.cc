@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <random>
-#include <set>
 #include <thread>
 
 #include "gritserve/engine/checkpoint.h"
@@ -20,13 +19,6 @@
 
 namespace gritserve {
 namespace {
-
-// Every route, for telling 405 (known path, other method) from 404.
-const std::set<std::string> kGetRoutes = {"/health",  "/info",         "/v1/models",
-                                          "/metrics", "/openapi.json", "/cache"};
-const std::set<std::string> kPostRoutes = {
-    "/embed",          "/v1/embeddings",       "/rerank",   "/v1/rerank", "/generate",
-    "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"};
 
 std::string DemoCheckpointDir() {
   const char* cache = std::getenv("XDG_CACHE_HOME");
@@ -56,15 +48,9 @@ void WriteDemoCheckpoint(const std::string& dir) {
   }
 }
 
-Error BodyTooLarge(int64_t limit) {
-  return Error(ErrorKind::kTooLarge,
-               "request body larger than " + std::to_string(limit) + " bytes");
-}
-
-bool Authorized(const httplib::Request& req, const std::string& key) {
-  const std::string auth = req.get_header_value("Authorization");
-  if (auth == "Bearer " + key) return true;
-  return req.get_header_value("x-api-key") == key;
+bool Authorized(const http::Request& req, const std::string& key) {
+  if (req.Header("Authorization") == "Bearer " + key) return true;
+  return req.Header("x-api-key") == key;
 }
 
 void LoadModel(ServerContext& ctx) {
@@ -93,160 +79,96 @@ void LoadModel(ServerContext& ctx) {
 
 }  // namespace
 
-httplib::Server::Handler Guarded(
-    ServerContext& ctx, const std::string& route,
-    std::function<void(const httplib::Request&, httplib::Response&)> fn, bool needs_model) {
-  return [&ctx, route, fn, needs_model](const httplib::Request& req, httplib::Response& res) {
-    const auto t0 = std::chrono::steady_clock::now();
-    ctx.in_flight.fetch_add(1);
-    try {
-      if (ctx.draining) throw Error(ErrorKind::kUnavailable, "the server is shutting down");
-      if (needs_model && !ctx.ready) throw Error(ErrorKind::kUnavailable, "the model is loading");
-      // httplib 0.11 enforces its payload limit only on Content-Length bodies; a
-      // chunked body of any size reaches the handler, so check it again here.
-      if (static_cast<int64_t>(req.body.size()) > ctx.options.max_body_bytes) {
-        throw BodyTooLarge(ctx.options.max_body_bytes);
-      }
-      fn(req, res);
-      // A handler that only set content leaves the status to httplib, which
-      // fills in 200 after it returns: too late for the count below.
-      if (res.status == -1) res.status = 200;
-    } catch (const Error& e) {
-      http::SendError(res, e);
-    } catch (const std::exception& e) {
-      // Every expected failure is a typed Error; anything else is a bug worth a log line.
-      spdlog::error("{} {}: unexpected error: {}", req.method, req.path, e.what());
-      http::SendError(res, Error(ErrorKind::kInternal, std::string("internal error: ") + e.what()));
-    }
-    ctx.in_flight.fetch_sub(1);
-    ctx.metrics.RecordRequest(
-        route, res.status,
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  };
+const Routes::Route* Routes::Find(const std::string& method, const std::string& path,
+                                  bool* path_known) const {
+  *path_known = false;
+  for (const Route& r : routes_) {
+    const bool match = r.prefix ? path.size() > r.path.size() && path.rfind(r.path, 0) == 0
+                                : path == r.path;
+    if (!match) continue;
+    if (r.method == method) return &r;
+    *path_known = true;
+  }
+  return nullptr;
 }
 
-httplib::Server::HandlerWithContentReader GuardedBody(
-    ServerContext& ctx, const std::string& route,
-    std::function<void(const httplib::Request&, httplib::Response&)> fn) {
-  httplib::Server::Handler guarded = Guarded(ctx, route, std::move(fn));
-  return [&ctx, route, guarded](const httplib::Request& req, httplib::Response& res,
-                                const httplib::ContentReader& reader) {
-    const size_t limit = static_cast<size_t>(ctx.options.max_body_bytes);
-    // Past the limit the body is read and dropped, up to this much more, so an
-    // ordinary client still gets its 413 rather than a reset connection; a
-    // body beyond even that is cut off.
-    const size_t drain_limit = std::max<size_t>(limit, 64 << 20);
-    std::string body;
-    size_t dropped = 0;
-    bool too_large = false, cut_off = false;
-    const bool read = reader([&](const char* data, size_t len) {
-      if (!too_large && body.size() + len <= limit) {
-        body.append(data, len);
-        return true;
-      }
-      if (!too_large) {
-        too_large = true;
-        std::string().swap(body);
-      }
-      dropped += len;
-      cut_off = dropped > drain_limit;
-      return !cut_off;
-    });
-    if (!read && !too_large) {
-      // httplib refuses a declared Content-Length over the limit without
-      // calling the receiver; any other failure is a broken body.
-      const std::string declared = req.get_header_value("Content-Length");
-      if (declared.empty() || std::strtoull(declared.c_str(), nullptr, 10) <= limit) {
-        http::SendError(res, InvalidRequest("could not read the request body"));
-        res.set_header("Connection", "close");
-        ctx.metrics.RecordRequest(route, res.status, 0);
-        return;
-      }
-      too_large = cut_off = true;
-    }
-    if (too_large) {
-      http::SendError(res, BodyTooLarge(ctx.options.max_body_bytes));
-      // The unread rest of the body would be taken for the next request.
-      if (cut_off) res.set_header("Connection", "close");
-      ctx.metrics.RecordRequest(route, res.status, 0);
-      return;
-    }
-    // httplib owns a mutable Request and hands content-reader routes an empty
-    // body; filling it lets every route read req.body as before.
-    const_cast<httplib::Request&>(req).body = std::move(body);
-    guarded(req, res);
-  };
+std::shared_ptr<void> InFlight(ServerContext& ctx) {
+  ctx.in_flight.fetch_add(1);
+  return std::shared_ptr<void>(nullptr, [&ctx](void*) { ctx.in_flight.fetch_sub(1); });
 }
 
 namespace {
 
-// Before any route: the API key (never asked of /health, so load balancers need
-// no secret).
-httplib::Server::HandlerResponse CheckApiKey(ServerContext& ctx, const std::string& api_key,
-                                             const httplib::Request& req, httplib::Response& res) {
-  if (api_key.empty() || req.path == "/health" || Authorized(req, api_key)) {
-    return httplib::Server::HandlerResponse::Unhandled;
+// A route's handler with what every route needs: 503 while loading or
+// draining, typed errors mapped to their status, metrics, and the in-flight
+// count used for draining.
+void RunGuarded(ServerContext& ctx, const Routes::Route& route, const http::Request& req,
+                http::Response& res) {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    auto held = InFlight(ctx);
+    try {
+      if (ctx.draining) throw Error(ErrorKind::kUnavailable, "the server is shutting down");
+      if (route.needs_model && !ctx.ready) {
+        throw Error(ErrorKind::kUnavailable, "the model is loading");
+      }
+      route.fn(req, res);
+    } catch (const Error& e) {
+      res = http::Response();
+      http::SendError(res, e);
+    } catch (const std::exception& e) {
+      // Every expected failure is a typed Error; anything else is a bug worth a log line.
+      spdlog::error("{} {}: unexpected error: {}", req.method, req.path, e.what());
+      res = http::Response();
+      http::SendError(res, Error(ErrorKind::kInternal, std::string("internal error: ") + e.what()));
+    }
   }
-  http::SendError(
-      res, Error(ErrorKind::kUnauthorized, "missing or wrong API key (Authorization: Bearer KEY)"));
-  ctx.metrics.RecordRequest("unauthorized", res.status, 0);
-  return httplib::Server::HandlerResponse::Handled;
+  ctx.metrics.RecordRequest(
+      route.metric, res.status,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
-// Errors that httplib produces itself (unknown route, body too large, bad
-// request line) get the same JSON shape as ours. httplib answers an unknown
-// method on a known path with its not-found status; that is our 405.
-httplib::Server::HandlerResponse RewriteHttplibError(ServerContext& ctx, int64_t max_body_bytes,
-                                                     const httplib::Request& req,
-                                                     httplib::Response& res) {
-  if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-  // /cache/{id} answers DELETE only.
-  const bool known = kGetRoutes.count(req.path) || kPostRoutes.count(req.path) ||
-                     req.path.rfind("/cache/", 0) == 0;
-  if (res.status == http::StatusFor(ErrorKind::kNotFound)) {
-    http::SendError(res, known ? Error(ErrorKind::kMethodNotAllowed,
-                                       "method " + req.method + " is not allowed on " + req.path)
-                               : NotFound("no route " + req.method + " " + req.path));
-  } else if (res.status == http::StatusFor(ErrorKind::kTooLarge)) {
-    http::SendError(res, BodyTooLarge(max_body_bytes));
+// Every request: the API key (never asked of /health, so load balancers need
+// no secret), then its route, or 404/405.
+void Dispatch(ServerContext& ctx, const Routes& routes, const http::Request& req,
+              http::Response& res) {
+  const std::string& key = ctx.options.api_key;
+  if (!key.empty() && req.path != "/health" && !Authorized(req, key)) {
+    http::SendError(res, Error(ErrorKind::kUnauthorized,
+                               "missing or wrong API key (Authorization: Bearer KEY)"));
+    ctx.metrics.RecordRequest("unauthorized", res.status, 0);
+    return;
+  }
+  bool path_known = false;
+  const Routes::Route* route = routes.Find(req.method, req.path, &path_known);
+  if (route == nullptr) {
+    http::SendError(res, path_known ? Error(ErrorKind::kMethodNotAllowed, "method " + req.method +
+                                                                              " is not allowed on " +
+                                                                              req.path)
+                                    : NotFound("no route " + req.method + " " + req.path));
+    ctx.metrics.RecordRequest(path_known ? req.path : "other", res.status, 0);
+    return;
+  }
+  if (route->guarded) {
+    RunGuarded(ctx, *route, req, res);
   } else {
-    http::SendHttplibError(res);
+    route->fn(req, res);
   }
-  ctx.metrics.RecordRequest(known ? req.path : "other", res.status, 0);
-  return httplib::Server::HandlerResponse::Handled;
 }
 
-void ConfigureServer(httplib::Server& server, ServerContext& ctx, const ServerOptions& options) {
-  const size_t http_threads = static_cast<size_t>(
-      options.http_threads > 0 ? options.http_threads : options.max_concurrent_requests + 8);
-  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
-  server.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
-  server.set_read_timeout(60, 0);
-  server.set_write_timeout(60, 0);
-
-  server.set_pre_routing_handler(
-      [&ctx, api_key = options.api_key](const httplib::Request& req, httplib::Response& res) {
-        return CheckApiKey(ctx, api_key, req, res);
-      });
-  server.set_error_handler(httplib::Server::HandlerWithResponse(
-      [&ctx, max_body_bytes = options.max_body_bytes](const httplib::Request& req,
-                                                      httplib::Response& res) {
-        return RewriteHttplibError(ctx, max_body_bytes, req, res);
-      }));
-  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
-    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
-  });
-
-  AddEmbedRoutes(server, ctx);
-  AddGenerateRoutes(server, ctx);
-  AddInfoRoutes(server, ctx);
-}
-
-// Port 0 takes any free port: callers that start several servers at once
-// (tests) need no free-port guess to race on. -1 when the bind failed.
-int Bind(httplib::Server& server, const ServerOptions& options) {
-  if (options.port == 0) return server.bind_to_any_port(options.host);
-  return server.bind_to_port(options.host, options.port) ? options.port : -1;
+http::HttpLimits LimitsFor(const ServerOptions& o) {
+  http::HttpLimits l;
+  l.max_body_bytes = o.max_body_bytes;
+  l.max_connections = o.max_connections;
+  l.worker_threads = o.http_threads > 0 ? o.http_threads : o.max_concurrent_requests + 8;
+  auto ms = [](double seconds) {
+    return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  };
+  l.header_timeout = ms(o.header_timeout);
+  l.body_timeout = ms(o.body_timeout);
+  l.idle_timeout = ms(o.idle_timeout);
+  l.write_timeout = ms(o.write_timeout);
+  return l;
 }
 
 // New requests get 503 from now on; running jobs have the grace period to
@@ -266,6 +188,12 @@ void Drain(ServerContext& ctx, double grace_seconds) {
 
 }  // namespace
 
+std::pair<int, std::string> ProbeHealth(const std::string& host, int port,
+                                        double timeout_seconds) {
+  return http::Get(host, port, "/health",
+                   std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000)));
+}
+
 int RunServer(const ServerOptions& options) {
   // Signals are taken by one thread with sigwait, so no handler runs in an
   // arbitrary thread; block them before any thread starts.
@@ -279,15 +207,30 @@ int RunServer(const ServerOptions& options) {
   ServerContext ctx;
   ctx.options = options;
   ctx.model_id = options.model_name;
-  httplib::Server server;
-  ConfigureServer(server, ctx, options);
+  Routes routes;
+  AddEmbedRoutes(routes, ctx);
+  AddGenerateRoutes(routes, ctx);
+  AddInfoRoutes(routes, ctx);
+  http::HttpCallbacks callbacks;
+  callbacks.handle = [&ctx, &routes](const http::Request& req, http::Response& res) {
+    Dispatch(ctx, routes, req, res);
+  };
+  // GET routes only read counters and state: they answer on the I/O threads,
+  // so /health answers even when every worker waits on the model.
+  callbacks.runs_inline = [](const http::Request& req) { return req.method == "GET"; };
+  callbacks.error = [&ctx](const Error& e, http::Response& res) {
+    http::SendError(res, e);
+    ctx.metrics.RecordRequest("other", res.status, 0);
+  };
+  http::HttpServer server(LimitsFor(options), std::move(callbacks));
 
-  const int port = Bind(server, options);
+  std::string bind_error;
+  const int port = server.Bind(options.host, options.port, &bind_error);
   if (port < 0) {
-    spdlog::error("cannot listen on {}:{}", options.host, options.port);
+    spdlog::error("cannot listen on {}:{}: {}", options.host, options.port, bind_error);
     return 1;
   }
-  std::thread http_thread([&] { server.listen_after_bind(); });
+  server.Start();
   spdlog::info("listening on http://{}:{} (health: 503 until the model is loaded)", options.host,
                port);
 
@@ -309,9 +252,10 @@ int RunServer(const ServerOptions& options) {
   spdlog::info("signal {}: draining (new requests get 503, grace {} s)", sig,
                options.grace_seconds);
   Drain(ctx, options.grace_seconds);
-  server.stop();
-  http_thread.join();
+  // Stopping the scheduler fails what is left, so no handler waits on it
+  // while the HTTP server joins its workers.
   if (ctx.scheduler) ctx.scheduler->Stop();
+  server.Stop();
   spdlog::info("stopped");
   return exit_code;
 }

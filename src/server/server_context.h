@@ -3,15 +3,16 @@
 // scheduler.
 #pragma once
 
-#include <httplib.h>
-
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gritserve/engine/engine.h"
 #include "gritserve/engine/scheduler.h"
 #include "gritserve/server/server.h"
+#include "http_server.h"
 #include "metrics.h"
 
 namespace gritserve {
@@ -36,23 +37,37 @@ struct ServerContext {
   }
 };
 
-// Each registers its routes on the server.
-void AddEmbedRoutes(httplib::Server& server, ServerContext& ctx);
-void AddGenerateRoutes(httplib::Server& server, ServerContext& ctx);
-void AddInfoRoutes(httplib::Server& server, ServerContext& ctx);
+using RouteFn = std::function<void(const http::Request&, http::Response&)>;
 
-// Wraps a route handler: 503 while loading or draining, typed errors mapped to
-// their status, metrics, and the in-flight count used for draining.
-httplib::Server::Handler Guarded(
-    ServerContext& ctx, const std::string& route,
-    std::function<void(const httplib::Request&, httplib::Response&)> fn, bool needs_model = true);
+// The routes and what wraps them: every request is dispatched from here.
+class Routes {
+ public:
+  struct Route {
+    std::string method;
+    std::string path;     // exact, or a prefix when `prefix` (e.g. "/cache/")
+    std::string metric;   // the route's name in /metrics
+    bool prefix = false;
+    bool guarded = true;  // through Guarded (503 while loading or draining, errors, metrics)
+    bool needs_model = true;
+    RouteFn fn;
+  };
 
-// Guarded, for routes with a request body: reads the body itself and stops at
-// --max-body-bytes with a 413. httplib 0.11 limits only bodies that declare a
-// Content-Length; a chunked body would otherwise be buffered whole, whatever
-// its size, before any handler saw it.
-httplib::Server::HandlerWithContentReader GuardedBody(
-    ServerContext& ctx, const std::string& route,
-    std::function<void(const httplib::Request&, httplib::Response&)> fn);
+  void Add(Route route) { routes_.push_back(std::move(route)); }
+  // The route for method and path; null when none, with *path_known telling
+  // whether another method has that path (405 rather than 404).
+  const Route* Find(const std::string& method, const std::string& path, bool* path_known) const;
+
+ private:
+  std::vector<Route> routes_;
+};
+
+// Each registers its routes.
+void AddEmbedRoutes(Routes& routes, ServerContext& ctx);
+void AddGenerateRoutes(Routes& routes, ServerContext& ctx);
+void AddInfoRoutes(Routes& routes, ServerContext& ctx);
+
+// Holds a request in flight (counted for draining) for as long as it lives,
+// e.g. inside a streamed response's producer.
+std::shared_ptr<void> InFlight(ServerContext& ctx);
 
 }  // namespace gritserve

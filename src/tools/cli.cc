@@ -3,8 +3,6 @@
 // on stdout.
 #include "cli.h"
 
-#include <httplib.h>
-
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -125,21 +123,12 @@ void AddHealthCommand(CLI::App& app, std::function<void()>& action) {
   cmd->add_option("--timeout", *timeout, "seconds to wait")->capture_default_str();
   cmd->callback([=, &action] {
     action = [=] {
-      httplib::Client client(*host, *port);
-      const auto usec = static_cast<int64_t>(*timeout * 1e6);
-      client.set_connection_timeout(usec / 1000000, usec % 1000000);
-      client.set_read_timeout(usec / 1000000, usec % 1000000);
-      const auto res = client.Get("/health");
-      if (!res) {
-        throw Error(ErrorKind::kUnavailable, "no answer from " + *host + ":" +
-                                                 std::to_string(*port) + ": " +
-                                                 httplib::to_string(res.error()));
-      }
-      if (res->status != 200) {
+      const auto [status, body] = ProbeHealth(*host, *port, *timeout);
+      if (status != 200) {
         throw Error(ErrorKind::kUnavailable,
-                    "/health answered " + std::to_string(res->status) + ": " + res->body);
+                    "/health answered " + std::to_string(status) + ": " + body);
       }
-      std::cout << res->body << "\n";
+      std::cout << body << "\n";
     };
   });
 }

@@ -90,6 +90,25 @@ int main(int argc, char** argv) {
   app.add_option("--max-tokens", o.max_tokens, "largest max_tokens a request may ask for")
       ->capture_default_str();
   app.add_option("--http-threads", o.http_threads, "HTTP worker threads (0: concurrency + 8)");
+  app.add_option("--max-connections", o.max_connections,
+                 "open connections at once (503 and close beyond)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--header-timeout", o.header_timeout,
+                 "seconds from a request's first byte to the end of its headers (408 beyond)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--body-timeout", o.body_timeout, "seconds for a whole request body (408 beyond)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--idle-timeout", o.idle_timeout,
+                 "seconds a kept-alive connection may wait for its next request")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--write-timeout", o.write_timeout,
+                 "seconds a client may take to read each response write")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--grace-seconds", o.grace_seconds, "drain time on SIGTERM")
       ->capture_default_str();
   app.add_option("--model-name", o.model_name, "model id reported to clients");

@@ -12,7 +12,10 @@ enum class ErrorKind {
   kUnauthorized,      // 401
   kNotFound,          // 404: unknown route, unknown document id
   kMethodNotAllowed,  // 405
+  kTimeout,           // 408: the request did not arrive within its deadline
+  kLengthRequired,    // 411: a body with neither Content-Length nor chunked framing
   kTooLarge,          // 413: body or batch over a limit
+  kHeaderTooLarge,    // 431: request header fields over the limit
   kUnprocessable,     // 422: well-formed but unusable values (bad UTF-8, too many tokens)
   kQueueFull,         // 429
   kUnavailable,       // 503: loading or shutting down

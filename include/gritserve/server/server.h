@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
 #include "gritserve/engine/types.h"
 
@@ -23,12 +24,23 @@ struct ServerOptions {
   int64_t max_input_tokens = 0;  // tokens per input; 0: the model's context
   int64_t max_tokens = 4096;     // upper bound for a request's max_tokens
   int64_t http_threads = 0;      // 0: max_concurrent_requests + 8
+  // The HTTP front: open connections at once, and deadlines (seconds) that a
+  // trickle of bytes does not extend.
+  int64_t max_connections = 1024;
+  double header_timeout = 10;  // from a request's first byte to the end of its headers
+  double body_timeout = 60;    // the whole body
+  double idle_timeout = 60;    // a kept-alive connection between requests
+  double write_timeout = 60;   // a client taking each response write
   double grace_seconds = 30;     // how long SIGTERM waits for in-flight requests
   std::string model_name;        // id reported to clients; default: the directory name
 };
 
 // A generation's result as /generate answers it (and the CLI prints it).
 nlohmann::json GenerateJson(const GenerateResult& result, bool return_tokens);
+
+// GET /health of a server at host:port within timeout_seconds: the status and
+// body; Error(kUnavailable) when it does not answer.
+std::pair<int, std::string> ProbeHealth(const std::string& host, int port, double timeout_seconds);
 
 // Serves until SIGINT/SIGTERM (then drains) and returns the process exit code.
 int RunServer(const ServerOptions& options);
