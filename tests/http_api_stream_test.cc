@@ -197,5 +197,37 @@ TEST_F(HttpLongGenerationTest, SecondRequestGets429WhileTheSlotIsBusy) {
   EXPECT_GE(Metric(*watcher_, "gritserve_requests_total{route=\"/generate\",status=\"429\"}"), 1);
 }
 
+// --request-timeout: a generation running past it is cancelled and answered
+// with 503 (plain) or an error event (streamed), and its slot is freed.
+TEST(HttpRequestTimeoutTest, LongGenerationIsCancelledAtTheDeadline) {
+  ServerProcess server(SlowCheckpointDir(), {"--request-timeout", "1", "--max-tokens", "3000"});
+  auto client = server.Client();
+  const json body = {{"prompt", "hello"}, {"max_tokens", 3000}, {"ignore_eos", true},
+                     {"temperature", 0}};
+  const auto t0 = std::chrono::steady_clock::now();
+  ExpectError(PostJson(*client, "/generate", body), 503, "generation past --request-timeout");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  ASSERT_TRUE(WaitFor([&] { return Metric(*client, "gritserve_active_generations") == 0; },
+                      std::chrono::seconds(5)))
+      << "the timed-out generation kept running";
+
+  json streamed = body;
+  streamed["stream"] = true;
+  std::vector<std::string> events;
+  StreamResult s = StreamPost(*client, "/generate", streamed, [&](const std::string& e) {
+    events.push_back(e);
+    return true;
+  });
+  EXPECT_EQ(s.status, 200);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  const json err = json::parse(events[events.size() - 2], nullptr, false);
+  EXPECT_EQ(err["error"]["code"], 503) << events[events.size() - 2];
+
+  // Short requests are unaffected.
+  json g = Ok(*client, "/generate", {{"prompt", "hi"}, {"max_tokens", 3}});
+  EXPECT_TRUE(g["text"].is_string());
+}
+
 }  // namespace
 }  // namespace gritserve::testing

@@ -492,6 +492,11 @@ std::string Sequence::WaitForText(std::chrono::milliseconds timeout, bool* done)
   return out;
 }
 
+bool Sequence::WaitUntil(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, deadline, [&] { return done_; });
+}
+
 GenerateResult Sequence::Wait() {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return done_; });

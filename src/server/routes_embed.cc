@@ -78,7 +78,7 @@ int64_t CountTokens(const std::vector<EncodedPrompt>& prompts) {
 
 std::vector<std::vector<float>> RunEmbed(ServerContext& ctx, std::vector<EncodedPrompt> prompts,
                                          const EmbedOptions& o) {
-  return ctx.scheduler->SubmitEmbed(std::move(prompts), o).get();
+  return AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), o));
 }
 
 float Dot(const std::vector<float>& a, const std::vector<float>& b) {
@@ -157,10 +157,9 @@ std::vector<float> Rerank(ServerContext& ctx, const JsonFields& f, const std::st
     }
   }
   *tokens = CountTokens(prompts);
-  auto vecs = ctx.scheduler
-                  ->SubmitEmbed(std::move(prompts), r.options,
-                                any_id ? EmbedStore::kReuse : EmbedStore::kNone)
-                  .get();
+  auto vecs = AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
+                                   std::move(prompts), r.options,
+                                   any_id ? EmbedStore::kReuse : EmbedStore::kNone));
   std::vector<float> scores;
   for (size_t i = 1; i < vecs.size(); ++i) scores.push_back(Dot(vecs[0], vecs[i]));
   return scores;
@@ -205,10 +204,9 @@ void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& r
   if (cache && r.options.layer > 0) {
     throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
   }
-  http::SendJson(res, ctx.scheduler
-                          ->SubmitEmbed(Encode(ctx, in, r), r.options,
-                                        cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)
-                          .get());
+  http::SendJson(res, AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
+                                           Encode(ctx, in, r), r.options,
+                                           cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)));
 }
 
 void HandleEmbeddings(ServerContext& ctx, const http::Request& req, http::Response& res) {

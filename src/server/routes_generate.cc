@@ -215,7 +215,8 @@ template <typename SequencePtr>
 void StreamEvents(ServerContext& ctx, http::Response& res, SequencePtr seq, StreamFormat fmt) {
   res.SetHeader("Cache-Control", "no-cache");
   res.content_type = "text/event-stream";
-  res.stream = [seq, fmt, held = InFlight(ctx)](http::ChunkSink& sink) {
+  const auto deadline = RequestDeadline(ctx);
+  res.stream = [seq, fmt, deadline, &ctx, held = InFlight(ctx)](http::ChunkSink& sink) {
     auto send = [&](const std::string& data) { return sink.Write("data: " + data + "\n\n"); };
     for (const auto& e : fmt.start()) {
       if (!send(Dump(e))) return seq->Cancel();
@@ -224,6 +225,12 @@ void StreamEvents(ServerContext& ctx, http::Response& res, SequencePtr seq, Stre
     while (!done) {
       const std::string text = seq->WaitForText(250ms, &done);
       if (!text.empty() && !send(Dump(fmt.piece(text)))) return seq->Cancel();
+      if (!done && std::chrono::steady_clock::now() >= deadline) {
+        seq->Cancel();
+        send(Dump(http::ErrorBody(RequestTimedOut(ctx))));
+        send("[DONE]");
+        return;
+      }
     }
     for (const auto& e : FinalEvents(fmt, [&seq] { return seq->Wait(); })) send(Dump(e));
     send("[DONE]");
@@ -246,7 +253,7 @@ void HandleGenerate(ServerContext& ctx, const http::Request& req, http::Response
   auto seq = Submit(ctx, f, r);
   const bool return_tokens = r.return_tokens;
   if (!r.stream) {
-    http::SendJson(res, GenerateJson(seq->Wait(), return_tokens));
+    http::SendJson(res, GenerateJson(AwaitResult(ctx, *seq), return_tokens));
     return;
   }
   StreamEvents(ctx, res, seq,
@@ -297,7 +304,7 @@ void HandleCompletions(ServerContext& ctx, const http::Request& req, http::Respo
          {{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}}}};
   };
   if (!r.stream) {
-    GenerateResult g = seq->Wait();
+    GenerateResult g = AwaitResult(ctx, *seq);
     json out = chunk(g.text, OpenAiFinish(g.finish_reason));
     out["usage"] = Usage(g);
     http::SendJson(res, out);
@@ -326,7 +333,7 @@ void HandleChatCompletions(ServerContext& ctx, const http::Request& req,
   const int64_t created = http::UnixTime();
   const std::string model = ctx.model_id;
   if (!r.stream) {
-    GenerateResult g = seq->Wait();
+    GenerateResult g = AwaitResult(ctx, *seq);
     http::SendJson(res, {{"id", id},
                          {"object", "chat.completion"},
                          {"created", created},

@@ -92,6 +92,27 @@ const Routes::Route* Routes::Find(const std::string& method, const std::string& 
   return nullptr;
 }
 
+std::chrono::steady_clock::time_point RequestDeadline(const ServerContext& ctx) {
+  const double s = ctx.options.request_timeout;
+  if (s <= 0) return std::chrono::steady_clock::time_point::max();
+  return std::chrono::steady_clock::now() +
+         std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
+
+Error RequestTimedOut(const ServerContext& ctx) {
+  return Error(ErrorKind::kUnavailable, "the request took longer than --request-timeout (" +
+                                            std::to_string(ctx.options.request_timeout) +
+                                            " s); retry later");
+}
+
+GenerateResult AwaitResult(const ServerContext& ctx, Sequence& seq) {
+  if (!seq.WaitUntil(RequestDeadline(ctx))) {
+    seq.Cancel();
+    throw RequestTimedOut(ctx);
+  }
+  return seq.Wait();
+}
+
 std::shared_ptr<void> InFlight(ServerContext& ctx) {
   ctx.in_flight.fetch_add(1);
   return std::shared_ptr<void>(nullptr, [&ctx](void*) { ctx.in_flight.fetch_sub(1); });

@@ -4,13 +4,16 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gritserve/engine/engine.h"
 #include "gritserve/engine/scheduler.h"
+#include "gritserve/engine/sequence.h"
 #include "gritserve/server/server.h"
 #include "http_server.h"
 #include "metrics.h"
@@ -65,6 +68,25 @@ class Routes {
 void AddEmbedRoutes(Routes& routes, ServerContext& ctx);
 void AddGenerateRoutes(Routes& routes, ServerContext& ctx);
 void AddInfoRoutes(Routes& routes, ServerContext& ctx);
+
+// When a request waiting now must have its result (--request-timeout).
+std::chrono::steady_clock::time_point RequestDeadline(const ServerContext& ctx);
+// The error for a request past that deadline.
+Error RequestTimedOut(const ServerContext& ctx);
+
+// The result of a submitted job, or RequestTimedOut past the deadline (the
+// job still runs when its turn comes; its result is dropped).
+template <typename T>
+T AwaitResult(const ServerContext& ctx, std::future<T> result) {
+  if (result.wait_until(RequestDeadline(ctx)) != std::future_status::ready) {
+    throw RequestTimedOut(ctx);
+  }
+  return result.get();
+}
+
+// A generation's result, or RequestTimedOut past the deadline, with the
+// sequence cancelled.
+GenerateResult AwaitResult(const ServerContext& ctx, Sequence& seq);
 
 // Holds a request in flight (counted for draining) for as long as it lives,
 // e.g. inside a streamed response's producer.

@@ -109,6 +109,11 @@ int main(int argc, char** argv) {
                  "seconds a client may take to read each response write")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--request-timeout", o.request_timeout,
+                 "seconds a request may wait for the model, queue included (503 and its "
+                 "generation cancelled beyond); 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--grace-seconds", o.grace_seconds, "drain time on SIGTERM")
       ->capture_default_str();
   app.add_option("--model-name", o.model_name, "model id reported to clients");

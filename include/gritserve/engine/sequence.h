@@ -32,6 +32,8 @@ class Sequence {
   std::string WaitForText(std::chrono::milliseconds timeout, bool* done);
   // Blocks until Complete() and returns the result (or rethrows the error).
   GenerateResult Wait();
+  // Waits for Complete() until `deadline`; true when it came.
+  bool WaitUntil(std::chrono::steady_clock::time_point deadline);
   // The client went away: the inference thread stops it before its next token.
   void Cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }

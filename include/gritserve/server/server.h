@@ -32,6 +32,7 @@ struct ServerOptions {
   double idle_timeout = 60;    // a kept-alive connection between requests
   double write_timeout = 60;   // a client taking each response write
   double grace_seconds = 30;     // how long SIGTERM waits for in-flight requests
+  double request_timeout = 0;    // seconds a request may wait for the model; 0: no limit
   std::string model_name;        // id reported to clients; default: the directory name
 };
 
