@@ -118,8 +118,8 @@ TEST(HttpCacheDiskTest, UnwritableDirectoryKeepsServingFromMemory) {
   for (size_t i = 0; i < 3; ++i) StoreDoc(*c, i);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(GenerateOver(*c, "d" + std::to_string(i)), 200);
   const json s = Stats(*c);
-  EXPECT_EQ(s["disk_write_errors"].get<int64_t>(), 6) << "three entries, three ids: " << s;
-  EXPECT_EQ(s["computed"].get<int64_t>(), 0) << "served from memory: " << s;
+  EXPECT_EQ(s.value("disk_write_errors", -1), 6) << "three entries, three ids: " << s;
+  EXPECT_EQ(s.value("computed", -1), 0) << "served from memory: " << s;
   EXPECT_EQ(Metric(*c, "gritserve_doc_cache_disk_write_errors_total"), 6);
   EXPECT_EQ(Occurrences(server.Log(), "cannot write"), 1u) << server.Log();
 }
@@ -131,7 +131,7 @@ TEST(HttpCacheDiskTest, DirectoryThatCannotBeCreatedStillServes) {
   auto c = server.Client();
   StoreDoc(*c, 0);
   EXPECT_EQ(GenerateOver(*c, "d0"), 200);
-  EXPECT_EQ(Stats(*c)["disk_write_errors"].get<int64_t>(), 2);
+  EXPECT_EQ(Stats(*c).value("disk_write_errors", -1), 2);
   EXPECT_EQ(Occurrences(server.Log(), "cannot create"), 1u) << server.Log();
 }
 
