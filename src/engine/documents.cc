@@ -85,7 +85,8 @@ std::vector<ResolvedDocument> FrontEnd::ResolveDocuments(const std::vector<Docum
         const std::string text = e.tokenizer->Decode(std::vector<int32_t>(
             alias->ids.begin() + static_cast<std::ptrdiff_t>(alias->text_begin),
             alias->ids.begin() + static_cast<std::ptrdiff_t>(alias->text_end)));
-        EncodedPrompt p = EncodeEmbedPrompt(*e.tokenizer, e.prompt_template, "", text);
+        EncodedPrompt p =
+            EncodeEmbedPrompt(*e.tokenizer, e.prompt_template, "", text, d.parse_special);
         r.ids = std::move(p.ids);
         r.text_begin = p.text_begin;
         r.text_end = p.text_end;
@@ -101,12 +102,13 @@ std::vector<ResolvedDocument> FrontEnd::ResolveDocuments(const std::vector<Docum
       }
     } else {
       if (source == KvSource::kEmbed) {
-        EncodedPrompt p = EncodeEmbedPrompt(*e.tokenizer, e.prompt_template, "", d.text);
+        EncodedPrompt p =
+            EncodeEmbedPrompt(*e.tokenizer, e.prompt_template, "", d.text, d.parse_special);
         r.ids = std::move(p.ids);
         r.text_begin = p.text_begin;
         r.text_end = p.text_end;
       } else {
-        r.ids = e.tokenizer->Encode(d.text);
+        r.ids = e.tokenizer->Encode(d.text, d.parse_special);
         r.text_end = r.ids.size();
       }
     }

@@ -17,6 +17,10 @@ void AddEngineFlags(CLI::App& app, EngineOptions& o, ModelFlag model,
   app.add_option("--cache-bytes", o.cache_bytes, "document KV store budget in bytes")
       ->capture_default_str();
   app.add_option("--cache-dir", o.cache_dir, "document KV disk tier directory");
+  app.add_option("--cache-disk-bytes", o.cache_disk_bytes,
+                 "disk tier budget in bytes, entry and id files together (LRU eviction past it)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--cache-dtype", o.cache_dtype, "document KV storage: float32, float16, bfloat16")
       ->capture_default_str();
 }

@@ -17,7 +17,8 @@ int64_t FrontEnd::max_context() const { return impl_->config.max_position_embedd
 
 EncodedPrompt FrontEnd::EncodeEmbed(const std::string& text, const EmbedOptions& options) const {
   if (options.raw) return EncodeEmbedIds(impl_->tokenizer->Encode(text));
-  return EncodeEmbedPrompt(*impl_->tokenizer, impl_->prompt_template, options.instruction, text);
+  return EncodeEmbedPrompt(*impl_->tokenizer, impl_->prompt_template, options.instruction, text,
+                           options.parse_special);
 }
 
 EncodedPrompt FrontEnd::EncodeEmbedIds(std::vector<int32_t> ids) const {
@@ -28,13 +29,15 @@ EncodedPrompt FrontEnd::EncodeEmbedIds(std::vector<int32_t> ids) const {
   return p;
 }
 
-std::vector<int32_t> FrontEnd::EncodeGenerate(const std::string& prompt, bool raw) const {
+std::vector<int32_t> FrontEnd::EncodeGenerate(const std::string& prompt, bool raw,
+                                              bool parse_special) const {
   if (raw) return impl_->tokenizer->Encode(prompt);
-  return EncodeGeneratePrompt(*impl_->tokenizer, impl_->prompt_template, prompt);
+  return EncodeGeneratePrompt(*impl_->tokenizer, impl_->prompt_template, prompt, parse_special);
 }
 
-std::vector<int32_t> FrontEnd::EncodeChat(const std::vector<ChatMessage>& messages) const {
-  return gritserve::EncodeChat(*impl_->tokenizer, impl_->prompt_template, messages);
+std::vector<int32_t> FrontEnd::EncodeChat(const std::vector<ChatMessage>& messages,
+                                          bool parse_special) const {
+  return gritserve::EncodeChat(*impl_->tokenizer, impl_->prompt_template, messages, parse_special);
 }
 
 void FrontEnd::ValidateEmbed(const std::vector<EncodedPrompt>& prompts, const EmbedOptions& options,

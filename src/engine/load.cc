@@ -181,6 +181,7 @@ void FinishShared(FrontEnd::Impl& f, const Decoder& decoder) {
   DocKvStore::Options so;
   so.budget_bytes = f.options.cache_bytes;
   so.dir = f.options.cache_dir;
+  so.disk_budget_bytes = f.options.cache_disk_bytes;
   so.storage_dtype = ParseDtype(f.options.cache_dtype == "auto" ? "float32" : f.options.cache_dtype,
                                 at::Device(at::kCPU));
   // Entries computed at another precision are close but not equal: keep them apart.

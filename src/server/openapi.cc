@@ -196,6 +196,18 @@ json Inputs(const std::string& what) {
                    "lists of token ids. Token ids are used as given (no template).");
 }
 
+// Whether special tokens spelled in request text are parsed (routes_embed.cc,
+// routes_generate.cc, template.h).
+json ParseSpecialProp(const std::string& what) {
+  return {{"parse_special_tokens",
+           Field("boolean",
+                 "Let special tokens spelled in " + what +
+                     " (e.g. \"<|im_start|>\") become control tokens. By default text placed "
+                     "inside the prompt template is literal, so a client cannot forge the "
+                     "template's markup; raw text is always used as given.",
+                 false)}};
+}
+
 // Options every embedding-based route parses. Rerank scores are cosine
 // similarities, so it always normalises and keeps every dimension.
 json EmbedOptionProps(bool output_options) {
@@ -220,6 +232,7 @@ json EmbedOptionProps(bool output_options) {
       {"truncation_direction",
        Enum({"right", "left"}, "Which end of the text to cut (case-insensitive).", "right")},
   };
+  p.update(ParseSpecialProp("the instruction and texts"));
   if (output_options) {
     p["normalize"] = Field("boolean", "L2-normalise the embeddings.", true);
     p["dimensions"] =
@@ -419,6 +432,7 @@ void AddGenerateSchemas(json& s) {
                   "sequential: documents one after another, then the prompt; composite: "
                   "every document starts at position 0 and the prompt follows all of them.",
                   "sequential")}},
+           ParseSpecialProp("the prompt, the messages' content and document texts"),
            SamplingProps(256)}),
       {}, "Native generation request; \"prompt\" or \"messages\" is required.");
   generate["anyOf"] = {{{"required", json::array({"prompt"})}},
@@ -451,9 +465,13 @@ void AddOpenAiGenerationSchemas(json& s) {
                        {"enum", {"stop", "length", nullptr}},
                        {"description", "null in streamed chunks until the last one."}};
 
-  s["CompletionRequest"] = Object(
-      Props({{{"prompt", PromptSchema()}}, ModelProp(), SamplingProps(16), StreamOptionsProps()}),
-      {"prompt"}, "OpenAI-compatible completion; the prompt is used without a template.");
+  s["CompletionRequest"] =
+      Object(Props({{{"prompt", PromptSchema()}},
+                    ModelProp(),
+                    ParseSpecialProp("document texts (the prompt is always used as given)"),
+                    SamplingProps(16),
+                    StreamOptionsProps()}),
+             {"prompt"}, "OpenAI-compatible completion; the prompt is used without a template.");
   s["Completion"] =
       Object({{"id", T("string")},
               {"object", {{"const", "text_completion"}}},
@@ -470,6 +488,7 @@ void AddOpenAiGenerationSchemas(json& s) {
 
   s["ChatCompletionRequest"] = Object(Props({{{"messages", ArrayOf(Ref("Message"))}},
                                              ModelProp(),
+                                             ParseSpecialProp("the messages' content"),
                                              SamplingProps(512),
                                              StreamOptionsProps()}),
                                       {"messages"}, "OpenAI-compatible chat completion.");
@@ -501,8 +520,12 @@ void AddTokenizerSchemas(json& s) {
   s["TokenizeRequest"] =
       Object({{"inputs", StringOrList("Texts to tokenise.")},
               {"add_special_tokens",
-               Field("boolean", "Add the tokeniser's special tokens (e.g. BOS).", true)}},
-             {"inputs"});
+               Field("boolean",
+                     "Add the tokeniser's special tokens (e.g. BOS). Special tokens spelled in "
+                     "the text are recognised either way (as in Hugging Face and TEI).",
+                     true)}},
+             {"inputs"},
+             "Each input may have at most the server's --max-input-tokens tokens (422 beyond).");
   s["Token"] = Object({{"id", T("integer")},
                        {"text", T("string")},
                        {"special", T("boolean")},
@@ -543,7 +566,18 @@ void AddInfoSchemas(json& s) {
               {"misses", Int("Lookups that had to compute the document.")},
               {"evictions", Int("Entries dropped to stay under the byte budget.")},
               {"disk_reads", Int("Entries loaded from the disk tier.")},
-              {"disk_writes", Int("Entries written to the disk tier.")}},
+              {"disk_writes", Int("Entries written to the disk tier.")},
+              {"disk_errors", Int("Damaged or foreign disk files dropped.")},
+              {"disk_write_errors",
+               Int("Entry or id files that could not be written (serving continues from "
+                   "memory).")},
+              {"disk_files", Int("Entry and id files in the disk tier.")},
+              {"disk_bytes", Int("Bytes of those files.")},
+              {"disk_budget_bytes", Int("The disk tier's budget (--cache-disk-bytes).")},
+              {"disk_evictions", Int("Entry files removed to stay under the disk budget.")},
+              {"id_bytes", Int("Memory the ids take (token ids, names, bookkeeping).")},
+              {"id_evictions",
+               Int("Ids forgotten: past the id budget, or with their entry's evicted file.")}},
              {"entries", "bytes", "hits", "misses", "evictions", "disk_reads", "disk_writes"},
              "Document KV store statistics.");
 }

@@ -33,6 +33,7 @@ EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
   o.normalize = f.Bool("normalize").value_or(true);
   o.dimensions = f.Int("dimensions", 1, config.hidden_size).value_or(0);
   o.raw = f.Bool("raw").value_or(false);
+  o.parse_special = f.Bool("parse_special_tokens").value_or(false);
   r.truncate = f.Bool("truncate").value_or(false);
   std::string dir = f.String("truncation_direction").value_or("right");
   std::transform(dir.begin(), dir.end(), dir.begin(), ::tolower);
@@ -283,16 +284,17 @@ void HandleCohereRerank(ServerContext& ctx, const http::Request& req, http::Resp
 
 // The BOS that add_special puts first has no text of its own: it is listed
 // with the empty span at 0, so every id the model sees is in the list.
-json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) {
+json TokenList(const Tokenizer& tok, const std::string& text, const std::vector<TokenSpan>& spans,
+               bool with_bos) {
   json tokens = json::array();
-  if (add_special && tok.add_bos() && tok.bos_id()) {
+  if (with_bos) {
     tokens.push_back({{"id", *tok.bos_id()},
                       {"text", tok.Decode({*tok.bos_id()})},
                       {"special", true},
                       {"start", 0},
                       {"stop", 0}});
   }
-  for (const TokenSpan& s : tok.EncodeWithOffsets(text, add_special)) {
+  for (const TokenSpan& s : spans) {
     tokens.push_back({{"id", s.id},
                       {"text", text.substr(s.start, s.stop - s.start)},
                       {"special", tok.IsSpecial(s.id)},
@@ -302,6 +304,8 @@ json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) 
   return tokens;
 }
 
+// Each input may have as many tokens as an /embed input (--max-input-tokens),
+// so the answer stays within what the limits allow, whatever the body holds.
 void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
   const JsonFields f = JsonFields::Request(body);
@@ -310,8 +314,23 @@ void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response
   for (const auto& text : *texts) http::RequireUtf8(text, "inputs");
   const bool add_special = f.Bool("add_special_tokens").value_or(true);
   const Tokenizer& tok = ctx.front().tokenizer();
+  const bool with_bos = add_special && tok.add_bos() && tok.bos_id();
+  const int64_t limit = ctx.max_input_tokens();
+  std::vector<std::vector<TokenSpan>> spans;
+  for (size_t i = 0; i < texts->size(); ++i) {
+    // Special tokens spelled in the text are recognised either way, as in
+    // Hugging Face and TEI: add_special_tokens only says whether BOS is added.
+    spans.push_back(tok.EncodeWithOffsets((*texts)[i], /*parse_special=*/true));
+    const int64_t n = static_cast<int64_t>(spans.back().size()) + (with_bos ? 1 : 0);
+    if (n > limit) {
+      throw Unprocessable("input " + std::to_string(i) + " has " + std::to_string(n) +
+                          " tokens, more than the limit of " + std::to_string(limit));
+    }
+  }
   json out = json::array();
-  for (const auto& text : *texts) out.push_back(TokenList(tok, text, add_special));
+  for (size_t i = 0; i < texts->size(); ++i) {
+    out.push_back(TokenList(tok, (*texts)[i], spans[i], with_bos));
+  }
   http::SendJson(res, out);
 }
 

@@ -96,7 +96,11 @@ void ParseDocuments(const JsonFields& f, const ServerContext& ctx, GenRequest& r
                 "'documents' has more than " + std::to_string(ctx.options.max_inputs) + " items");
   }
   std::vector<DocumentRef> refs;
-  for (const auto& d : *docs) refs.push_back(ParseDocumentRef(f, d, ctx));
+  const bool parse_special = f.Bool("parse_special_tokens").value_or(false);
+  for (const auto& d : *docs) {
+    refs.push_back(ParseDocumentRef(f, d, ctx));
+    refs.back().parse_special = parse_special;
+  }
   r.documents =
       ctx.front().ResolveDocuments(refs, source == "embed" ? KvSource::kEmbed : KvSource::kCausal);
   r.positions = positions == "composite" ? DocPositions::kComposite : DocPositions::kSequential;
@@ -111,17 +115,21 @@ void CheckPrompt(const ServerContext& ctx, const std::vector<int32_t>& prompt) {
   }
 }
 
+// A raw prompt is used as given, special tokens included; inside the template
+// it is literal text unless the request sets "parse_special_tokens".
 std::vector<int32_t> PromptFrom(const JsonFields& f, const ServerContext& ctx, const char* key,
                                 bool raw) {
   const json* p = f.Find(key);
   if (p == nullptr) throw f.Missing(key);
+  const bool parse_special = f.Bool("parse_special_tokens").value_or(false);
   if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
-    return ctx.front().EncodeGenerate((*p)[0].get<std::string>(), raw);  // OpenAI ["text"]
+    // OpenAI ["text"]
+    return ctx.front().EncodeGenerate((*p)[0].get<std::string>(), raw, parse_special);
   }
   if (p->is_string()) {
     std::string s = p->get<std::string>();
     http::RequireUtf8(s, key);
-    return ctx.front().EncodeGenerate(s, raw);
+    return ctx.front().EncodeGenerate(s, raw, parse_special);
   }
   http::Inputs in = http::ParseInputs(f, key, 1, ctx.front().config().vocab_size);
   if (in.ids.size() != 1) throw Unprocessable(std::string("'") + key + "' must be one prompt");
@@ -246,7 +254,8 @@ void HandleGenerate(ServerContext& ctx, const http::Request& req, http::Response
   ParseSampling(f, ctx, 256, r);
   const bool raw = f.Bool("raw").value_or(false);
   if (f.Has("messages")) {
-    r.prompt = ctx.front().EncodeChat(ParseMessages(f));
+    r.prompt =
+        ctx.front().EncodeChat(ParseMessages(f), f.Bool("parse_special_tokens").value_or(false));
   } else {
     r.prompt = PromptFrom(f, ctx, "prompt", raw);
   }
@@ -327,7 +336,10 @@ void HandleChatCompletions(ServerContext& ctx, const http::Request& req,
   f.String("model");  // any model name is accepted; type-checked only
   GenRequest r;
   ParseSampling(f, ctx, 512, r);
-  r.prompt = ctx.front().EncodeChat(ParseMessages(f));
+  // Message content is literal text unless the request opts in: a user cannot
+  // spell a control token such as "<|im_start|>" into the conversation.
+  r.prompt =
+      ctx.front().EncodeChat(ParseMessages(f), f.Bool("parse_special_tokens").value_or(false));
   auto seq = Submit(ctx, f, r);
   const std::string id = http::RandomId("chatcmpl-");
   const int64_t created = http::UnixTime();

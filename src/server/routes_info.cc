@@ -71,7 +71,11 @@ void HandleMetrics(const ServerContext& ctx, http::Response& res) {
            {"gritserve_generation_round_size_mean", avg_round},
            {"gritserve_doc_cache_entries", static_cast<double>(c.entries)},
            {"gritserve_doc_cache_bytes", static_cast<double>(c.bytes)},
-           {"gritserve_doc_cache_budget_bytes", static_cast<double>(c.budget)}},
+           {"gritserve_doc_cache_budget_bytes", static_cast<double>(c.budget)},
+           {"gritserve_doc_cache_ids", static_cast<double>(c.aliases)},
+           {"gritserve_doc_cache_disk_files", static_cast<double>(c.disk_files)},
+           {"gritserve_doc_cache_disk_bytes", static_cast<double>(c.disk_bytes)},
+           {"gritserve_doc_cache_disk_budget_bytes", static_cast<double>(c.disk_budget)}},
           {{"gritserve_prompt_tokens_total", static_cast<double>(s.prompt_tokens)},
            {"gritserve_generated_tokens_total", static_cast<double>(s.generated_tokens)},
            {"gritserve_embed_batches_total", static_cast<double>(s.embed_batches)},
@@ -85,7 +89,11 @@ void HandleMetrics(const ServerContext& ctx, http::Response& res) {
            {"gritserve_doc_cache_evictions_total", static_cast<double>(c.evictions)},
            {"gritserve_doc_cache_disk_reads_total", static_cast<double>(c.disk_reads)},
            {"gritserve_doc_cache_disk_writes_total", static_cast<double>(c.disk_writes)},
-           {"gritserve_doc_cache_disk_errors_total", static_cast<double>(c.disk_errors)}});
+           {"gritserve_doc_cache_disk_errors_total", static_cast<double>(c.disk_errors)},
+           {"gritserve_doc_cache_disk_write_errors_total",
+            static_cast<double>(c.disk_write_errors)},
+           {"gritserve_doc_cache_disk_evictions_total", static_cast<double>(c.disk_evictions)},
+           {"gritserve_doc_cache_id_evictions_total", static_cast<double>(c.alias_evictions)}});
 }
 
 void HandleCacheStats(const ServerContext& ctx, http::Response& res) {
@@ -94,6 +102,7 @@ void HandleCacheStats(const ServerContext& ctx, http::Response& res) {
                        {"bytes", s.bytes},
                        {"budget_bytes", s.budget},
                        {"ids", s.aliases},
+                       {"id_bytes", s.alias_bytes},
                        {"hits", s.hits},
                        {"misses", s.misses},
                        {"computed", s.computed},
@@ -101,6 +110,12 @@ void HandleCacheStats(const ServerContext& ctx, http::Response& res) {
                        {"disk_reads", s.disk_reads},
                        {"disk_writes", s.disk_writes},
                        {"disk_errors", s.disk_errors},
+                       {"disk_write_errors", s.disk_write_errors},
+                       {"disk_files", s.disk_files},
+                       {"disk_bytes", s.disk_bytes},
+                       {"disk_budget_bytes", s.disk_budget},
+                       {"disk_evictions", s.disk_evictions},
+                       {"id_evictions", s.alias_evictions},
                        {"dir", ctx.options.engine.cache_dir},
                        {"dtype", ctx.options.engine.cache_dtype}});
 }

@@ -434,28 +434,15 @@ void BpeTokenizer::ApplyConfig(const std::string& dir) {
   }
 }
 
-std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, bool parse_special) const {
-  std::vector<TokenSpan> spans;
-  EncodeImpl(text, parse_special, false, &spans);
-  std::vector<int32_t> ids;
-  ids.reserve(spans.size());
-  for (const auto& s : spans) ids.push_back(s.id);
-  return ids;
-}
-
-std::vector<TokenSpan> BpeTokenizer::EncodeWithOffsets(std::string_view text,
-                                                       bool parse_special) const {
-  std::vector<TokenSpan> spans;
-  EncodeImpl(text, parse_special, true, &spans);
-  return spans;
-}
-
-void BpeTokenizer::EncodeImpl(std::string_view text, bool parse_special, bool want_offsets,
-                              std::vector<TokenSpan>* out) const {
+std::vector<TokenSpan> BpeTokenizer::EncodeSpans(std::string_view text,
+                                                 const std::vector<TextRange>& literal,
+                                                 bool want_offsets) const {
   const size_t bad = ti::FindInvalidUtf8(text);
   if (bad != std::string_view::npos) {
     throw Unprocessable("input is not valid UTF-8 (byte offset " + std::to_string(bad) + ")");
   }
+  std::vector<TokenSpan> spans;
+  ti::LiteralCursor literal_at(literal);
   // Added tokens are cut out first (leftmost, then longest), as HF does, so the
   // normalizer and pre-tokenizer never see them.
   size_t seg_start = 0, i = 0;
@@ -464,7 +451,7 @@ void BpeTokenizer::EncodeImpl(std::string_view text, bool parse_special, bool wa
     const AddedToken* hit = nullptr;
     for (int k : cands) {
       const AddedToken& t = added_[k];
-      if (t.special && !parse_special) continue;
+      if (t.special && literal_at.Overlaps(i, i + t.content.size())) continue;
       if (text.compare(i, t.content.size(), t.content) == 0) {
         hit = &t;
         break;
@@ -481,11 +468,12 @@ void BpeTokenizer::EncodeImpl(std::string_view text, bool parse_special, bool wa
     if (hit->rstrip) {
       while (tok_end < text.size() && IsAsciiSpace(text[tok_end])) ++tok_end;
     }
-    EncodeSegment(text.substr(seg_start, seg_end - seg_start), seg_start, want_offsets, out);
-    out->push_back({hit->id, seg_end, tok_end});
+    EncodeSegment(text.substr(seg_start, seg_end - seg_start), seg_start, want_offsets, &spans);
+    spans.push_back({hit->id, seg_end, tok_end});
     seg_start = i = tok_end;
   }
-  EncodeSegment(text.substr(seg_start), seg_start, want_offsets, out);
+  EncodeSegment(text.substr(seg_start), seg_start, want_offsets, &spans);
+  return spans;
 }
 
 void BpeTokenizer::EncodeSegment(std::string_view seg, size_t base, bool want_offsets,

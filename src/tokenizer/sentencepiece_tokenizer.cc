@@ -94,15 +94,10 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::FromFile(const s
 
 void SentencePieceTokenizer::ApplyConfig(const std::string& dir) { ApplyTokenizerConfig(dir); }
 
-std::vector<int32_t> SentencePieceTokenizer::Encode(std::string_view text,
-                                                    bool parse_special) const {
-  std::vector<int32_t> ids;
-  for (const auto& s : EncodeWithOffsets(text, parse_special)) ids.push_back(s.id);
-  return ids;
-}
-
-std::vector<TokenSpan> SentencePieceTokenizer::EncodeWithOffsets(std::string_view text,
-                                                                 bool parse_special) const {
+// Offsets come from sentencepiece at no extra cost, so `want_offsets` changes nothing.
+std::vector<TokenSpan> SentencePieceTokenizer::EncodeSpans(std::string_view text,
+                                                           const std::vector<TextRange>& literal,
+                                                           bool /*want_offsets*/) const {
   const size_t bad = ti::FindInvalidUtf8(text);
   if (bad != std::string_view::npos) {
     throw Unprocessable("input is not valid UTF-8 (byte offset " + std::to_string(bad) + ")");
@@ -111,9 +106,11 @@ std::vector<TokenSpan> SentencePieceTokenizer::EncodeWithOffsets(std::string_vie
   size_t seg_start = 0, i = 0;
   // sentencepiece would read "<s>" as plain characters; cut control pieces out first,
   // as HF's Llama/Mistral tokenizers do.
-  while (parse_special && i < text.size()) {
+  ti::LiteralCursor literal_at(literal);
+  while (i < text.size()) {
     int32_t hit = -1;
     for (int32_t id : specials_by_first_byte_[static_cast<unsigned char>(text[i])]) {
+      if (literal_at.Overlaps(i, i + bytes_[id].size())) continue;
       if (text.compare(i, bytes_[id].size(), bytes_[id]) == 0) {
         hit = id;
         break;

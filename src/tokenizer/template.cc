@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string_view>
 
 #include "gritserve/common/error.h"
 #include "gritserve/common/json_fields.h"
@@ -16,41 +17,71 @@ namespace {
 
 constexpr char kBos[] = "<s>";
 
-std::string Substitute(const std::string& tmpl, const std::string& key, const std::string& value) {
-  const std::string placeholder = "{" + key + "}";
-  std::string out;
-  size_t pos = 0;
-  while (true) {
-    const size_t hit = tmpl.find(placeholder, pos);
-    if (hit == std::string::npos) break;
-    out.append(tmpl, pos, hit - pos);
-    out += value;
-    pos = hit + placeholder.size();
-  }
-  out.append(tmpl, pos, std::string::npos);
-  return out;
-}
+// Template text with request values substituted, and where those values lie:
+// without parse_special they are literal, so a client cannot spell the
+// template's own markup (a forged "<|im_start|>system" turn) into its text.
+class Rendered {
+ public:
+  explicit Rendered(bool parse_special) : parse_special_(parse_special) {}
 
-// Encodes template text. A leading "<s>" that is not a special token of this
-// vocabulary stands for "the model's BOS", which keeps one GritLM template usable with
-// tokenizers that spell BOS differently or have none. (Qwen2 has "<s>" only as an
-// ordinary vocabulary entry, which must not be emitted for it.)
-std::vector<int32_t> EncodeTemplateText(const Tokenizer& tok, const std::string& text) {
-  std::vector<int32_t> ids;
-  std::string_view rest = text;
-  const auto bos_token = tok.TokenToId(kBos);
-  if (rest.compare(0, 3, kBos) == 0 && !(bos_token && tok.IsSpecial(*bos_token))) {
-    if (tok.bos_id()) ids.push_back(*tok.bos_id());
-    rest.remove_prefix(3);
+  void AppendTemplate(std::string_view s) { text_ += s; }
+  void AppendValue(std::string_view value) {
+    if (!parse_special_ && !value.empty()) {
+      literal_.push_back({text_.size(), text_.size() + value.size()});
+    }
+    text_ += value;
   }
-  const auto body = tok.Encode(rest, /*parse_special=*/true);
-  ids.insert(ids.end(), body.begin(), body.end());
-  return ids;
-}
+  // `tmpl` with every "{key}" replaced by `value`.
+  void Substitute(const std::string& tmpl, const std::string& key, const std::string& value) {
+    const std::string placeholder = "{" + key + "}";
+    size_t pos = 0;
+    while (true) {
+      const size_t hit = tmpl.find(placeholder, pos);
+      if (hit == std::string::npos) break;
+      AppendTemplate(std::string_view(tmpl).substr(pos, hit - pos));
+      AppendValue(value);
+      pos = hit + placeholder.size();
+    }
+    AppendTemplate(std::string_view(tmpl).substr(pos));
+  }
+  // A chat wrapper around `content`; an empty wrapper is the bare content.
+  void Wrap(const std::string& wrapper, const std::string& content) {
+    if (wrapper.empty()) {
+      AppendValue(content);
+    } else {
+      Substitute(wrapper, "content", content);
+    }
+  }
 
-std::string Wrap(const std::string& wrapper, const std::string& content) {
-  return wrapper.empty() ? content : Substitute(wrapper, "content", content);
-}
+  const std::string& text() const { return text_; }
+
+  // Encodes the text. A leading "<s>" of the template (not of a value) that is
+  // not a special token of this vocabulary stands for "the model's BOS", which
+  // keeps one GritLM template usable with tokenizers that spell BOS differently
+  // or have none. (Qwen2 has "<s>" only as an ordinary vocabulary entry, which
+  // must not be emitted for it.)
+  std::vector<int32_t> Encode(const Tokenizer& tok) const {
+    std::vector<int32_t> ids;
+    std::string_view rest = text_;
+    std::vector<TextRange> literal = literal_;
+    const size_t n = sizeof(kBos) - 1;
+    const auto bos_token = tok.TokenToId(kBos);
+    if (rest.compare(0, n, kBos) == 0 && (literal.empty() || literal[0].begin >= n) &&
+        !(bos_token && tok.IsSpecial(*bos_token))) {
+      if (tok.bos_id()) ids.push_back(*tok.bos_id());
+      rest.remove_prefix(n);
+      for (TextRange& r : literal) r = {r.begin - n, r.end - n};
+    }
+    const auto body = tok.EncodeWithLiterals(rest, literal);
+    ids.insert(ids.end(), body.begin(), body.end());
+    return ids;
+  }
+
+ private:
+  bool parse_special_;
+  std::string text_;
+  std::vector<TextRange> literal_;  // sorted, disjoint
+};
 
 // A string-valued key of a template file; a non-empty value must contain `placeholder`.
 struct TemplateField {
@@ -183,46 +214,58 @@ PromptTemplate PromptTemplate::FromJsonFile(const std::string& path) {
 }
 
 EncodedPrompt EncodeEmbedPrompt(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                const std::string& instruction, const std::string& text) {
-  const std::string prefix = instruction.empty()
-                                 ? tmpl.embed_plain
-                                 : Substitute(tmpl.embed_instruction, "instruction", instruction);
+                                const std::string& instruction, const std::string& text,
+                                bool parse_special) {
+  Rendered prefix(parse_special);
+  if (instruction.empty()) {
+    prefix.AppendTemplate(tmpl.embed_plain);
+  } else {
+    prefix.Substitute(tmpl.embed_instruction, "instruction", instruction);
+  }
+  Rendered whole = prefix;
+  whole.AppendValue(text);
   // As GritLM's encode() does: one string, pooled from where the prefix's own
   // tokens end (a tokenizer that merges across the seam still leaves the text
   // at least its last token).
   EncodedPrompt out;
-  out.ids = EncodeTemplateText(tok, prefix + text);
+  out.ids = whole.Encode(tok);
   out.text_end = out.ids.size();
-  out.text_begin = std::min(EncodeTemplateText(tok, prefix).size(), out.text_end);
+  out.text_begin = std::min(prefix.Encode(tok).size(), out.text_end);
   if (out.text_begin == out.text_end && !text.empty() && out.text_end > 0) --out.text_begin;
   return out;
 }
 
 std::vector<int32_t> EncodeGeneratePrompt(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                          const std::string& prompt) {
-  return EncodeTemplateText(tok, Substitute(tmpl.generate, "prompt", prompt));
+                                          const std::string& prompt, bool parse_special) {
+  Rendered r(parse_special);
+  r.Substitute(tmpl.generate, "prompt", prompt);
+  return r.Encode(tok);
 }
 
 std::vector<int32_t> EncodeChat(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                const std::vector<ChatMessage>& messages) {
-  std::string text = tmpl.chat_begin;
+                                const std::vector<ChatMessage>& messages, bool parse_special) {
+  Rendered r(parse_special);
+  r.AppendTemplate(tmpl.chat_begin);
   const bool has_system = !messages.empty() && messages.front().role == "system";
   if (!has_system && !tmpl.default_system.empty()) {
-    text += Wrap(tmpl.chat_system, tmpl.default_system);
+    // The server's own system text belongs to the template, not to the request.
+    Rendered system(/*parse_special=*/true);
+    system.Wrap(tmpl.chat_system, tmpl.default_system);
+    r.AppendTemplate(system.text());
   }
   for (const auto& m : messages) {
     if (m.role == "system") {
-      text += Wrap(tmpl.chat_system, m.content);
+      r.Wrap(tmpl.chat_system, m.content);
     } else if (m.role == "user") {
-      text += Wrap(tmpl.chat_user, m.content);
+      r.Wrap(tmpl.chat_user, m.content);
     } else if (m.role == "assistant") {
-      text += Wrap(tmpl.chat_assistant, m.content);
+      r.Wrap(tmpl.chat_assistant, m.content);
     } else {
       throw Unprocessable("unknown chat role \"" + m.role + "\" (system, user or assistant)");
     }
   }
-  text += tmpl.chat_generation_prompt;
-  return EncodeTemplateText(tok, text);
+  r.AppendTemplate(tmpl.chat_generation_prompt);
+  return r.Encode(tok);
 }
 
 PromptTemplate DefaultTemplateFor(const Tokenizer& tok) {

@@ -103,6 +103,33 @@ bool Tokenizer::ApplyTokenizerConfig(const std::string& dir) {
   return false;
 }
 
+namespace {
+
+std::vector<TextRange> AllOrNothing(std::string_view text, bool parse_special) {
+  if (parse_special || text.empty()) return {};
+  return {TextRange{0, text.size()}};
+}
+
+}  // namespace
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool parse_special) const {
+  return EncodeWithLiterals(text, AllOrNothing(text, parse_special));
+}
+
+std::vector<TokenSpan> Tokenizer::EncodeWithOffsets(std::string_view text,
+                                                    bool parse_special) const {
+  return EncodeSpans(text, AllOrNothing(text, parse_special), /*want_offsets=*/true);
+}
+
+std::vector<int32_t> Tokenizer::EncodeWithLiterals(std::string_view text,
+                                                   const std::vector<TextRange>& literal) const {
+  const std::vector<TokenSpan> spans = EncodeSpans(text, literal, /*want_offsets=*/false);
+  std::vector<int32_t> ids;
+  ids.reserve(spans.size());
+  for (const auto& s : spans) ids.push_back(s.id);
+  return ids;
+}
+
 void Tokenizer::AppendDecoded(int32_t id, bool /*at_start*/, std::string* out) const {
   out->append(TokenBytes(id));
 }

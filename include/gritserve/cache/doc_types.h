@@ -36,8 +36,14 @@ struct DocAlias {
 struct DocKvStats {
   int64_t entries = 0, bytes = 0, budget = 0, aliases = 0;
   int64_t hits = 0, misses = 0, evictions = 0;
-  int64_t disk_reads = 0, disk_writes = 0, disk_errors = 0;
-  int64_t computed = 0;  // entries built by a forward pass for a generation
+  int64_t disk_reads = 0, disk_writes = 0;
+  int64_t disk_errors = 0;        // damaged or foreign files dropped
+  int64_t disk_write_errors = 0;  // entry or id files that could not be written
+  int64_t disk_files = 0, disk_bytes = 0, disk_budget = 0;  // entry and id files
+  int64_t disk_evictions = 0;   // entry files removed to keep the disk budget
+  int64_t alias_bytes = 0;      // what the ids take in memory (bounded by the id budget)
+  int64_t alias_evictions = 0;  // ids forgotten: for the id budget, or with their evicted entry
+  int64_t computed = 0;         // entries built by a forward pass for a generation
 };
 
 }  // namespace gritserve

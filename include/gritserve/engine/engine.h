@@ -36,8 +36,13 @@ class FrontEnd {
   EncodedPrompt EncodeEmbed(const std::string& text, const EmbedOptions& options) const;
   // Already-tokenised input: pooled over every token (the template is not applied).
   EncodedPrompt EncodeEmbedIds(std::vector<int32_t> ids) const;
-  std::vector<int32_t> EncodeGenerate(const std::string& prompt, bool raw) const;
-  std::vector<int32_t> EncodeChat(const std::vector<ChatMessage>& messages) const;
+  // Raw prompts are used as given, special tokens included. Through the
+  // template, the prompt and the messages' content are literal text unless
+  // `parse_special` (see EncodeGeneratePrompt).
+  std::vector<int32_t> EncodeGenerate(const std::string& prompt, bool raw,
+                                      bool parse_special = false) const;
+  std::vector<int32_t> EncodeChat(const std::vector<ChatMessage>& messages,
+                                  bool parse_special = false) const;
 
   // Unprocessable (422) for what the model cannot run: the Runner checks
   // every request with these before it computes anything.

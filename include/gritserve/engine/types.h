@@ -23,8 +23,9 @@ struct EngineOptions {
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
   // Document KV store.
   int64_t cache_bytes = 1LL << 30;
-  std::string cache_dir;                // empty: memory only
-  std::string cache_dtype = "float32";  // float32, float16 or bfloat16 storage
+  std::string cache_dir;                 // empty: memory only
+  int64_t cache_disk_bytes = 8LL << 30;  // entry and id files in cache_dir (LRU eviction past it)
+  std::string cache_dtype = "float32";   // float32, float16 or bfloat16 storage
 };
 
 enum class Pooling { kMean, kLast };
@@ -36,6 +37,9 @@ struct EmbedOptions {
   bool normalize = true;   // L2-normalise (after truncation to `dimensions`)
   int64_t dimensions = 0;  // keep the first N dimensions (Matryoshka); 0: all
   bool raw = false;        // no template: pool over every token of the text as given
+  // Special tokens spelled in the instruction or text become control tokens;
+  // otherwise they stay plain text inside the template (raw text always parses them).
+  bool parse_special = false;
 };
 
 // How an embedding request uses the document KV store.
@@ -47,9 +51,10 @@ enum class EmbedStore {
 
 // A document to place before a generation's prompt: a cached id or a text.
 struct DocumentRef {
-  std::string id;            // client id given to /embed
-  std::string text;          // used when id is empty
-  std::vector<int32_t> ids;  // token ids, used as given when id and text are empty
+  std::string id;              // client id given to /embed
+  std::string text;            // used when id is empty
+  std::vector<int32_t> ids;    // token ids, used as given when id and text are empty
+  bool parse_special = false;  // special tokens spelled in `text` become control tokens
 };
 enum class DocPositions {
   kSequential,  // documents one after another, then the prompt

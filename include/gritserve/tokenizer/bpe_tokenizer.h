@@ -23,9 +23,6 @@ class BpeTokenizer : public Tokenizer {
   // Parses tokenizer.json text; throws LoadError naming the unsupported or bad part.
   static std::unique_ptr<BpeTokenizer> FromJsonText(const std::string& json_text);
 
-  std::vector<int32_t> Encode(std::string_view text, bool parse_special = true) const override;
-  std::vector<TokenSpan> EncodeWithOffsets(std::string_view text,
-                                           bool parse_special = true) const override;
   std::string TokenBytes(int32_t id) const override;
   std::optional<int32_t> TokenToId(std::string_view token) const override;
   int32_t VocabSize() const override { return static_cast<int32_t>(bytes_.size()); }
@@ -77,8 +74,8 @@ class BpeTokenizer : public Tokenizer {
   void LoadAddedTokens(const nlohmann::json& added_tokens);
   void IndexAddedTokens();
 
-  void EncodeImpl(std::string_view text, bool parse_special, bool want_offsets,
-                  std::vector<TokenSpan>* out) const;
+  std::vector<TokenSpan> EncodeSpans(std::string_view text, const std::vector<TextRange>& literal,
+                                     bool want_offsets) const override;
   void EncodeSegment(std::string_view seg, size_t base, bool want_offsets,
                      std::vector<TokenSpan>* out) const;
   std::vector<Piece> PreTokenize(const std::string& normalized) const;

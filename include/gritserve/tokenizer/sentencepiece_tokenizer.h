@@ -17,9 +17,6 @@ class SentencePieceTokenizer : public Tokenizer {
   static std::unique_ptr<SentencePieceTokenizer> FromFile(const std::string& path);
   ~SentencePieceTokenizer() override;
 
-  std::vector<int32_t> Encode(std::string_view text, bool parse_special = true) const override;
-  std::vector<TokenSpan> EncodeWithOffsets(std::string_view text,
-                                           bool parse_special = true) const override;
   std::string TokenBytes(int32_t id) const override;
   std::optional<int32_t> TokenToId(std::string_view token) const override;
   int32_t VocabSize() const override { return static_cast<int32_t>(bytes_.size()); }
@@ -29,6 +26,8 @@ class SentencePieceTokenizer : public Tokenizer {
   void ApplyConfig(const std::string& dir);
 
  protected:
+  std::vector<TokenSpan> EncodeSpans(std::string_view text, const std::vector<TextRange>& literal,
+                                     bool want_offsets) const override;
   void AppendDecoded(int32_t id, bool at_start, std::string* out) const override;
 
  private:

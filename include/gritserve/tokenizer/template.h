@@ -42,23 +42,28 @@ struct EncodedPrompt {
   size_t text_end = 0;
 };
 
-// Template text is encoded with parse_special=true after textual substitution of
-// {instruction} / {prompt} / {content}. An embedding prompt is prefix + {text}
-// encoded as one string, as GritLM's own code does; text_begin is where the
-// prefix's own tokens end. A leading "<s>" the vocabulary lacks becomes the
-// tokenizer's BOS, or nothing when it has none (Qwen2).
+// The template's own text is encoded with special tokens parsed; the values
+// substituted into it ({instruction}, {text}, {prompt}, {content}) are literal
+// unless `parse_special`: a special token spelled in them stays plain text, so
+// a client cannot forge the template's markup. The whole prompt is still
+// tokenized as one string. An embedding prompt is prefix + {text}, as GritLM's
+// own code does; text_begin is where the prefix's own tokens end. A leading
+// "<s>" of the template that the vocabulary lacks becomes the tokenizer's BOS,
+// or nothing when it has none (Qwen2).
 EncodedPrompt EncodeEmbedPrompt(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                const std::string& instruction, const std::string& text);
+                                const std::string& instruction, const std::string& text,
+                                bool parse_special = false);
 std::vector<int32_t> EncodeGeneratePrompt(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                          const std::string& prompt);
+                                          const std::string& prompt, bool parse_special = false);
 
 struct ChatMessage {
   std::string role;  // system | user | assistant; anything else is Unprocessable
   std::string content;
 };
-// Ends with the generation prompt.
+// Ends with the generation prompt. The template's default_system is template text.
 std::vector<int32_t> EncodeChat(const Tokenizer& tok, const PromptTemplate& tmpl,
-                                const std::vector<ChatMessage>& messages);
+                                const std::vector<ChatMessage>& messages,
+                                bool parse_special = false);
 
 // ChatML when the vocabulary has "<|im_start|>", else GritLM.
 PromptTemplate DefaultTemplateFor(const Tokenizer& tok);

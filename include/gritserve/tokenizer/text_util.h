@@ -12,7 +12,29 @@
 #include <utility>
 #include <vector>
 
+#include "gritserve/tokenizer/tokenizer.h"
+
 namespace gritserve::tokenizer_internal {
+
+// Follows a left-to-right scan through sorted, disjoint ranges of literal text
+// (Tokenizer::EncodeWithLiterals), where special tokens are not recognised.
+class LiteralCursor {
+ public:
+  explicit LiteralCursor(const std::vector<TextRange>& ranges) : ranges_(ranges) {}
+  // Whether [begin, end) overlaps a non-empty range; `begin` must not decrease
+  // from one call to the next.
+  bool Overlaps(size_t begin, size_t end) {
+    while (next_ < ranges_.size() &&
+           (ranges_[next_].end <= begin || ranges_[next_].begin >= ranges_[next_].end)) {
+      ++next_;
+    }
+    return next_ < ranges_.size() && ranges_[next_].begin < end;
+  }
+
+ private:
+  const std::vector<TextRange>& ranges_;
+  size_t next_ = 0;  // the first range not wholly before the scan
+};
 
 // Byte offset of the first invalid UTF-8 sequence in `text`, or npos if it is valid.
 size_t FindInvalidUtf8(std::string_view text);

@@ -21,6 +21,12 @@ struct TokenSpan {
   size_t stop;
 };
 
+// A byte range [begin, end) of a text.
+struct TextRange {
+  size_t begin;
+  size_t end;
+};
+
 class StreamDecoder;
 
 class Tokenizer {
@@ -33,11 +39,18 @@ class Tokenizer {
   // Also reads DIR/tokenizer_config.json when present. Throws LoadError.
   static std::unique_ptr<Tokenizer> FromDirectory(const std::string& dir);
 
-  // parse_special: text spelling a special/added token becomes that token (HF's
-  // default). Never adds BOS. Throws Unprocessable on invalid UTF-8.
-  virtual std::vector<int32_t> Encode(std::string_view text, bool parse_special = true) const = 0;
-  virtual std::vector<TokenSpan> EncodeWithOffsets(std::string_view text,
-                                                   bool parse_special = true) const = 0;
+  // parse_special: text spelling a special token becomes that token (HF's
+  // default); without it, special tokens are spelled out as plain text (added
+  // tokens that are not special are always recognised, as in HF). Never adds
+  // BOS. Throws Unprocessable on invalid UTF-8.
+  std::vector<int32_t> Encode(std::string_view text, bool parse_special = true) const;
+  std::vector<TokenSpan> EncodeWithOffsets(std::string_view text, bool parse_special = true) const;
+  // Encodes `text` as one string (so tokens merge across the ranges' edges
+  // exactly as without them), but a special token is recognised only where it
+  // overlaps none of `literal` (sorted, disjoint): text a client wrote inside a
+  // template's markup stays text.
+  std::vector<int32_t> EncodeWithLiterals(std::string_view text,
+                                          const std::vector<TextRange>& literal) const;
   // Concatenated bytes of the tokens, invalid UTF-8 replaced by U+FFFD. Throws
   // Unprocessable naming an unknown id. Virtual with a default built on
   // AppendDecoded(), so test doubles only need TokenBytes().
@@ -58,6 +71,12 @@ class Tokenizer {
 
  protected:
   friend class StreamDecoder;
+
+  // Encode's one implementation: special tokens only where they overlap no
+  // range of `literal`; offsets only when `want_offsets` (else zeros).
+  virtual std::vector<TokenSpan> EncodeSpans(std::string_view text,
+                                             const std::vector<TextRange>& literal,
+                                             bool want_offsets) const = 0;
 
   // Appends the decoded bytes of `id`. `at_start` is true until the first non-special
   // token, so sentencepiece can drop its one dummy-prefix space there, and Decode()
