@@ -23,7 +23,7 @@ float MaskedValue(at::ScalarType dtype) { return dtype == at::kHalf ? -32768.0f 
 
 // Additive masks up to this many values ([B, T, S]) are materialised once
 // per forward pass and shared by its layers.
-constexpr int64_t kWholeMaskElements = int64_t{1} << 20;
+constexpr int64_t kWholeMaskElements = int64_t{4} << 20;
 
 // Rows of the MLP run at once (see Decoder::Mlp).
 constexpr int64_t kMlpRows = 2048;
@@ -175,20 +175,26 @@ KvCache Decoder::NewCache(int64_t batch) const {
 
 int64_t Decoder::ForwardBytes(const ModelConfig& c, int64_t batch, int64_t t, int64_t past) {
   constexpr int64_t kBytes = 4;  // float32 activations
-  const int64_t n = batch * t, s = past + t, hq = c.num_attention_heads;
+  const int64_t s = past + t, hq = c.num_attention_heads, h = c.hidden_size;
   const int64_t qkv = (hq + 2 * c.num_key_value_heads) * c.head_dim;
+  // Rows whose temporaries exist at once, and what is held for every token:
+  // a long single sequence runs in chunks (LayersInChunks) and keeps the
+  // residual stream and one layer's keys and values.
+  const bool chunked = batch == 1 && t > kChunkedLayersFrom;
+  const int64_t m = chunked ? kLayerChunkRows : batch * t;
+  const int64_t held = chunked ? t * (h + 2 * c.num_key_value_heads * c.head_dim) : 0;
   // Live across a layer: the residual stream, the pending block output, the
   // normed input, the fused projection, q, the attention output, the output
   // projection; then the returned hidden states.
-  const int64_t rows = n * (7 * c.hidden_size + qkv + 2 * hq * c.head_dim);
-  const int64_t mlp = std::min(n, kMlpRows) * 3 * c.intermediate_size + n * c.hidden_size;
-  // One block of scores and its softmax (the paths that hold scores: the
-  // larger of the two budgets), and the mask shared by the layers.
-  const kernels::AttentionBackend attention;
-  const int64_t block = attention.QueryBlock(batch, hq, t, s, /*one_pass=*/false);
+  const int64_t rows = m * (7 * h + qkv + 2 * hq * c.head_dim);
+  const int64_t mlp = std::min(m, kMlpRows) * 3 * c.intermediate_size + m * h;
+  // One block of scores and its softmax (on the paths that hold scores), and
+  // the mask shared by the layers.
+  const int64_t queries = chunked ? m : t;
+  const int64_t block = kernels::AttentionBackend().QueryBlock(batch, hq, queries, s, false);
   const int64_t scores = 2 * batch * hq * block * s;
   const int64_t mask = std::min(batch * t * s, kWholeMaskElements) + 4 * batch * s;
-  return kBytes * (rows + mlp + scores + mask);
+  return kBytes * (held + rows + mlp + scores + mask);
 }
 
 int64_t Decoder::KvBytes(const ModelConfig& c, int64_t tokens) {
