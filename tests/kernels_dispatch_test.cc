@@ -88,11 +88,11 @@ TEST(KernelDispatch, Avx2PathsComputeTheSameProducts) {
     Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
     EXPECT_LT((lin(x).to(at::kDouble) - ref).abs().max().item<double>(), 1e-4) << isa;
 
-    // Attention: q [B, Hkv, G T, D], k/v [B, Hkv, S, D], mask [B, 1, 1, T, S].
+    // Attention: q [B, Hkv, G T, D], k/v [B, Hkv, S, D], mask [B, T, S].
     const int64_t g = 2, t = 12, s = 20, d = 64;
     const at::Tensor q = at::randn({1, 1, g * t, d}) / 8;
     const at::Tensor k = at::randn({1, 1, s, d}), v = at::randn({1, 1, s, d});
-    const at::Tensor mask = at::zeros({1, 1, 1, t, s});
+    const auto mask = kernels::AttentionMask::Dense(at::zeros({1, t, s}));
     const auto backend = kernels::AttentionBackend::For(at::Device(at::kCPU), at::kFloat);
     const at::Tensor got = kernels::Attention(backend, q, k, v, mask, 1.0, g);  // [T, G D]
     const at::Tensor p =

@@ -10,4 +10,15 @@ void ConfigureAllocatorForInference() {
   mallopt(M_TOP_PAD, 64 << 20);        // grow the heap in big steps
 }
 
+int64_t FreeHeapBytes() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<int64_t>(info.fordblks);
+}
+
+int64_t ReleaseFreedMemory() {
+  const int64_t free_bytes = FreeHeapBytes();
+  malloc_trim(0);
+  return free_bytes;
+}
+
 }  // namespace gritserve

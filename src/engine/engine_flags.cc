@@ -14,6 +14,9 @@ void AddEngineFlags(CLI::App& app, EngineOptions& o, ModelFlag model,
   app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
   app.add_option("--max-batch-tokens", o.max_batch_tokens, "padded tokens per embedding pass")
       ->capture_default_str();
+  app.add_option("--max-job-bytes", o.max_job_bytes,
+                 "estimated working memory one request may take (0: what is free)")
+      ->capture_default_str();
   app.add_option("--cache-bytes", o.cache_bytes, "document KV store budget in bytes")
       ->capture_default_str();
   app.add_option("--cache-dir", o.cache_dir, "document KV disk tier directory");

@@ -1,9 +1,46 @@
 // The engine's thread-safe front end: tokenizing, validating, and the
 // document store's index (documents.cc resolves documents).
+#include <algorithm>
+
 #include "engine_impl.h"
+#include "gritserve/common/allocator.h"
 #include "gritserve/common/error.h"
+#include "gritserve/common/memory_info.h"
 
 namespace gritserve {
+namespace {
+
+// Jobs estimated below this always run: the memory check reads /proc, and a
+// small job's estimate is within the slack every process needs anyway.
+constexpr int64_t kAlwaysFitsBytes = int64_t{64} << 20;
+// Prompt tokens per prefill pass of a generation (sequence.cc feeds long
+// prompts in chunks of this size).
+constexpr int64_t kPrefillChunk = 256;
+
+std::string Mib(int64_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
+
+// Refuses a job whose estimate is over the cap (413) or over the memory free
+// now (429): memory the OS has available plus what this process has freed
+// and keeps for reuse.
+void CheckJobBytes(int64_t bytes, int64_t cap) {
+  if (cap > 0 && bytes > cap) {
+    throw Error(ErrorKind::kTooLarge, "this request needs about " + Mib(bytes) +
+                                          " of working memory, over the " + Mib(cap) +
+                                          " allowed per request; send fewer or shorter inputs");
+  }
+  if (bytes < kAlwaysFitsBytes) return;
+  if (const auto available = AvailableMemoryBytes()) {
+    const int64_t free_now = *available + FreeHeapBytes();
+    if (bytes > free_now) {
+      throw Error(ErrorKind::kQueueFull, "this request needs about " + Mib(bytes) +
+                                             " of working memory and " + Mib(free_now) +
+                                             " are free now; retry later or send fewer or "
+                                             "shorter inputs");
+    }
+  }
+}
+
+}  // namespace
 
 FrontEnd::FrontEnd(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 FrontEnd::~FrontEnd() = default;
@@ -64,6 +101,46 @@ void FrontEnd::ValidateEmbed(const std::vector<EncodedPrompt>& prompts, const Em
   if (!ids.empty() && ids.size() != prompts.size()) {
     throw Unprocessable("'ids' must name every input");
   }
+  CheckJobBytes(EmbedJobBytes(prompts, store), impl_->options.max_job_bytes);
+}
+
+int64_t FrontEnd::EmbedJobBytes(const std::vector<EncodedPrompt>& prompts, EmbedStore store) const {
+  const ModelConfig& c = impl_->config;
+  int64_t longest = 1, total = 0;
+  for (const auto& p : prompts) {
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.ids.size()));
+    total += static_cast<int64_t>(p.ids.size());
+  }
+  // Runner::Embed pads batches to their longest member under max_batch_tokens.
+  const int64_t rows = std::clamp<int64_t>(impl_->options.max_batch_tokens / longest, 1,
+                                           std::max<size_t>(prompts.size(), 1));
+  int64_t bytes = Decoder::ForwardBytes(c, rows, longest, 0);
+  if (store == EmbedStore::kKeep) {
+    // The batch's cache, and the entries cut from it (held by the store,
+    // within its own budget).
+    bytes += Decoder::KvBytes(c, rows * longest) +
+             std::min(Decoder::KvBytes(c, total), impl_->options.cache_bytes);
+  }
+  return bytes;
+}
+
+int64_t FrontEnd::GenerateJobBytes(const GenerateRequest& request) const {
+  const ModelConfig& c = impl_->config;
+  const int64_t prompt = static_cast<int64_t>(request.prompt.size());
+  int64_t docs = 0, longest_doc = 0;
+  for (const auto& d : request.documents) {
+    docs += static_cast<int64_t>(d.ids.size());
+    longest_doc = std::max<int64_t>(longest_doc, static_cast<int64_t>(d.ids.size()));
+  }
+  const int64_t tokens =
+      std::min(docs + prompt + std::max<int64_t>(request.params.max_tokens, 0), max_context());
+  int64_t bytes = Decoder::KvBytes(c, tokens) +
+                  Decoder::ForwardBytes(c, 1, std::min(prompt, kPrefillChunk), docs + prompt);
+  if (longest_doc > 0) {
+    // A document not in the store yet: its own pass, and its entry.
+    bytes += Decoder::ForwardBytes(c, 1, longest_doc, 0) + 2 * Decoder::KvBytes(c, longest_doc);
+  }
+  return bytes;
 }
 
 void FrontEnd::ValidateGenerate(const GenerateRequest& request) const {
@@ -81,6 +158,7 @@ void FrontEnd::ValidateGenerate(const GenerateRequest& request) const {
       throw Unprocessable("token id " + std::to_string(id) + " is outside the vocabulary");
     }
   }
+  CheckJobBytes(GenerateJobBytes(request), impl_->options.max_job_bytes);
 }
 
 }  // namespace gritserve

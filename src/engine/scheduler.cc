@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include "gritserve/common/allocator.h"
 #include "gritserve/common/error.h"
 
 namespace gritserve {
@@ -12,6 +15,11 @@ constexpr size_t kMaxMergedInputs = 256;
 // and their prompt tokens in total.
 constexpr size_t kMaxStartingGenerations = 16;
 constexpr size_t kMaxStartingTokens = 2048;
+// A job estimated above this (FrontEnd::EmbedJobBytes, GenerateJobBytes)
+// hands the memory it freed back to the OS once it is done: the allocator
+// otherwise keeps it for reuse, and one long input would leave the process
+// at its peak size for good.
+constexpr int64_t kTrimAfterBytes = int64_t{256} << 20;
 }  // namespace
 
 struct Scheduler::Job {
@@ -179,8 +187,13 @@ void Scheduler::RunEmbedJobs(std::unique_ptr<Job> first) {
     }
     stats_.queued = static_cast<int64_t>(queue_.size());
   }
+  int64_t bytes = 0;
+  for (const auto& j : batch) {
+    bytes = std::max(bytes, runner_.front().EmbedJobBytes(j->prompts, j->store));
+  }
   RunEmbedBatch(batch);
   for (size_t i = 0; i < batch.size(); ++i) JobDone(0);
+  if (bytes > kTrimAfterBytes) ReleaseFreedMemory();
 }
 
 void Scheduler::StartSequences(std::unique_ptr<Job> first,
@@ -243,12 +256,16 @@ void Scheduler::StepRound(std::vector<std::shared_ptr<Sequence>>* active) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.active_generations = static_cast<int64_t>(active->size());
   }
+  bool large = false;
   for (auto& [finished, error] : ended) {
+    large = large || runner_.front().GenerateJobBytes(finished->request()) > kTrimAfterBytes;
     // Counters first, then the answer: a client that reads /metrics right
     // after its response must see its own tokens counted.
     JobDone(finished->started() ? finished->result().completion_tokens : 0);
     finished->Complete(error);
   }
+  ended.clear();  // a failed sequence's cache goes with it
+  if (large) ReleaseFreedMemory();
 }
 
 void Scheduler::FailAll(std::vector<std::shared_ptr<Sequence>>* active) {

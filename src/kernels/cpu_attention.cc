@@ -75,9 +75,10 @@ struct Operands {
   const float* q;     // [B, Hkv, R, D]
   const float* kt;    // [B Hkv, panels, D, 64]
   const float* v;     // [B, Hkv, S, D] at strides vb, vh, vs
-  const float* mask;  // [B, T, S]
+  const float* mask;  // [B, tn, S]: query tokens [t0, t0 + tn)
   float* out;         // [B T, Hkv G D]
   int64_t hkv, g, t, s, d, rows, panels, vb, vh, vs;
+  int64_t t0, tn;
 };
 
 // Query rows [r0, r0 + rows) of KV head h in batch b.
@@ -101,7 +102,7 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = r0 + r, ti = row % o.t;
       float* p = sc + r * kChunk;
-      const float* m = o.mask + (b * o.t + ti) * o.s + j0;
+      const float* m = o.mask + (b * o.tn + ti - o.t0) * o.s + j0;
       // Masked loads only for the last partial vector: on the AMD cores
       // measured, masked loads in a main loop ran it at three quarters speed.
       __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
@@ -164,8 +165,8 @@ __attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int6
 bool Available() { return kernels::Dispatch::Current().avx512; }
 
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& mask, int64_t g) {
-  if (!Suits(q, k, v, mask, g)) {
+                  const MaskRows& mask_rows, int64_t block, int64_t g) {
+  if (!Suits(q, k, v, g) || block < 1) {
     throw Error(ErrorKind::kInternal, "cpu_attention::Attend called outside its operands");
   }
   Operands o{};
@@ -177,7 +178,7 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   at::Tensor kt = at::empty({b * o.hkv, o.panels, o.d, kPanel}, q.options());  // K^T panels
   at::Tensor out = at::empty({b * o.t, o.hkv * g * o.d}, q.options());         // [B T, Hq D]
   o.q = q.data_ptr<float>(), o.kt = kt.data_ptr<float>(), o.v = v.data_ptr<float>();
-  o.mask = mask.data_ptr<float>(), o.out = out.data_ptr<float>();
+  o.out = out.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   float* ktp = kt.data_ptr<float>();
   const int64_t kb = k.stride(0), kh = k.stride(1), ks = k.stride(2);
@@ -186,13 +187,27 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     PackPanel(kp + (bh / o.hkv) * kb + (bh % o.hkv) * kh, ks, o.s, o.d, p,
               ktp + (bh * o.panels + p) * o.d * kPanel);
   });
-  const int64_t blocks = (o.rows + kRows - 1) / kRows;
-  work_steal::ParallelFor(b * o.hkv * blocks, [&](int64_t i, int64_t) {
-    const int64_t bh = i / blocks, blk = i % blocks;
-    // Even block sizes: 224 rows are 7 blocks of 32, 40 rows 2 of 20.
-    const int64_t r0 = o.rows * blk / blocks, r1 = o.rows * (blk + 1) / blocks;
-    Block(o, bh / o.hkv, bh % o.hkv, r0, r1 - r0);
-  });
+  for (o.t0 = 0; o.t0 < o.t; o.t0 += block) {
+    o.tn = std::min(block, o.t - o.t0);
+    const at::Tensor mask = mask_rows(o.t0, o.tn);  // [B, tn, S]
+    if (!mask.is_contiguous() || mask.scalar_type() != at::kFloat ||
+        mask.sizes() != at::IntArrayRef{b, o.tn, o.s}) {
+      throw Error(ErrorKind::kInternal, "cpu_attention::Attend: mask rows of the wrong shape");
+    }
+    o.mask = mask.data_ptr<float>();
+    // Rows of one KV head that run: all G T of them for a single block (one
+    // range), else each query head's tn rows of this block (G ranges).
+    const bool whole = o.tn == o.t;
+    const int64_t ranges = whole ? 1 : g, length = whole ? o.rows : o.tn;
+    const int64_t blocks = (length + kRows - 1) / kRows;
+    work_steal::ParallelFor(b * o.hkv * ranges * blocks, [&](int64_t i, int64_t) {
+      const int64_t bh = i / (ranges * blocks), range = i / blocks % ranges, blk = i % blocks;
+      // Even block sizes: 224 rows are 7 blocks of 32, 40 rows 2 of 20.
+      const int64_t first = whole ? 0 : range * o.t + o.t0;
+      const int64_t r0 = length * blk / blocks, r1 = length * (blk + 1) / blocks;
+      Block(o, bh / o.hkv, bh % o.hkv, first + r0, r1 - r0);
+    });
+  }
   return out;
 }
 
@@ -200,27 +215,40 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 bool Available() { return false; }
 
-at::Tensor Attend(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+at::Tensor Attend(const at::Tensor&, const at::Tensor&, const at::Tensor&, const MaskRows&, int64_t,
                   int64_t) {
   throw Error(ErrorKind::kInternal, "cpu_attention is not built for this CPU");
 }
 
 #endif
 
-bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-           int64_t g) {
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& mask, int64_t g) {
+  if (!Suits(q, k, v, mask, g)) {
+    throw Error(ErrorKind::kInternal, "cpu_attention::Attend called outside its operands");
+  }
+  const int64_t t = mask.size(1);
+  return Attend(
+      q, k, v, [&](int64_t t0, int64_t n) { return mask.narrow(1, t0, n).contiguous(); }, t, g);
+}
+
+bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t g) {
   auto cpu_f32 = [](const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
   };
-  if (!kernels::CpuHasAvx512() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v) || !cpu_f32(mask))
-    return false;
-  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || mask.dim() != 3 || g < 1) return false;
+  if (!kernels::CpuHasAvx512() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v)) return false;
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || g < 1) return false;
   const int64_t b = q.size(0), hkv = q.size(1), rows = q.size(2), d = q.size(3), s = k.size(2);
-  return q.is_contiguous() && mask.is_contiguous() && k.sizes() == v.sizes() && k.size(0) == b &&
-         k.size(1) == hkv && k.size(3) == d && k.stride(3) == 1 && v.stride(3) == 1 &&
-         d % kPanel == 0 && d <= kMaxD && rows > 0 && rows % g == 0 && s > 0 &&
-         s < (int64_t{1} << 31) && mask.size(0) == b && mask.size(1) == rows / g &&
-         mask.size(2) == s;
+  return q.is_contiguous() && k.sizes() == v.sizes() && k.size(0) == b && k.size(1) == hkv &&
+         k.size(3) == d && k.stride(3) == 1 && v.stride(3) == 1 && d % kPanel == 0 && d <= kMaxD &&
+         rows > 0 && rows % g == 0 && s > 0 && s < (int64_t{1} << 31);
+}
+
+bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+           int64_t g) {
+  return Suits(q, k, v, g) && mask.defined() && mask.device().is_cpu() &&
+         mask.scalar_type() == at::kFloat && mask.dim() == 3 && mask.is_contiguous() &&
+         mask.size(0) == q.size(0) && mask.size(1) == q.size(2) / g && mask.size(2) == k.size(2);
 }
 
 }  // namespace gritserve::cpu_attention

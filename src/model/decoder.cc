@@ -21,6 +21,19 @@ namespace {
 // score is added, so it gets -2^15.
 float MaskedValue(at::ScalarType dtype) { return dtype == at::kHalf ? -32768.0f : -1e30f; }
 
+// Additive masks up to this many values ([B, T, S]) are materialised once
+// per forward pass and shared by its layers.
+constexpr int64_t kWholeMaskElements = int64_t{4} << 20;
+
+// Rows of the MLP run at once (see Decoder::Mlp).
+constexpr int64_t kMlpRows = 2048;
+
+// A single sequence longer than this runs each layer in chunks of rows
+// (Decoder::LayersInChunks), so that only the residual stream and one
+// layer's keys and values are held for every token.
+constexpr int64_t kChunkedLayersFrom = 8192;
+constexpr int64_t kLayerChunkRows = 512;
+
 at::Tensor Take(WeightMap& w, const std::string& name) {
   auto it = w.find(name);
   if (it == w.end()) throw LoadError("missing tensor '" + name + "'");
@@ -160,6 +173,34 @@ KvCache Decoder::NewCache(int64_t batch) const {
                  dtype_, device_);
 }
 
+int64_t Decoder::ForwardBytes(const ModelConfig& c, int64_t batch, int64_t t, int64_t past) {
+  constexpr int64_t kBytes = 4;  // float32 activations
+  const int64_t s = past + t, hq = c.num_attention_heads, h = c.hidden_size;
+  const int64_t qkv = (hq + 2 * c.num_key_value_heads) * c.head_dim;
+  // Rows whose temporaries exist at once, and what is held for every token:
+  // a long single sequence runs in chunks (LayersInChunks) and keeps the
+  // residual stream and one layer's keys and values.
+  const bool chunked = batch == 1 && t > kChunkedLayersFrom;
+  const int64_t m = chunked ? kLayerChunkRows : batch * t;
+  const int64_t held = chunked ? t * (h + 2 * c.num_key_value_heads * c.head_dim) : 0;
+  // Live across a layer: the residual stream, the pending block output, the
+  // normed input, the fused projection, q, the attention output, the output
+  // projection; then the returned hidden states.
+  const int64_t rows = m * (7 * h + qkv + 2 * hq * c.head_dim);
+  const int64_t mlp = std::min(m, kMlpRows) * 3 * c.intermediate_size + m * h;
+  // One block of scores and its softmax (on the paths that hold scores), and
+  // the mask shared by the layers.
+  const int64_t queries = chunked ? m : t;
+  const int64_t block = kernels::AttentionBackend().QueryBlock(batch, hq, queries, s, false);
+  const int64_t scores = 2 * batch * hq * block * s;
+  const int64_t mask = std::min(batch * t * s, kWholeMaskElements) + 4 * batch * s;
+  return kBytes * (held + rows + mlp + scores + mask);
+}
+
+int64_t Decoder::KvBytes(const ModelConfig& c, int64_t tokens) {
+  return 2 * 4 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * tokens;
+}
+
 at::Tensor Decoder::AddRmsNorm(at::Tensor& x, const at::Tensor& delta,
                                const at::Tensor& weight) const {
   const float eps = static_cast<float>(config_.rms_norm_eps);
@@ -232,106 +273,178 @@ Decoder::Segment Decoder::MakeSegment(const ForwardInput& in, int64_t past,
   return seg;
 }
 
-at::Tensor Decoder::BuildMask(const ForwardInput& in, int64_t past, const at::Tensor& key_valid,
-                              bool window) const {
-  const int64_t b = in.ids.size(0), t = in.ids.size(1), s = past + t;
-  auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
-  at::Tensor q_idx = at::arange(past, s, long_opts).unsqueeze(1);  // [T, 1]
-  at::Tensor k_idx = at::arange(0, s, long_opts).unsqueeze(0);     // [1, S]
-  at::Tensor allowed;                                              // [T, S] bool
+kernels::AttentionMask Decoder::BuildMask(const ForwardInput& in, int64_t past,
+                                          const at::Tensor& key_valid, bool window) const {
+  const int64_t t = in.ids.size(1), s = past + t;
+  // Keys [lo, hi) of each new token (at sequence index past + i).
+  std::vector<int64_t> lo(t, 0), hi(t, s);
   switch (in.attention.mode) {
     case AttentionMode::kCausal:
-      allowed = k_idx <= q_idx;
-      if (window) allowed = allowed & ((q_idx - k_idx) < *config_.sliding_window);
+      for (int64_t i = 0; i < t; ++i) {
+        hi[i] = past + i + 1;
+        if (window) lo[i] = std::max<int64_t>(0, past + i + 1 - *config_.sliding_window);
+      }
       break;
     case AttentionMode::kBidirectional:
-      allowed = at::ones({t, s}, long_opts.dtype(at::kBool));
       break;
     case AttentionMode::kBlocks: {
-      std::vector<int64_t> block_of;
-      std::vector<uint8_t> bidir, sees_prev;
-      for (size_t i = 0; i < in.attention.blocks.size(); ++i) {
-        const AttentionBlock& blk = in.attention.blocks[i];
-        block_of.insert(block_of.end(), blk.length, static_cast<int64_t>(i));
-        bidir.push_back(blk.bidirectional);
-        sees_prev.push_back(blk.sees_previous);
+      // Within its block a token sees all of it (bidirectional) or up to
+      // itself (causal); a block that sees_previous also sees every token
+      // before the block.
+      int64_t start = 0;
+      for (const AttentionBlock& blk : in.attention.blocks) {
+        const int64_t end = start + blk.length;
+        for (int64_t p = std::max(start, past); p < std::min(end, s); ++p) {
+          lo[p - past] = blk.sees_previous ? 0 : start;
+          hi[p - past] = blk.bidirectional ? end : p + 1;
+        }
+        start = end;
       }
-      if (static_cast<int64_t>(block_of.size()) != s) {
-        throw Error(ErrorKind::kInternal, "attention blocks cover " +
-                                              std::to_string(block_of.size()) +
+      if (start != s) {
+        throw Error(ErrorKind::kInternal, "attention blocks cover " + std::to_string(start) +
                                               " tokens, sequence has " + std::to_string(s));
       }
-      at::Tensor blk = at::tensor(block_of, long_opts);  // [S]
-      at::Tensor bd =
-          at::tensor(std::vector<int64_t>(bidir.begin(), bidir.end()), long_opts).to(at::kBool);
-      at::Tensor sp =
-          at::tensor(std::vector<int64_t>(sees_prev.begin(), sees_prev.end()), long_opts)
-              .to(at::kBool);
-      at::Tensor bq = blk.narrow(0, past, t).unsqueeze(1);  // [T, 1]
-      at::Tensor bk = blk.unsqueeze(0);                     // [1, S]
-      at::Tensor within =
-          (bq == bk) & (bd.index_select(0, bq.squeeze(1)).unsqueeze(1) | (k_idx <= q_idx));
-      at::Tensor previous = (bk < bq) & sp.index_select(0, bq.squeeze(1)).unsqueeze(1);
-      allowed = within | previous;
       break;
     }
   }
-  at::Tensor allowed_b = allowed.unsqueeze(0) & key_valid.unsqueeze(1);  // [B, T, S]
-  at::Tensor mask = at::zeros({b, t, s}, at::TensorOptions().dtype(dtype_).device(device_));
-  mask.masked_fill_(allowed_b.logical_not(), MaskedValue(dtype_));
-  return mask.view({b, 1, 1, t, s});
+  kernels::AttentionMask mask(at::tensor(lo, at::kLong).to(device_),
+                              at::tensor(hi, at::kLong).to(device_), key_valid.to(at::kBool),
+                              dtype_, MaskedValue(dtype_));
+  // Prompt-sized masks are built once for all layers; long inputs' masks
+  // are built per block of query rows, in each layer, and never whole.
+  mask.MaterialiseIfSmall(kWholeMaskElements);
+  return mask;
+}
+
+Decoder::Qkv Decoder::ProjectQkv(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
+                                 const at::Tensor& sin) const {
+  const int64_t b = cos.size(0), t = cos.size(1);
+  const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t d = config_.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor qkv = layer.qkv_proj(x);  // [B*T, (Hq + 2 Hkv) D]
+  Qkv out;
+  out.k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
+  out.v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
+  if (fused_cpu_) {
+    // Keys rotated in place inside qkv (k views them); q comes back scaled.
+    out.q = cpu_kernels::RopeQk(qkv, cos, sin, b, hq, hkv, d, static_cast<float>(scale));
+  } else {
+    at::Tensor c = at::cat({cos, cos}, -1).unsqueeze(1);  // [B, 1, T, D]
+    at::Tensor sn = at::cat({sin, sin}, -1).unsqueeze(1);
+    out.q = ApplyRope(qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2), c, sn);
+    out.k = ApplyRope(out.k, c, sn);  // [B, Hkv, T, D]
+    out.q_scale = scale;
+  }
+  return out;
+}
+
+const kernels::AttentionMask& Decoder::LayerMask(const Segment& seg, int64_t layer_index) const {
+  return seg.full_mask && layer_index < config_.window_from_layer ? *seg.full_mask : seg.mask;
 }
 
 at::Tensor Decoder::Attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
                               const at::Tensor& sin, const std::vector<Segment>& segments,
                               int64_t layer_index, bool last_only) const {
   // Rows of x are [B, T] for one segment, [1, sum T_i] for several (each B_i = 1).
-  const int64_t b = cos.size(0), t = cos.size(1);
-  const int64_t hq = config_.num_attention_heads, hkv = config_.num_key_value_heads;
-  const int64_t d = config_.head_dim, g = hq / hkv;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  at::Tensor qkv = layer.qkv_proj(x);  // [B*T, (Hq + 2 Hkv) D]
-  at::Tensor k = qkv.narrow(1, hq * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
-  at::Tensor v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({b, t, hkv, d}).transpose(1, 2);
-  at::Tensor q;        // [B, Hq, T, D]
-  double q_scale = 1;  // what the scores still need multiplying by
-  if (fused_cpu_) {
-    // Keys rotated in place inside qkv (k views them); q comes back scaled.
-    q = cpu_kernels::RopeQk(qkv, cos, sin, b, hq, hkv, d, static_cast<float>(scale));
-  } else {
-    at::Tensor c = at::cat({cos, cos}, -1).unsqueeze(1);  // [B, 1, T, D]
-    at::Tensor sn = at::cat({sin, sin}, -1).unsqueeze(1);
-    q = ApplyRope(qkv.narrow(1, 0, hq * d).view({b, t, hq, d}).transpose(1, 2), c, sn);
-    k = ApplyRope(k, c, sn);  // [B, Hkv, T, D]
-    q_scale = scale;
-  }
+  const int64_t hkv = config_.num_key_value_heads, d = config_.head_dim;
+  const int64_t g = config_.num_attention_heads / hkv;
+  const Qkv qkv = ProjectQkv(layer, x, cos, sin);
   std::vector<at::Tensor> outs;  // [B_i*T_i, Hq D] per segment
   const bool whole = segments.size() == 1;
   int64_t offset = 0;
   for (const Segment& seg : segments) {
-    at::Tensor qs = whole ? q : q.narrow(2, offset, seg.t);  // [B_i, Hq, T_i, D]
-    at::Tensor ks = whole ? k : k.narrow(2, offset, seg.t);  // [B_i, Hkv, T_i, D]
-    at::Tensor vs = whole ? v : v.narrow(2, offset, seg.t);
+    at::Tensor qs = whole ? qkv.q : qkv.q.narrow(2, offset, seg.t);  // [B_i, Hq, T_i, D]
+    at::Tensor ks = whole ? qkv.k : qkv.k.narrow(2, offset, seg.t);  // [B_i, Hkv, T_i, D]
+    at::Tensor vs = whole ? qkv.v : qkv.v.narrow(2, offset, seg.t);
     offset += seg.t;
     if (seg.cache != nullptr) std::tie(ks, vs) = seg.cache->Append(layer_index, ks, vs);
-    at::Tensor mask = seg.full_mask.defined() && layer_index < config_.window_from_layer
-                          ? seg.full_mask
-                          : seg.mask;  // [B_i, 1, 1, T_i, S]
+    kernels::AttentionMask mask = LayerMask(seg, layer_index);  // B_i x T_i x S
     if (last_only) {
       qs = qs.narrow(2, seg.t - 1, 1);
-      mask = mask.narrow(3, seg.t - 1, 1).contiguous();
+      mask = mask.Narrow(seg.t - 1, 1);
     }
     const int64_t sb = qs.size(0), st = qs.size(2);
     // Grouped-query attention without copying K/V per query head: the G query
     // heads that share a KV head are stacked along the token axis.
     at::Tensor qg = qs.reshape({sb, hkv, g * st, d});  // [B_i, Hkv, G T_i, D]
     outs.push_back(
-        kernels::Attention(attention_, qg, ks, vs, mask, q_scale, g));  // [B_i T_i, Hq D]
+        kernels::Attention(attention_, qg, ks, vs, mask, qkv.q_scale, g));  // [B_i T_i, Hq D]
   }
   return layer.o_proj(outs.size() == 1 ? outs[0] : at::cat(outs, 0));  // [B*T, H]
 }
 
+bool Decoder::RunsInChunks(const std::vector<Segment>& segments,
+                           const std::vector<at::Tensor>* layer_outputs) const {
+  return segments.size() == 1 && segments[0].mask.batch() == 1 &&
+         segments[0].t > kChunkedLayersFrom && layer_outputs == nullptr;
+}
+
+at::Tensor Decoder::LayersInChunks(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                                   const Segment& seg, int64_t n_layers, bool final_norm,
+                                   bool last_only) const {
+  const int64_t t = seg.t, hkv = config_.num_key_value_heads, d = config_.head_dim;
+  const int64_t g = config_.num_attention_heads / hkv;
+  const int64_t chunks = (t + kLayerChunkRows - 1) / kLayerChunkRows;
+  // Rows [r0, r0 + n) of chunk c, and their RoPE tables.
+  struct Rows {
+    int64_t r0, n;
+    at::Tensor x, cos, sin;  // [n, H] (a view: updated in place), [1, n, D/2]
+  };
+  auto rows = [&](int64_t c) {
+    const int64_t r0 = t * c / chunks, n = t * (c + 1) / chunks - r0;
+    return Rows{r0, n, x.narrow(0, r0, n), cos.narrow(1, r0, n), sin.narrow(1, r0, n)};
+  };
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const Layer& layer = layers_[i];
+    // Every token's keys and values first, from the rows as the layer found them.
+    at::Tensor keys = at::empty({1, hkv, t, d}, x.options());  // [1, Hkv, T, D]
+    at::Tensor values = at::empty({1, hkv, t, d}, x.options());
+    for (int64_t c = 0; c < chunks; ++c) {
+      Rows r = rows(c);
+      const Qkv qkv = ProjectQkv(layer, AddRmsNorm(r.x, {}, layer.input_layernorm), r.cos, r.sin);
+      keys.narrow(2, r.r0, r.n).copy_(qkv.k);
+      values.narrow(2, r.r0, r.n).copy_(qkv.v);
+    }
+    at::Tensor ks = keys, vs = values;
+    if (seg.cache != nullptr) std::tie(ks, vs) = seg.cache->Append(i, keys, values);
+    const kernels::AttentionMask& mask = LayerMask(seg, i);
+    // Then each chunk's queries (projected again: holding every token's
+    // would cost as much as the residual stream) and its MLP, added to its
+    // rows in place: no other chunk reads them in this layer any more.
+    for (int64_t c = 0; c < chunks; ++c) {
+      Rows r = rows(c);
+      const Qkv qkv = ProjectQkv(layer, AddRmsNorm(r.x, {}, layer.input_layernorm), r.cos, r.sin);
+      const at::Tensor qg = qkv.q.reshape({1, hkv, g * r.n, d});  // [1, Hkv, G n, D]
+      r.x.add_(layer.o_proj(
+          kernels::Attention(attention_, qg, ks, vs, mask.Narrow(r.r0, r.n), qkv.q_scale, g)));
+      r.x.add_(MlpRows(layer, AddRmsNorm(r.x, {}, layer.post_attention_layernorm)));
+    }
+  }
+  if (final_norm) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      Rows r = rows(c);
+      r.x.copy_(AddRmsNorm(r.x, {}, norm_));
+    }
+  }
+  return last_only ? x.narrow(0, t - 1, 1) : x;  // [T, H] or [1, H]
+}
+
 at::Tensor Decoder::Mlp(const Layer& layer, const at::Tensor& x) const {
+  const int64_t n = x.size(0);
+  if (n <= kMlpRows) return MlpRows(layer, x);
+  // Long inputs in row chunks: the [N, 2 I] intermediate is the largest
+  // activation of a layer (about ten times the hidden state).
+  at::Tensor out = at::empty({n, config_.hidden_size}, x.options());  // [N, H]
+  const int64_t chunks = (n + kMlpRows - 1) / kMlpRows;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = n * c / chunks, r1 = n * (c + 1) / chunks;
+    out.narrow(0, r0, r1 - r0).copy_(MlpRows(layer, x.narrow(0, r0, r1 - r0)));
+  }
+  return out;
+}
+
+at::Tensor Decoder::MlpRows(const Layer& layer, const at::Tensor& x) const {
   const int64_t inter = config_.intermediate_size;
   at::Tensor gu = layer.gate_up_proj(x);  // [N, 2 I]
   at::Tensor h = fused_cpu_ ? cpu_kernels::SiluMul(gu)
@@ -373,6 +486,9 @@ at::Tensor Decoder::Layers(at::Tensor x, const at::Tensor& cos, const at::Tensor
                            const std::vector<Segment>& segments, int64_t n_layers, bool final_norm,
                            bool last_only, std::vector<at::Tensor>* layer_outputs,
                            at::IntArrayRef output_shape) const {
+  if (RunsInChunks(segments, layer_outputs)) {
+    return LayersInChunks(x, cos, sin, segments[0], n_layers, final_norm, last_only);
+  }
   // Each block's output waits in `pending` and is added by the next norm, so
   // the fused kernel does add and norm in one pass.
   at::Tensor pending;  // [N, H]
@@ -431,7 +547,7 @@ at::Tensor Decoder::LastRows(const at::Tensor& x, const std::vector<Segment>& se
   std::vector<int64_t> rows;  // the last position of each batch row of each segment
   int64_t offset = 0;
   for (const Segment& seg : segments) {
-    const int64_t b = seg.mask.size(0);
+    const int64_t b = seg.mask.batch();
     for (int64_t i = 0; i < b; ++i) rows.push_back(offset + i * seg.t + seg.t - 1);
     offset += b * seg.t;
   }

@@ -45,10 +45,19 @@ class FrontEnd {
                                   bool parse_special = false) const;
 
   // Unprocessable (422) for what the model cannot run: the Runner checks
-  // every request with these before it computes anything.
+  // every request with these before it computes anything. A job whose
+  // memory estimate (below) is over --max-job-bytes is too large (413); one
+  // over what the machine has free at that moment waits for nothing and is
+  // refused as a full server is (429).
   void ValidateEmbed(const std::vector<EncodedPrompt>& prompts, const EmbedOptions& options,
                      EmbedStore store, const std::vector<std::string>& ids) const;
   void ValidateGenerate(const GenerateRequest& request) const;
+
+  // The working memory a job is estimated to need at its peak beyond the
+  // loaded model: its largest forward pass (Decoder::ForwardBytes) and the
+  // keys and values it holds. Linear in its tokens.
+  int64_t EmbedJobBytes(const std::vector<EncodedPrompt>& prompts, EmbedStore store) const;
+  int64_t GenerateJobBytes(const GenerateRequest& request) const;
 
   // The template's default: GritLM-style templates reuse the embedding pass.
   KvSource default_kv_source() const;

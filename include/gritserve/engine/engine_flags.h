@@ -19,7 +19,8 @@ enum class ModelFlag {
 };
 
 // --model, --template, --threads, --device, --dtype, --max-batch-tokens,
-// --cache-bytes, --cache-dir, --cache-disk-bytes, --cache-dtype, filling `options` when parsed.
+// --max-job-bytes, --cache-bytes, --cache-dir, --cache-disk-bytes, --cache-dtype, filling
+// `options` when parsed.
 // `model_help` describes --model (what happens without it).
 void AddEngineFlags(CLI::App& app, EngineOptions& options, ModelFlag model,
                     const std::string& model_help);

@@ -21,6 +21,10 @@ struct EngineOptions {
   // products; see AutoCpuDtype), bfloat16 on CUDA; or float32|bfloat16|float16.
   std::string dtype = "auto";
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
+  // Working memory one job may take by its estimate (FrontEnd::EmbedJobBytes,
+  // GenerateJobBytes); 0: no fixed cap. Either way a job is refused when its
+  // estimate exceeds the memory free when it is about to run.
+  int64_t max_job_bytes = 0;
   // Document KV store.
   int64_t cache_bytes = 1LL << 30;
   std::string cache_dir;                 // empty: memory only

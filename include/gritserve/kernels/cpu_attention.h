@@ -18,6 +18,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <functional>
+
 namespace gritserve::cpu_attention {
 
 // Whether this CPU and build run the kernel (x86-64 with AVX-512F) and
@@ -25,8 +28,10 @@ namespace gritserve::cpu_attention {
 bool Available();
 
 // Whether Attend takes these operands: CPU float32, D a multiple of 64 up to
-// 256, unit stride along D for k and v, q and mask contiguous, and shapes as
-// Attend describes.
+// 256, unit stride along D for k and v, q contiguous, and shapes as Attend
+// describes.
+bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t g);
+// The same, and a contiguous [B, T, S] float32 mask for the dense Attend.
 bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
            int64_t g);
 
@@ -39,5 +44,14 @@ bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
 //   -> [B T, Hkv G D]
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& mask, int64_t g);
+
+// The additive mask of query tokens [t0, t0 + n): [B, n, S] contiguous float32.
+using MaskRows = std::function<at::Tensor(int64_t t0, int64_t n)>;
+
+// The same with the mask asked for `block` query tokens at a time, so that
+// only a [B, block, S] slice of it exists at once (keys are packed once for
+// all blocks). One block of T tokens splits work exactly as the dense form.
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const MaskRows& mask_rows, int64_t block, int64_t g);
 
 }  // namespace gritserve::cpu_attention

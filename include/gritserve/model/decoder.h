@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -94,6 +95,14 @@ class Decoder {
   // A fresh cache sized for this model.
   KvCache NewCache(int64_t batch) const;
 
+  // What one Forward of `batch` rows of `t` new tokens after `past` cached
+  // ones allocates at its peak, beyond the weights and any cache it is given
+  // (activations, attention blocks, the returned hidden states), for a model
+  // computing in float32 or less. An estimate for admission, not a bound.
+  static int64_t ForwardBytes(const ModelConfig& config, int64_t batch, int64_t t, int64_t past);
+  // Bytes of keys and values for `tokens` tokens in every layer (float32).
+  static int64_t KvBytes(const ModelConfig& config, int64_t tokens);
+
  private:
   struct Layer {
     at::Tensor input_layernorm;           // [H]
@@ -106,13 +115,34 @@ class Decoder {
 
   // Sequences whose rows lie one after another in a forward's activations.
   struct Segment {
-    int64_t t;        // tokens per row of the segment's batch
-    at::Tensor mask;  // [B_i, 1, 1, T_i, S_i], with the sliding window if any layer has one
-    KvCache* cache;   // or nullptr
-    // [B_i, 1, 1, T_i, S_i] without the window, for the layers before
-    // window_from_layer when only some layers have it; else undefined.
-    at::Tensor full_mask = {};
+    int64_t t;                    // tokens per row of the segment's batch
+    kernels::AttentionMask mask;  // B_i x T_i x S_i, with the sliding window if any layer has one
+    KvCache* cache;               // or nullptr
+    // Without the window, for the layers before window_from_layer when only
+    // some layers have it.
+    std::optional<kernels::AttentionMask> full_mask = std::nullopt;
   };
+  // A layer's projections of normed rows x [B*T, H], RoPE applied.
+  struct Qkv {
+    at::Tensor q;        // [B, Hq, T, D]
+    at::Tensor k, v;     // [B, Hkv, T, D], views into the projection output
+    double q_scale = 1;  // what the scores still need multiplying by
+  };
+  Qkv ProjectQkv(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
+                 const at::Tensor& sin) const;
+  // The mask of a segment for layer `layer_index` (with or without the window).
+  const kernels::AttentionMask& LayerMask(const Segment& seg, int64_t layer_index) const;
+  // Whether Layers runs these segments through LayersInChunks: one long
+  // sequence of batch 1, no layer outputs asked for.
+  bool RunsInChunks(const std::vector<Segment>& segments,
+                    const std::vector<at::Tensor>* layer_outputs) const;
+  // Layers for one long sequence, each layer in chunks of rows: every
+  // token's keys and values from the layer's input, then per chunk its
+  // queries' attention and its MLP, added to the residual stream x [T, H] in
+  // place. Equals Layers up to summation order.  -> [T, H], or [1, H] with last_only
+  at::Tensor LayersInChunks(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                            const Segment& seg, int64_t n_layers, bool final_norm,
+                            bool last_only) const;
   Segment MakeSegment(const ForwardInput& input, int64_t past, const at::Tensor& key_valid,
                       KvCache* cache) const;
   // cos, sin: [B, T, D/2] over all rows (B = 1 when there are several segments).
@@ -130,7 +160,9 @@ class Decoder {
                     const std::vector<Segment>& segments, int64_t n_layers, bool final_norm,
                     bool last_only, std::vector<at::Tensor>* layer_outputs,
                     at::IntArrayRef output_shape) const;
+  // x: [N, H] -> [N, H], in chunks of rows for long inputs
   at::Tensor Mlp(const Layer& layer, const at::Tensor& x) const;
+  at::Tensor MlpRows(const Layer& layer, const at::Tensor& x) const;
   // The rows of each batch row's last position, in order.  x: [N, H] -> [R, H]
   static at::Tensor LastRows(const at::Tensor& x, const std::vector<Segment>& segments);
   // Embedding rows in the compute dtype.  ids: [...] -> [..., H]
@@ -138,10 +170,10 @@ class Decoder {
   // x += delta (where defined), then returns RMSNorm(x) * weight. The fused CPU
   // kernel updates x in place; the ATen path rebinds x to a new tensor.
   at::Tensor AddRmsNorm(at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight) const;
-  // Additive mask [B, 1, 1, T, S] for T new tokens after `past` stored ones;
+  // Which keys T new tokens after `past` stored ones see (B x T x S);
   // causal attention keeps to the sliding window when `window`.
-  at::Tensor BuildMask(const ForwardInput& input, int64_t past, const at::Tensor& key_valid,
-                       bool window) const;
+  kernels::AttentionMask BuildMask(const ForwardInput& input, int64_t past,
+                                   const at::Tensor& key_valid, bool window) const;
   // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once)
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
 
