@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "http_util.h"
+#include "requests.h"
 #include "server_context.h"
 
 namespace gritserve {
@@ -11,11 +12,7 @@ namespace {
 
 using http::json;
 
-struct EmbedRequest {
-  EmbedOptions options;
-  bool truncate = false;
-  bool truncate_left = false;
-};
+}  // namespace
 
 // Fields shared by /embed, /v1/embeddings and the rerank routes.
 EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
@@ -43,6 +40,8 @@ EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
   return r;
 }
 
+namespace {
+
 // Applies the token limit: truncates the {text} span when allowed, else 422.
 void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedRequest& r) {
   const int64_t n = static_cast<int64_t>(p.ids.size());
@@ -58,6 +57,8 @@ void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedReques
   p.text_end -= excess;
 }
 
+}  // namespace
+
 std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& in,
                                   const EmbedRequest& r) {
   std::vector<EncodedPrompt> prompts;
@@ -69,6 +70,8 @@ std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& 
   }
   return prompts;
 }
+
+namespace {
 
 int64_t CountTokens(const std::vector<EncodedPrompt>& prompts) {
   int64_t n = 0;
@@ -85,12 +88,6 @@ float Dot(const std::vector<float>& a, const std::vector<float>& b) {
   return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
 }
 
-// A rerank document: a text, or the id of an entry cached by /embed.
-struct Doc {
-  std::string value;
-  bool is_id = false;
-};
-
 Doc ParseDoc(const json& d, const char* field) {
   if (d.is_string()) return {d.get<std::string>(), false};
   if (d.is_object() && d.contains("text") && d["text"].is_string()) {
@@ -102,6 +99,8 @@ Doc ParseDoc(const json& d, const char* field) {
   throw InvalidRequest(std::string("each of '") + field +
                        "' must be a string, {\"text\": string} or {\"id\": cached id}");
 }
+
+}  // namespace
 
 std::vector<Doc> ParseDocs(const JsonFields& f, const char* field, int64_t max_items) {
   const json* it = f.Find(field);
@@ -120,6 +119,8 @@ std::vector<Doc> ParseDocs(const JsonFields& f, const char* field, int64_t max_i
   }
   return docs;
 }
+
+namespace {
 
 std::string DocText(const ServerContext& ctx, const Doc& d) {
   if (!d.is_id) return d.value;
@@ -174,7 +175,8 @@ std::vector<size_t> BestFirst(const std::vector<float>& scores) {
   return order;
 }
 
-// "ids" name the cached entries for later /generate documents, one per input.
+}  // namespace
+
 std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext& ctx,
                                        size_t inputs) {
   std::vector<std::string> ids;
@@ -191,6 +193,8 @@ std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext&
   }
   return ids;
 }
+
+namespace {
 
 void HandleEmbed(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
   const json body = http::ParseBody(req.body);
@@ -285,6 +289,8 @@ void HandleCohereRerank(ServerContext& ctx, const httplib::Request& req, httplib
 
 // The BOS that add_special puts first has no text of its own: it is listed
 // with the empty span at 0, so every id the model sees is in the list.
+}  // namespace
+
 json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) {
   json tokens = json::array();
   if (add_special && tok.add_bos() && tok.bos_id()) {
@@ -303,6 +309,8 @@ json TokenList(const Tokenizer& tok, const std::string& text, bool add_special) 
   }
   return tokens;
 }
+
+namespace {
 
 void HandleTokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
   const json body = http::ParseBody(req.body);
