@@ -11,7 +11,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -99,6 +101,21 @@ std::string AliasJson(const std::string& alias, const DocAlias& info) {
       {"alias", alias},  {"key", info.key.Hex()},         {"source", KvSourceName(info.source)},
       {"ids", info.ids}, {"text_begin", info.text_begin}, {"text_end", info.text_end}};
   return j.dump();
+}
+
+// The product of sizes read from a file, or nullopt when one is negative or the
+// product does not fit: the sizes come from a file that may be damaged.
+std::optional<size_t> Product(std::initializer_list<int64_t> factors) {
+  size_t n = 1;
+  for (int64_t f : factors) {
+    if (f < 0 || __builtin_mul_overflow(n, static_cast<size_t>(f), &n)) return std::nullopt;
+  }
+  return n;
+}
+
+// The document text's span must lie inside the ids (it indexes them).
+void CheckTextSpan(size_t begin, size_t end, size_t ids) {
+  if (begin > end || end > ids) throw std::runtime_error("text span outside the ids");
 }
 
 std::string ReadAll(const std::string& path) {
@@ -413,22 +430,34 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
     e->ids = TokenIds(h);
     e->text_begin = static_cast<size_t>(h.RequireInt("text_begin", 0));
     e->text_end = static_cast<size_t>(h.RequireInt("text_end", 0));
+    CheckTextSpan(e->text_begin, e->text_end, e->ids.size());
     const at::ScalarType dt = DtypeFromName(h.RequireString("dtype"));
     const int64_t layers = h.RequireInt("layers", 0), kvh = h.RequireInt("kv_heads", 0),
                   t = h.RequireInt("tokens", 0), d = h.RequireInt("head_dim", 0);
     const size_t n_mean = static_cast<size_t>(h.RequireInt("mean", 0));
     const size_t n_last = static_cast<size_t>(h.RequireInt("last", 0));
-    const size_t tensor_bytes = static_cast<size_t>(kvh * t * d) * at::elementSize(dt);
+    const auto tensor_bytes =
+        Product({kvh, t, d, static_cast<int64_t>(at::elementSize(dt))});  // one [Hkv, T, D]
+    const auto all_tensors = tensor_bytes ? Product({2, layers, static_cast<int64_t>(*tensor_bytes)})
+                                          : std::nullopt;
+    const auto vectors = Product({static_cast<int64_t>(n_mean), 4});
+    const auto vectors_last = Product({static_cast<int64_t>(n_last), 4});
     const size_t payload = static_cast<size_t>(h.RequireInt("payload_bytes", 0));
-    if (payload != static_cast<size_t>(2 * layers) * tensor_bytes + (n_mean + n_last) * 4 ||
-        16 + hlen + payload + 8 != file.size() || static_cast<int64_t>(e->ids.size()) != t) {
+    // Checked against the file's own size first, so the sum below cannot wrap.
+    if (!all_tensors || !vectors || !vectors_last || *all_tensors > file.size() ||
+        *vectors > file.size() || *vectors_last > file.size() ||
+        payload != *all_tensors + *vectors + *vectors_last || 16 + hlen + payload + 8 != file.size() ||
+        static_cast<int64_t>(e->ids.size()) != t) {
       throw std::runtime_error("sizes do not add up");
     }
     const char* p = file.data() + 16 + hlen;
+    auto take = [&p](void* to, size_t n) {  // an empty vector's or tensor's data may be null
+      if (n > 0) std::memcpy(to, p, n);
+      p += n;
+    };
     auto next = [&]() {  // [Hkv, T, D]
       at::Tensor x = at::empty({kvh, t, d}, at::TensorOptions().dtype(dt));
-      std::memcpy(x.data_ptr(), p, tensor_bytes);
-      p += tensor_bytes;
+      take(x.data_ptr(), *tensor_bytes);
       return x;
     };
     for (int64_t l = 0; l < layers; ++l) {
@@ -436,10 +465,9 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
       e->values.push_back(next());
     }
     e->mean.resize(n_mean);
-    std::memcpy(e->mean.data(), p, n_mean * 4);
-    p += n_mean * 4;
+    take(e->mean.data(), n_mean * 4);
     e->last.resize(n_last);
-    std::memcpy(e->last.data(), p, n_last * 4);
+    take(e->last.data(), n_last * 4);
     return e;
   } catch (const std::exception& ex) {
     // Never use a damaged or foreign file: drop it so the entry is recomputed.
@@ -669,6 +697,7 @@ std::optional<DocAlias> DocKvStore::ReadAliasFile(const std::string& path, std::
     a.ids = TokenIds(f);
     a.text_begin = static_cast<size_t>(f.RequireInt("text_begin", 0));
     a.text_end = static_cast<size_t>(f.RequireInt("text_end", 0));
+    CheckTextSpan(a.text_begin, a.text_end, a.ids.size());
     *alias = f.RequireString("alias");
     return a;
   } catch (const std::exception& e) {

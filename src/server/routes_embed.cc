@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "http_util.h"
+#include "requests.h"
 #include "server_context.h"
 
 namespace gritserve {
@@ -11,11 +12,7 @@ namespace {
 
 using http::json;
 
-struct EmbedRequest {
-  EmbedOptions options;
-  bool truncate = false;
-  bool truncate_left = false;
-};
+}  // namespace
 
 // Fields shared by /embed, /v1/embeddings and the rerank routes.
 EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
@@ -44,6 +41,8 @@ EmbedRequest ParseEmbedOptions(const JsonFields& f, const ServerContext& ctx) {
   return r;
 }
 
+namespace {
+
 // Applies the token limit: truncates the {text} span when allowed, else 422.
 void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedRequest& r) {
   const int64_t n = static_cast<int64_t>(p.ids.size());
@@ -59,6 +58,8 @@ void ApplyLimit(EncodedPrompt& p, size_t index, int64_t limit, const EmbedReques
   p.text_end -= excess;
 }
 
+}  // namespace
+
 std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& in,
                                   const EmbedRequest& r) {
   std::vector<EncodedPrompt> prompts;
@@ -70,6 +71,8 @@ std::vector<EncodedPrompt> Encode(const ServerContext& ctx, const http::Inputs& 
   }
   return prompts;
 }
+
+namespace {
 
 int64_t CountTokens(const std::vector<EncodedPrompt>& prompts) {
   int64_t n = 0;
@@ -86,12 +89,6 @@ float Dot(const std::vector<float>& a, const std::vector<float>& b) {
   return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
 }
 
-// A rerank document: a text, or the id of an entry cached by /embed.
-struct Doc {
-  std::string value;
-  bool is_id = false;
-};
-
 Doc ParseDoc(const json& d, const char* field) {
   if (d.is_string()) return {d.get<std::string>(), false};
   if (d.is_object() && d.contains("text") && d["text"].is_string()) {
@@ -103,6 +100,8 @@ Doc ParseDoc(const json& d, const char* field) {
   throw InvalidRequest(std::string("each of '") + field +
                        "' must be a string, {\"text\": string} or {\"id\": cached id}");
 }
+
+}  // namespace
 
 std::vector<Doc> ParseDocs(const JsonFields& f, const char* field, int64_t max_items) {
   const json* it = f.Find(field);
@@ -121,6 +120,8 @@ std::vector<Doc> ParseDocs(const JsonFields& f, const char* field, int64_t max_i
   }
   return docs;
 }
+
+namespace {
 
 std::string DocText(const ServerContext& ctx, const Doc& d) {
   if (!d.is_id) return d.value;
@@ -174,7 +175,8 @@ std::vector<size_t> BestFirst(const std::vector<float>& scores) {
   return order;
 }
 
-// "ids" name the cached entries for later /generate documents, one per input.
+}  // namespace
+
 std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext& ctx,
                                        size_t inputs) {
   std::vector<std::string> ids;
@@ -191,6 +193,8 @@ std::vector<std::string> ParseCacheIds(const JsonFields& f, const ServerContext&
   }
   return ids;
 }
+
+namespace {
 
 void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json body = http::ParseBody(req.body);
@@ -304,11 +308,11 @@ json TokenList(const Tokenizer& tok, const std::string& text, const std::vector<
   return tokens;
 }
 
+}  // namespace
+
 // Each input may have as many tokens as an /embed input (--max-input-tokens),
 // so the answer stays within what the limits allow, whatever the body holds.
-void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {
-  const json body = http::ParseBody(req.body);
-  const JsonFields f = JsonFields::Request(body);
+json TokenizeResponse(const ServerContext& ctx, const JsonFields& f) {
   auto texts = f.StringList("inputs", ctx.options.max_inputs);
   if (!texts) throw f.Missing("inputs");
   for (const auto& text : *texts) http::RequireUtf8(text, "inputs");
@@ -331,7 +335,14 @@ void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response
   for (size_t i = 0; i < texts->size(); ++i) {
     out.push_back(TokenList(tok, (*texts)[i], spans[i], with_bos));
   }
-  http::SendJson(res, out);
+  return out;
+}
+
+namespace {
+
+void HandleTokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {
+  const json body = http::ParseBody(req.body);
+  http::SendJson(res, TokenizeResponse(ctx, JsonFields::Request(body)));
 }
 
 void HandleDetokenize(ServerContext& ctx, const http::Request& req, http::Response& res) {

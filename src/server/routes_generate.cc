@@ -2,6 +2,7 @@
 #include <random>
 
 #include "http_util.h"
+#include "requests.h"
 #include "server_context.h"
 
 namespace gritserve {
@@ -10,15 +11,7 @@ namespace {
 using http::json;
 using namespace std::chrono_literals;
 
-struct GenRequest {
-  std::vector<int32_t> prompt;
-  std::vector<ResolvedDocument> documents;
-  DocPositions positions = DocPositions::kSequential;
-  SamplingParams params;
-  bool stream = false;
-  bool return_tokens = false;
-  bool include_usage = false;
-};
+}  // namespace
 
 void ParseSampling(const JsonFields& f, const ServerContext& ctx, int64_t default_max_tokens,
                    GenRequest& r) {
@@ -53,6 +46,8 @@ void ParseSampling(const JsonFields& f, const ServerContext& ctx, int64_t defaul
   }
 }
 
+namespace {
+
 DocumentRef ParseDocumentRef(const JsonFields& f, const json& d, const ServerContext& ctx) {
   DocumentRef ref;
   if (d.is_string()) {
@@ -76,6 +71,8 @@ DocumentRef ParseDocumentRef(const JsonFields& f, const json& d, const ServerCon
   }
   return ref;
 }
+
+}  // namespace
 
 // "documents": cached ids (strings or {"id"}) or {"text"} placed before the
 // prompt; "kv_source" and "positions" say how. Unknown ids are a 404 naming them.
@@ -136,6 +133,8 @@ std::vector<int32_t> PromptFrom(const JsonFields& f, const ServerContext& ctx, c
   return in.ids[0];  // token ids are used as given
 }
 
+namespace {
+
 std::string MessageContent(const JsonFields& m) {
   const json* c = m.Find("content");
   if (c == nullptr) throw InvalidRequest("each message needs 'content'");
@@ -157,6 +156,8 @@ std::string MessageContent(const JsonFields& m) {
   return content;
 }
 
+}  // namespace
+
 std::vector<ChatMessage> ParseMessages(const JsonFields& f) {
   const json* messages = f.Find("messages");
   if (messages == nullptr || !messages->is_array() || messages->empty()) {
@@ -175,6 +176,8 @@ std::vector<ChatMessage> ParseMessages(const JsonFields& f) {
   }
   return out;
 }
+
+namespace {
 
 // The end shared by the three routes, once each has its prompt: limits,
 // documents, then the queue (which may refuse with kQueueFull).

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Sanitizer and fuzz builds with clang (README, "Tests"):
+#   scripts/sanitize.sh build  configure and build build-asan: clang, ASan+UBSan,
+#                              libFuzzer targets, no benchmarks
+#   scripts/sanitize.sh test   the whole CTest suite in build-asan
+#   scripts/sanitize.sh fuzz   each libFuzzer target for FUZZ_SECONDS (60) from its
+#                              corpus in tests/fuzz/NAME; crashes go to build-asan/fuzz-crashes
+#   scripts/sanitize.sh tsan   build-tsan: ThreadSanitizer over the scheduler and HTTP tests
+# Sanitizer options (suppressions in tests/sanitizers) are set here for every
+# process the tests start, the server binary included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+# llvm-symbolizer (package llvm-14) for symbolized reports.
+export PATH="${PATH}:/usr/lib/llvm-14/bin"
+jobs=${JOBS:-$(nproc)}
+generator=()
+if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:suppressions=${root}/tests/sanitizers/ubsan.supp}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=${root}/tests/sanitizers/lsan.supp:print_suppressions=0}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=${root}/tests/sanitizers/tsan.supp}
+
+configure() {  # configure DIR SANITIZERS FUZZ
+  if [ ! -f "$1/CMakeCache.txt" ]; then
+    # -O1 and line tables: readable reports, and a build that fits CI's time.
+    CXX=${CXX:-clang++-14} cmake -S . -B "$1" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" \
+      -DGRITSERVE_SANITIZE="$2" -DGRITSERVE_FUZZ="$3" -DGRITSERVE_BUILD_BENCH=OFF \
+      -DGRITSERVE_WERROR="${GRITSERVE_WERROR:-OFF}"
+  fi
+}
+
+case "${1:-}" in
+  build)
+    configure build-asan address,undefined ON
+    cmake --build build-asan -j "$jobs"
+    ;;
+  test)
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" ${CTEST_ARGS:-}
+    ;;
+  fuzz)
+    seconds=${FUZZ_SECONDS:-60}
+    mkdir -p build-asan/fuzz-crashes
+    status=0
+    for target in build-asan/tests/fuzz/*_fuzz; do
+      name=$(basename "$target" _fuzz)
+      # New inputs go to a scratch folder; the repository's corpus is only read.
+      scratch=$(mktemp -d)
+      echo "fuzz: ${name} for ${seconds} s"
+      if ! "$target" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
+        -artifact_prefix="build-asan/fuzz-crashes/${name}-" "$scratch" "tests/fuzz/${name}" \
+        2>"build-asan/fuzz-crashes/${name}.log"; then
+        tail -60 "build-asan/fuzz-crashes/${name}.log"
+        status=1
+      fi
+      grep -E "^stat::number_of_executed_units|^#[0-9]+.*DONE" "build-asan/fuzz-crashes/${name}.log" || true
+      rm -rf "$scratch"
+    done
+    exit $status
+    ;;
+  tsan)
+    configure build-tsan thread OFF
+    # LibTorch and its OpenMP runtime are not instrumented: TSan covers the
+    # server's own threads (HTTP workers, the scheduler, streaming), not tensor
+    # code, whose thread pools it cannot see (tests/sanitizers/tsan.supp).
+    tests=(engine_scheduler_test http_api_test http_api_stream_test http_api_lifecycle_test
+      http_bad_input_test http_cache_test)
+    cmake --build build-tsan -j "$jobs" --target gritserve "${tests[@]}"
+    status=0
+    for t in "${tests[@]}"; do
+      echo "tsan: ${t}"
+      "build-tsan/tests/${t}" --gtest_brief=1 || status=1
+    done
+    exit $status
+    ;;
+  *)
+    echo "usage: scripts/sanitize.sh build|test|fuzz|tsan" >&2
+    exit 2
+    ;;
+esac
