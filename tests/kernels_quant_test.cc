@@ -6,6 +6,7 @@
 // where e_w is half a weight step (plus what half-precision scales and
 // minimums add) and e_x half an activation step (int8 rows only).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -96,7 +97,12 @@ std::string Name(Format f, Isa isa, Path p) {
          (p == Path::kInt8Rows ? " int8 rows" : " float panels");
 }
 
+// Products split rows over LibTorch's threads; LibTorch starts with one per
+// physical core, which may be one here, so the tests ask for several.
+void UseSeveralThreads() { at::set_num_threads(3); }
+
 TEST(Quant, ProductsMatchFloat64WithinTheQuantizationBoundOnEveryPath) {
+  UseSeveralThreads();
   struct Shape {
     int64_t n, k;
   };
@@ -125,6 +131,7 @@ TEST(Quant, ProductsMatchFloat64WithinTheQuantizationBoundOnEveryPath) {
 }
 
 TEST(Quant, EdgeBlocksAndBfloat16Source) {
+  UseSeveralThreads();
   // Zero rows, constant blocks (q4 scale 0), one large value among tiny ones,
   // negative-only blocks; from bfloat16 bits, as a bfloat16 checkpoint loads.
   const int64_t n = 6, k = 70;
@@ -214,6 +221,7 @@ TEST(Quant, DispatchFollowsTheCpuAndTheIsaSwitch) {
 }
 
 TEST(Quant, LinearLayerQuantizesAndMultipliesWithItsBias) {
+  UseSeveralThreads();
   at::manual_seed(3);
   const at::Tensor w = (at::randn({40, 96}) * 0.1).to(at::kBFloat16);  // [out, in]
   const at::Tensor bias = at::randn({40});

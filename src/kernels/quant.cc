@@ -232,12 +232,11 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
       small_gemm::RunBf16(a, m, k, bf16.data(), nc, b, dst);
     } else {
       f32.resize(static_cast<size_t>(nc * k));
-      work_steal::ParallelFor(nc, [&](int64_t r, int64_t) {
-        w.DequantizeRow(n0 + r, f32.data() + r * k);
-      });
-      const at::Tensor x = at::from_blob(const_cast<float*>(a), {m, k});     // [M, K]
-      const at::Tensor wt = at::from_blob(f32.data(), {nc, k});             // [Nc, K]
-      at::Tensor y = at::from_blob(dst, {m, nc});                           // [M, Nc]
+      float* deq = f32.data();  // taken here: the workers have thread_locals of their own
+      work_steal::ParallelFor(nc, [&](int64_t r, int64_t) { w.DequantizeRow(n0 + r, deq + r * k); });
+      const at::Tensor x = at::from_blob(const_cast<float*>(a), {m, k});  // [M, K]
+      const at::Tensor wt = at::from_blob(deq, {nc, k});                  // [Nc, K]
+      at::Tensor y = at::from_blob(dst, {m, nc});                         // [M, Nc]
       if (b != nullptr) {
         at::addmm_out(y, at::from_blob(const_cast<float*>(b), {nc}), x, wt.t());
       } else {
