@@ -26,8 +26,9 @@ namespace {
 
 // Up to this many activation rows the int8 row kernels win: they stream the
 // weights once at their packed size, while the float32 panels first write a
-// bfloat16 copy of every block.
-constexpr int64_t kMaxInt8Rows = 8;
+// bfloat16 copy of every block; past it the panels' float32 arithmetic
+// (without per-block scaling) wins (bench_quant_kernels).
+constexpr int64_t kMaxInt8Rows = 48;
 
 float BitsToFloat(uint32_t bits) {
   float f;
@@ -194,22 +195,31 @@ int64_t ChunkRows(const Matrix& w) {
   return std::min(rows, (w.rows() + 63) / 64 * 64);
 }
 
-// Rows [n0, n0 + nc) of W as small_gemm's bfloat16 panels (columns past nc zero).
+// Rows [n0, n0 + nc) of W as small_gemm's bfloat16 panels (columns past nc
+// zero). Called on AVX-512 VNNI CPUs only.
 void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst) {
   const int64_t k = w.cols(), panels = (nc + 63) / 64;
   work_steal::ParallelFor(panels, [&](int64_t p, int64_t) {
-    std::vector<float> row(static_cast<size_t>(k));
+    thread_local std::vector<float> row;
+    thread_local std::vector<uint16_t> bits;
+    row.resize(static_cast<size_t>(k));
+    bits.resize(static_cast<size_t>(k));
     uint16_t* panel = dst + p * k * 64;
     for (int64_t j = 0; j < 64; ++j) {
       const int64_t r = p * 64 + j;
       if (r < nc) {
+#ifdef GRITSERVE_QUANT_X86
+        detail::DequantizeRowAvx512(w, n0 + r, row.data());
+#else
         w.DequantizeRow(n0 + r, row.data());
+#endif
+        for (int64_t kk = 0; kk < k; ++kk) bits[kk] = FloatToBf16(row[kk]);
       } else {
-        std::fill(row.begin(), row.end(), 0.0f);
+        std::fill(bits.begin(), bits.end(), uint16_t{0});
       }
       // small_gemm::PackBf16's slot for column j of a panel row.
       const int64_t slot = 32 * (j / 32) + 2 * (j % 16) + (j % 32) / 16;
-      for (int64_t kk = 0; kk < k; ++kk) panel[kk * 64 + slot] = FloatToBf16(row[kk]);
+      for (int64_t kk = 0; kk < k; ++kk) panel[kk * 64 + slot] = bits[kk];
     }
   });
 }

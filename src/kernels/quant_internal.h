@@ -38,6 +38,8 @@ void RowsAvx2(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
               float* c);
 void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
                     const float* bias, float* c);
+// Matrix::DequantizeRow's values, vectorized.  out: [w.cols()]
+void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out);
 #endif
 
 }  // namespace gritserve::quant::detail
