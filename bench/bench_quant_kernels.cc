@@ -29,8 +29,8 @@ double BestMs(int repeats, const Fn& fn) {
     const auto t0 = std::chrono::steady_clock::now();
     fn();
     best = std::min(
-        best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                  .count());
+        best,
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
 }
@@ -78,10 +78,9 @@ int main(int argc, char** argv) {
         if (!quant::IsaAvailable(isa)) continue;
         for (const quant::Matrix* q : {&q8, &q4}) {
           for (quant::Path p : {quant::Path::kInt8Rows, quant::Path::kFloatPanels}) {
-            const std::string key = std::string(quant::FormatName(q->format())) + "_" +
-                                    quant::IsaName(isa) +
-                                    (p == quant::Path::kInt8Rows ? "_int8_rows" : "_float_panels") +
-                                    "_ms";
+            const std::string key =
+                std::string(quant::FormatName(q->format())) + "_" + quant::IsaName(isa) +
+                (p == quant::Path::kInt8Rows ? "_int8_rows" : "_float_panels") + "_ms";
             o[key] = BestMs(repeats, [&] {
               quant::Multiply(*q, x.data_ptr<float>(), m, nullptr, y.data_ptr<float>(), isa, p);
             });

@@ -55,13 +55,11 @@ int main(int argc, char** argv) {
   for (quant::Format f : {quant::Format::kQ8, quant::Format::kQ4}) {
     const auto q = Load(model, f);
     const quant_quality::Report r = quant_quality::Compare(*ref, *q, ids, steps);
-    out[quant::FormatName(f)] = {{"max_abs_dlogit", r.max_abs_dlogit},
-                                 {"max_abs_logit", r.max_abs_logit},
-                                 {"top1_agreement", r.top1_agreement},
-                                 {"greedy_steps", r.steps},
-                                 {"min_embed_cosine", r.min_embed_cosine},
-                                 {"mean_embed_cosine", r.mean_embed_cosine},
-                                 {"quantized_bytes", q->quantized_bytes()}};
+    out[quant::FormatName(f)] = {
+        {"max_abs_dlogit", r.max_abs_dlogit},     {"max_abs_logit", r.max_abs_logit},
+        {"top1_agreement", r.top1_agreement},     {"greedy_steps", r.steps},
+        {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine},
+        {"quantized_bytes", q->quantized_bytes()}};
   }
   std::cout << out.dump(2) << "\n";
   return 0;

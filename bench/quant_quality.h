@@ -14,9 +14,9 @@
 namespace gritserve::quant_quality {
 
 struct Report {
-  double max_abs_dlogit = 0;   // over the greedy steps' logits
-  double max_abs_logit = 0;    // of the float32 logits there, for scale
-  double top1_agreement = 0;   // fraction of greedy steps whose argmax matches
+  double max_abs_dlogit = 0;    // over the greedy steps' logits
+  double max_abs_logit = 0;     // of the float32 logits there, for scale
+  double top1_agreement = 0;    // fraction of greedy steps whose argmax matches
   double min_embed_cosine = 1;  // mean-pooled bidirectional embeddings
   double mean_embed_cosine = 0;
   int64_t steps = 0;
@@ -66,7 +66,8 @@ inline Report Compare(const Decoder& ref, const Decoder& test,
     r.min_embed_cosine = std::min(r.min_embed_cosine, cos);
     r.mean_embed_cosine += cos / static_cast<double>(prompts.size());
   }
-  r.top1_agreement = static_cast<double>(agree) / static_cast<double>(std::max<int64_t>(1, r.steps));
+  r.top1_agreement =
+      static_cast<double>(agree) / static_cast<double>(std::max<int64_t>(1, r.steps));
   return r;
 }
 

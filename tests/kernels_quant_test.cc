@@ -84,8 +84,7 @@ void CheckProduct(const quant::Matrix& q, const at::Tensor& w_orig, const at::Te
   const at::Tensor ad = a.to(at::kDouble), wq = dq.w.to(at::kDouble).abs();
   at::Tensor ref = at::matmul(ad, w_orig.to(at::kDouble).t());  // [M, N]
   if (bias.defined()) ref = ref + bias.to(at::kDouble);
-  at::Tensor bound = at::matmul(ad.abs(), dq.err.t()) +
-                     1e-5 * at::matmul(ad.abs(), wq.t()) + 1e-5;
+  at::Tensor bound = at::matmul(ad.abs(), dq.err.t()) + 1e-5 * at::matmul(ad.abs(), wq.t()) + 1e-5;
   if (path == Path::kInt8Rows) bound = bound + at::matmul(ActivationError(a), wq.t());
   const at::Tensor excess = (c.to(at::kDouble) - ref).abs() - bound;
   EXPECT_FALSE(c.isnan().any().item<bool>()) << what;
@@ -160,8 +159,8 @@ TEST(Quant, EdgeBlocksAndBfloat16Source) {
       const at::Tensor a = at::randn({m, k});
       for (Isa isa : AvailableIsas()) {
         for (Path p : {Path::kInt8Rows, Path::kFloatPanels}) {
-          CheckProduct(q, wf, a, at::Tensor(), isa, p, Name(f, isa, p) + " edge m " +
-                                                           std::to_string(m));
+          CheckProduct(q, wf, a, at::Tensor(), isa, p,
+                       Name(f, isa, p) + " edge m " + std::to_string(m));
         }
       }
     }
@@ -169,8 +168,8 @@ TEST(Quant, EdgeBlocksAndBfloat16Source) {
 }
 
 TEST(Quant, RefusesWeightsItCannotRepresent) {
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                    std::numeric_limits<float>::infinity(), 1e6f}) {
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), 1e6f}) {
     std::vector<float> w(40, 0.5f);
     w[37] = bad;
     EXPECT_THROW(quant::Matrix::Quantize(w.data(), 1, 40, Format::kQ8), Error) << bad;
@@ -186,7 +185,7 @@ TEST(Quant, HalfPrecisionRoundTripsAndRoundsToNearestEven) {
   }
   EXPECT_EQ(quant::FloatToHalf(1.0f + std::ldexp(1.0f, -11)), 0x3C00u);  // tie -> even
   EXPECT_EQ(quant::FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02u);
-  EXPECT_EQ(quant::FloatToHalf(65520.0f), 0x7C00u);         // past the largest: infinity
+  EXPECT_EQ(quant::FloatToHalf(65520.0f), 0x7C00u);          // past the largest: infinity
   EXPECT_EQ(quant::FloatToHalf(std::ldexp(1.0f, -25)), 0u);  // half the smallest: tie -> 0
 }
 

@@ -52,10 +52,10 @@ void Check(quant::Format format, const Bounds& b) {
   ASSERT_EQ(q->weights_format(), format);
   EXPECT_GT(q->quantized_bytes(), 0);
   const quant_quality::Report r = quant_quality::Compare(*ref, *q, Prompts(), 24);
-  std::cout << quant::FormatName(format) << ": max |dlogit| " << r.max_abs_dlogit << " (max |logit| "
-            << r.max_abs_logit << "), top-1 agreement " << r.top1_agreement << " over " << r.steps
-            << " steps, embedding cosine min " << r.min_embed_cosine << " mean "
-            << r.mean_embed_cosine << "\n";
+  std::cout << quant::FormatName(format) << ": max |dlogit| " << r.max_abs_dlogit
+            << " (max |logit| " << r.max_abs_logit << "), top-1 agreement " << r.top1_agreement
+            << " over " << r.steps << " steps, embedding cosine min " << r.min_embed_cosine
+            << " mean " << r.mean_embed_cosine << "\n";
   EXPECT_LE(r.max_abs_dlogit, b.dlogit_fraction * r.max_abs_logit);
   EXPECT_GE(r.top1_agreement, b.top1);
   EXPECT_GE(r.min_embed_cosine, b.cosine);

@@ -243,7 +243,8 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
     } else {
       f32.resize(static_cast<size_t>(nc * k));
       float* deq = f32.data();  // taken here: the workers have thread_locals of their own
-      work_steal::ParallelFor(nc, [&](int64_t r, int64_t) { w.DequantizeRow(n0 + r, deq + r * k); });
+      work_steal::ParallelFor(nc,
+                              [&](int64_t r, int64_t) { w.DequantizeRow(n0 + r, deq + r * k); });
       const at::Tensor x = at::from_blob(const_cast<float*>(a), {m, k});  // [M, K]
       const at::Tensor wt = at::from_blob(deq, {nc, k});                  // [Nc, K]
       at::Tensor y = at::from_blob(dst, {m, nc});                         // [M, Nc]
@@ -264,11 +265,12 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
 uint16_t FloatToHalf(float f) {
   const uint32_t x = FloatToBits(f);
   const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
-  if (ax >= 0x7F800000u) return static_cast<uint16_t>(sign | (ax > 0x7F800000u ? 0x7E00u : 0x7C00u));
+  if (ax >= 0x7F800000u)
+    return static_cast<uint16_t>(sign | (ax > 0x7F800000u ? 0x7E00u : 0x7C00u));
   if (ax >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds past 65504
   if (ax < 0x38800000u) {  // below 2^-14: a subnormal half, in units of 2^-24
-    return static_cast<uint16_t>(sign |
-                                 static_cast<uint32_t>(std::nearbyint(BitsToFloat(ax) * 16777216.0f)));
+    return static_cast<uint16_t>(
+        sign | static_cast<uint32_t>(std::nearbyint(BitsToFloat(ax) * 16777216.0f)));
   }
   uint32_t h = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7FFFFFu) >> 13));
   const uint32_t rest = ax & 0x1FFFu;

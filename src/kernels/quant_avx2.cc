@@ -86,16 +86,17 @@ GRITSERVE_AVX2 void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
         __m256i dot;
         if constexpr (kQ4) {
           // 2 x 2 x 15 x 127 fits in 16 bits: add before widening.
-          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wlo, lo[j]),
-                                             _mm256_maddubs_epi16(whi, hi[j]));
+          const __m256i p =
+              _mm256_add_epi16(_mm256_maddubs_epi16(wlo, lo[j]), _mm256_maddubs_epi16(whi, hi[j]));
           dot = _mm256_madd_epi16(p, ones);
         } else {
-          const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(lo[j]), _mm256_sign_epi8(wlo, lo[j]));
-          const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(hi[j]), _mm256_sign_epi8(whi, hi[j]));
+          const __m256i p0 =
+              _mm256_maddubs_epi16(_mm256_abs_epi8(lo[j]), _mm256_sign_epi8(wlo, lo[j]));
+          const __m256i p1 =
+              _mm256_maddubs_epi16(_mm256_abs_epi8(hi[j]), _mm256_sign_epi8(whi, hi[j]));
           dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
         }
-        acc[rr][j] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, sv[j]), acc[rr][j]);
+        acc[rr][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, sv[j]), acc[rr][j]);
       }
     }
   }

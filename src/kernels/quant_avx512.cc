@@ -86,8 +86,7 @@ GRITSERVE_VNNI void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
       const __m512 d = PairScales(scales[rr], i);
       for (int j = 0; j < M; ++j) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]);
-        acc[rr][j] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv[j]), acc[rr][j]);
+        acc[rr][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv[j]), acc[rr][j]);
       }
     }
   }
@@ -141,7 +140,8 @@ GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) 
   const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   alignas(64) float tail[kPair];
   for (int64_t i = 0; i < w.pairs(); ++i) {
-    const __m512i codes = _mm512_permutexvar_epi32(order, q4 ? Codes<true>(row, i) : Codes<false>(row, i));
+    const __m512i codes =
+        _mm512_permutexvar_epi32(order, q4 ? Codes<true>(row, i) : Codes<false>(row, i));
     const __m512 d = PairScales(scales, i);  // lanes alternate d0, d1
     const __m512 m = q4 ? _mm512_cvtph_ps(_mm256_set1_epi32([&] {
       int32_t two;
@@ -152,8 +152,8 @@ GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) 
     const int64_t k0 = i * kPair;
     float* dst = k0 + kPair <= cols ? out + k0 : tail;
     for (int q = 0; q < 4; ++q) {  // 16 values; the first two quarters are block 0
-      const __m512 v = _mm512_cvtepi32_ps(
-          _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q)));
+      const __m512 v =
+          _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q)));
       const int lane = q / 2;  // block of this quarter: lane 0 holds d0 / m0, lane 1 d1 / m1
       const __m512 dq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), d);
       const __m512 mq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), m);

@@ -17,10 +17,10 @@ constexpr int PairPosition(int half, int e) { return ((e / 4) * 2 + half) * 4 + 
 // m activation rows quantized per 32-block to int8 (codes in [-127, 127],
 // interleaved like the weights' codes), for the int8 row kernels.
 struct Acts {
-  const int8_t* q;   // [m][kp]
-  const float* sx;   // [m][pairs * 16]: lane l of pair i holds block 2i + l % 2's scale
-  const float* xc;   // [m][xc_stride]: per block, scale * sum of its codes; zero past the end
-  int64_t kp = 0;    // pairs * 64
+  const int8_t* q;  // [m][kp]
+  const float* sx;  // [m][pairs * 16]: lane l of pair i holds block 2i + l % 2's scale
+  const float* xc;  // [m][xc_stride]: per block, scale * sum of its codes; zero past the end
+  int64_t kp = 0;   // pairs * 64
   int64_t sx_stride = 0;
   int64_t xc_stride = 0;  // 2 * pairs rounded up to 16
 };

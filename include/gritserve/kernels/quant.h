@@ -84,7 +84,7 @@ class Matrix {
 
   // Layout, for the kernels.
   int64_t pairs() const { return (cols_ + 2 * kBlock - 1) / (2 * kBlock); }
-  int64_t stride() const { return stride_; }        // bytes per row
+  int64_t stride() const { return stride_; }          // bytes per row
   int64_t code_bytes() const { return code_bytes_; }  // codes per row, in bytes
   const uint8_t* row(int64_t r) const { return data_.get() + r * stride_; }
   // The row's half-precision scales (then, for q4, its minimums), 2 per pair.
