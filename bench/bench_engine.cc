@@ -1,7 +1,7 @@
 // Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
 // weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
 //   bench_engine [--model DIR | --checkpoint-dtype bf16|f32] [--threads N] [--repeats N] [--device
-//   cpu|cuda[:N]] [--dtype D]
+//   cpu|cuda[:N]] [--dtype D] [--weights bf16|q8|q4]
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -58,19 +58,22 @@ void MeasureEmbed(const FrontEnd& front, Runner& runner, int repeats, nlohmann::
   out["embed_8x128_sequences_per_s"] = 8 / best;
 }
 
-// One sequence decoding.
-void MeasureDecodeOne(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
+// One sequence decoding, greedy or (`sampled`) at temperature 0.7, top_p 0.9.
+void MeasureDecodeOne(const FrontEnd& front, Runner& runner, int repeats, bool sampled,
+                      nlohmann::json& out) {
   const int64_t vocab = front.tokenizer().VocabSize();
   double best = 0;
   for (int r = 0; r < std::max(1, repeats - 1); ++r) {
     SamplingParams p;
     p.max_tokens = 33;
-    p.temperature = 0;
+    p.temperature = sampled ? 0.7 : 0;
+    p.top_p = sampled ? 0.9 : 1.0;
+    p.seed = static_cast<uint64_t>(r + 1);
     p.ignore_eos = true;
     GenerateResult res = runner.Generate(RandomIds(16, vocab, 99), p);
     best = std::max(best, (res.completion_tokens - 1) / (res.decode_ms / 1000.0));
   }
-  out["decode_batch1_tokens_per_s"] = best;
+  out[sampled ? "decode_batch1_t0.7_top_p0.9_tokens_per_s" : "decode_batch1_tokens_per_s"] = best;
 }
 
 void MeasureDecodeEight(const FrontEnd& front, Runner& runner, int repeats, nlohmann::json& out) {
@@ -130,11 +133,13 @@ int main(int argc, char** argv) {
   out["model"] = model;
   out["device"] = front.device_name();
   out["dtype"] = front.dtype_name();
+  out["weights"] = eo.weights;
   out["parameters"] = front.config().NumParameters();
   out["loaded_resident_bytes"] = bench::ResidentBytes();
   MeasurePrefill(front, runner, repeats, out);
   MeasureEmbed(front, runner, repeats, out);
-  MeasureDecodeOne(front, runner, repeats, out);
+  MeasureDecodeOne(front, runner, repeats, /*sampled=*/false, out);
+  MeasureDecodeOne(front, runner, repeats, /*sampled=*/true, out);
   MeasureDecodeEight(front, runner, repeats, out);
   out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";

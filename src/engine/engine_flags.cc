@@ -12,6 +12,10 @@ void AddEngineFlags(CLI::App& app, EngineOptions& o, ModelFlag model,
   app.add_option("--threads", o.threads, "compute threads (0: all cores)");
   app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", o.dtype, "auto, float32, bfloat16, float16")->capture_default_str();
+  app.add_option("--weights", o.weights,
+                 "bf16 (as loaded), q8 or q4: linear layers and LM head quantized at load")
+      ->check(CLI::IsMember({"bf16", "q8", "q4"}))
+      ->capture_default_str();
   app.add_option("--max-batch-tokens", o.max_batch_tokens, "padded tokens per embedding pass")
       ->capture_default_str();
   app.add_option("--max-job-bytes", o.max_job_bytes,

@@ -18,6 +18,7 @@
 #include "gritserve/kernels/cpu_kernels.h"
 #include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/linear.h"
+#include "gritserve/kernels/quant.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -48,6 +49,14 @@ at::ScalarType ParseDtype(const std::string& name, const at::Device& device) {
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float16" || name == "f16") return at::kHalf;
   throw LoadError("unknown dtype '" + name + "' (expected auto, float32, bfloat16, float16)");
+}
+
+// --weights: nothing for "bf16" (the weights as loaded), else the block format.
+std::optional<quant::Format> ParseWeights(const std::string& name) {
+  if (name == "bf16") return std::nullopt;
+  if (name == "q8") return quant::Format::kQ8;
+  if (name == "q4") return quant::Format::kQ4;
+  throw LoadError("unknown --weights '" + name + "' (expected bf16, q8 or q4)");
 }
 
 // "Float", "BFloat16", or "BFloat16 matmul, Float" when only the products are bfloat16.
@@ -93,6 +102,15 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
   const std::optional<int64_t> available =
       device.is_cpu() ? AvailableMemoryBytes() : std::optional<int64_t>();
   std::string dtype_name = options.dtype;
+  if (ParseWeights(options.weights)) {
+    // Quantized layers take and give float32; no other precision is offered.
+    if (!device.is_cpu()) throw LoadError("--weights " + options.weights + " runs on CPU only");
+    if (dtype_name != "auto" && ParseDtype(dtype_name, device) != at::kFloat) {
+      throw LoadError("--weights " + options.weights + " computes in float32: --dtype " +
+                      dtype_name + " does not apply");
+    }
+    dtype_name = "float32";
+  }
   if (device.is_cpu() && dtype_name == "auto") {
     dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
     if (dtype_name != "float32") {
@@ -132,6 +150,7 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
 std::unique_ptr<Decoder> LoadDecoder(const EngineOptions& options, const ModelConfig& config,
                                      const at::Device& device, const Precision& p) {
   c10::InferenceMode guard;
+  const std::optional<quant::Format> quantize = ParseWeights(options.weights);
   return std::make_unique<Decoder>(
       config,
       // bfloat16 products: the matrices load as bfloat16, never whole in float32
@@ -140,8 +159,8 @@ std::unique_ptr<Decoder> LoadDecoder(const EngineOptions& options, const ModelCo
       LoadWeights(options.model_dir, config, p.dtype, device,
                   p.cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined,
                   /*keep_bfloat16_matrices=*/device.is_cpu() && p.dtype == at::kFloat &&
-                      Linear::Bfloat16PanelsAvailable()),
-      p.cpu_bf16_matmul ? at::kBFloat16 : p.dtype);
+                      (Linear::Bfloat16PanelsAvailable() || quantize.has_value())),
+      p.cpu_bf16_matmul ? at::kBFloat16 : p.dtype, quantize);
 }
 
 void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
@@ -151,6 +170,13 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
   if (const int used = cpu_kernels::Threads(); used < at::get_num_threads()) {
     spdlog::warn("fused CPU kernels run on {} thread(s) of {}: built without OpenMP?", used,
                  at::get_num_threads());
+  }
+  if (const std::optional<quant::Format> q = decoder.weights_format()) {
+    spdlog::info(
+        "weights {}: linear layers and LM head quantized at load in blocks of {} ({:.1f} MB), "
+        "{} kernels; embeddings and norms unquantized",
+        quant::FormatName(*q), quant::kBlock, decoder.quantized_bytes() / 1e6,
+        quant::IsaName(quant::DispatchedIsa()));
   }
   if (decoder.lm_head_in_bfloat16()) {
     spdlog::info(
@@ -188,6 +214,9 @@ void FinishShared(FrontEnd::Impl& f, const Decoder& decoder) {
   so.fingerprint = ModelFingerprint(f.options.model_dir) + "/" +
                    c10::DeviceTypeName(decoder.device().type(), /*lower_case=*/true) + "/" +
                    c10::toString(decoder.matmul_dtype());
+  if (const std::optional<quant::Format> q = decoder.weights_format()) {
+    so.fingerprint += std::string("/") + quant::FormatName(*q);
+  }
   f.store = std::make_unique<DocKvStore>(so);
 }
 

@@ -18,6 +18,19 @@ bool CpuHasAvx512() {
   return has;
 }
 
+bool CpuHasAvx512Vnni() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+bool CpuHasAvx2() {
+  // F16C has no __builtin_cpu_supports name in GCC 12; every AVX2 CPU has it.
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
 Dispatch Dispatch::Current() {
   Dispatch d;
   d.fused = !EnvIs("GRITSERVE_CPU_KERNELS", "aten");

@@ -166,7 +166,35 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   }
 }
 
+Linear::Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format)
+    : bias_(std::move(bias)) {
+  if (weight.dim() != 2 || !weight.device().is_cpu() ||
+      (weight.scalar_type() != at::kFloat && weight.scalar_type() != at::kBFloat16)) {
+    throw Error(ErrorKind::kInternal, "quantized layers take 2-D CPU float32 or bfloat16 weights");
+  }
+  out_ = weight.size(0);
+  in_ = weight.size(1);
+  const at::Tensor w = weight.contiguous();
+  quant_ = std::make_shared<const quant::Matrix>(
+      w.scalar_type() == at::kBFloat16
+          ? quant::Matrix::QuantizeBf16(static_cast<const uint16_t*>(w.data_ptr()), out_, in_,
+                                        format)
+          : quant::Matrix::Quantize(w.data_ptr<float>(), out_, in_, format));
+  quant_isa_ = quant::DispatchedIsa();
+  if (bias_.defined()) bias_ = bias_.to(at::kFloat).contiguous();
+}
+
 at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (quant_ != nullptr) {
+    if (!x.is_cpu()) throw Error(ErrorKind::kInternal, "quantized layer given a non-CPU input");
+    const at::Tensor a = x.to(at::kFloat).contiguous();  // [N, in]
+    const int64_t m = a.size(0);
+    at::Tensor out = at::empty({m, out_}, a.options());  // [N, out]
+    quant::Multiply(*quant_, a.data_ptr<float>(), m,
+                    bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                    quant_isa_);
+    return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+  }
   // The packed products take and give float32 (a bfloat16 primitive narrows
   // its own source). A bfloat16 model on a CPU without fast bfloat16 products
   // reaches them with bfloat16 rows: widened here, and back after.

@@ -92,8 +92,9 @@ at::Tensor InverseFrequencies(const ModelConfig& c) {
 
 }  // namespace
 
-Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype)
-    : config_(config), dtype_(at::kFloat), device_(at::kCPU) {
+Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype,
+                 std::optional<quant::Format> quantize)
+    : config_(config), dtype_(at::kFloat), device_(at::kCPU), weights_(quantize) {
   namespace tn = tensor_names;
   embed_tokens_ = Take(weights, tn::kEmbedTokens);
   dtype_ = embed_tokens_.scalar_type();
@@ -105,8 +106,21 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && kernels::Dispatch::Current().fused;
   norm_ = Take(weights, tn::kFinalNorm);
   at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, tn::kLmHead);
-  if (fused_cpu_ && !bf16 &&
-      (head.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(head))) {
+  if (weights_ && !fused_cpu_) {
+    throw LoadError(std::string("--weights ") + quant::FormatName(*weights_) +
+                    " runs on CPU in float32 only (not with --device cuda, --dtype bfloat16/"
+                    "float16 or GRITSERVE_CPU_KERNELS=aten)");
+  }
+  const bool bf16_valued =
+      fused_cpu_ && (head.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(head));
+  if (weights_) {
+    // The head gets its own quantized copy; a tied embedding table stays
+    // unquantized (held in bfloat16 where that is exact).
+    lm_head_ = Linear(head, at::Tensor(), *weights_);
+    if (config.tie_word_embeddings && bf16_valued && head.scalar_type() != at::kBFloat16) {
+      embed_tokens_ = StreamedWeightCopy(head, at::kBFloat16);
+    }
+  } else if (fused_cpu_ && !bf16 && bf16_valued) {
     // A bfloat16 checkpoint computed in float32: the head's values are
     // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
     // bytes that every generated token streams (and, tied, the embedding
@@ -126,35 +140,34 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   head = at::Tensor();  // a float32 table no one holds now is freed before the layers pack
   inv_freq_ = InverseFrequencies(config).to(device_);
 
+  // [out, in] weight and [out] (or no) bias -> a packed or quantized layer.
+  auto linear = [&](const at::Tensor& w, at::Tensor b) {
+    return weights_ ? Linear(w, std::move(b), *weights_)
+                    : Linear(w, Linear::Layout::kOutIn, std::move(b), /*pack=*/true, packed);
+  };
   layers_.resize(config.num_hidden_layers);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     const tn::LayerNames names(i);
     Layer& l = layers_[i];
     l.input_layernorm = Take(weights, names.Weight(tn::kInputLayernorm));
     l.post_attention_layernorm = Take(weights, names.Weight(tn::kPostAttentionLayernorm));
-    l.qkv_proj = Linear(
+    l.qkv_proj = linear(
         at::cat({Take(weights, names.Weight(tn::kQProj)), Take(weights, names.Weight(tn::kKProj)),
                  Take(weights, names.Weight(tn::kVProj))},
                 0),
-        Linear::Layout::kOutIn,
         CatOptional({TakeOptional(weights, names.Bias(tn::kQProj), config.qkv_bias),
                      TakeOptional(weights, names.Bias(tn::kKProj), config.qkv_bias),
-                     TakeOptional(weights, names.Bias(tn::kVProj), config.qkv_bias)}),
-        /*pack=*/true, packed);
-    l.o_proj =
-        Linear(Take(weights, names.Weight(tn::kOProj)), Linear::Layout::kOutIn,
-               TakeOptional(weights, names.Bias(tn::kOProj), config.o_bias), /*pack=*/true, packed);
-    l.gate_up_proj = Linear(
+                     TakeOptional(weights, names.Bias(tn::kVProj), config.qkv_bias)}));
+    l.o_proj = linear(Take(weights, names.Weight(tn::kOProj)),
+                      TakeOptional(weights, names.Bias(tn::kOProj), config.o_bias));
+    l.gate_up_proj = linear(
         at::cat(
             {Take(weights, names.Weight(tn::kGateProj)), Take(weights, names.Weight(tn::kUpProj))},
             0),
-        Linear::Layout::kOutIn,
         CatOptional({TakeOptional(weights, names.Bias(tn::kGateProj), config.mlp_bias),
-                     TakeOptional(weights, names.Bias(tn::kUpProj), config.mlp_bias)}),
-        /*pack=*/true, packed);
-    l.down_proj = Linear(Take(weights, names.Weight(tn::kDownProj)), Linear::Layout::kOutIn,
-                         TakeOptional(weights, names.Bias(tn::kDownProj), config.mlp_bias),
-                         /*pack=*/true, packed);
+                     TakeOptional(weights, names.Bias(tn::kUpProj), config.mlp_bias)}));
+    l.down_proj = linear(Take(weights, names.Weight(tn::kDownProj)),
+                         TakeOptional(weights, names.Bias(tn::kDownProj), config.mlp_bias));
   }
 }
 
@@ -166,6 +179,16 @@ std::pair<int64_t, int64_t> Decoder::layer_matrices_in_bfloat16() const {
     }
   }
   return {held, 4 * static_cast<int64_t>(layers_.size())};
+}
+
+int64_t Decoder::quantized_bytes() const {
+  int64_t bytes = lm_head_.quantized() != nullptr ? lm_head_.quantized()->bytes() : 0;
+  for (const Layer& l : layers_) {
+    for (const Linear* m : {&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj}) {
+      if (m->quantized() != nullptr) bytes += m->quantized()->bytes();
+    }
+  }
+  return bytes;
 }
 
 KvCache Decoder::NewCache(int64_t batch) const {

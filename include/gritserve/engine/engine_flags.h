@@ -18,7 +18,7 @@ enum class ModelFlag {
   kOptional,  // the caller supplies a model when --model is absent
 };
 
-// --model, --template, --threads, --device, --dtype, --max-batch-tokens,
+// --model, --template, --threads, --device, --dtype, --weights, --max-batch-tokens,
 // --max-job-bytes, --cache-bytes, --cache-dir, --cache-disk-bytes, --cache-dtype, filling
 // `options` when parsed.
 // `model_help` describes --model (what happens without it).

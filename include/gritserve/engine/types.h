@@ -20,6 +20,10 @@ struct EngineOptions {
   // auto: float32 on CPU when its weights fit in memory (else bfloat16 matrix
   // products; see AutoCpuDtype), bfloat16 on CUDA; or float32|bfloat16|float16.
   std::string dtype = "auto";
+  // bf16: the weights as the checkpoint and dtype give them (a bfloat16
+  // checkpoint's matrices kept in bfloat16, exact); q8, q4: linear layers and
+  // the LM head quantized at load in blocks of 32 (CPU, float32 activations).
+  std::string weights = "bf16";
   int64_t max_batch_tokens = 8192;  // padded tokens per embedding forward pass
   // Working memory one job may take by its estimate (FrontEnd::EmbedJobBytes,
   // GenerateJobBytes); 0: no fixed cap. Either way a job is refused when its

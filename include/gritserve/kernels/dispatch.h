@@ -36,5 +36,9 @@ struct Dispatch {
 
 // Whether the CPU itself has AVX-512F (whatever GRITSERVE_CPU_ISA says).
 bool CpuHasAvx512();
+// AVX-512 F, BW, VL and VNNI (the int8 products of quantized weights), and
+// AVX2 with FMA and F16C (their AVX2 siblings), likewise.
+bool CpuHasAvx512Vnni();
+bool CpuHasAvx2();
 
 }  // namespace gritserve::kernels

@@ -12,12 +12,18 @@
 // Qwen2.5 and GritLM ship, computed in float32) are instead kept in bfloat16
 // and multiplied by small_gemm's widening kernel at every row count: the
 // same float32 arithmetic from half the memory and half the bytes streamed.
+//
+// With a quant::Format the weights are quantized in blocks at construction
+// (--weights q8|q4) and every product runs on quant's kernels for the CPU's
+// ISA (chosen then).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <memory>
 #include <string>
+
+#include "gritserve/kernels/quant.h"
 
 namespace gritserve {
 
@@ -44,6 +50,10 @@ class Linear {
   Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
          at::ScalarType packed_dtype = at::kFloat);
 
+  // weight: [out, in] CPU float32 or bfloat16, quantized here per `format`
+  // (then released); bias: [out] or undefined. Products take and give float32.
+  Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format);
+
   // x: [N, in] -> [N, out]
   at::Tensor operator()(const at::Tensor& x) const;
 
@@ -52,6 +62,8 @@ class Linear {
   bool packed() const { return packed_ != nullptr || bf16_panels_.defined(); }
   // Whether the weights are held as bfloat16 panels for float32 products (above).
   bool bfloat16_values() const { return bf16_panels_.defined(); }
+  // The quantized weights, when built with a quant::Format (else null).
+  const quant::Matrix* quantized() const { return quant_.get(); }
 
   // Which kernel family the layers of this build use on CPU float32, for logs.
   static std::string CpuBackend();
@@ -78,6 +90,8 @@ class Linear {
   std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
   at::Tensor gemv_weight_;                // [out, in] float32 CPU, read in place for one-row inputs
   at::Tensor bf16_panels_;  // [Bf16PanelElements(in, out)] bfloat16, small_gemm::PackBf16's layout
+  std::shared_ptr<const quant::Matrix> quant_;  // [out, in] in blocks, when quantized
+  quant::Isa quant_isa_ = quant::Isa::kScalar;
 };
 
 }  // namespace gritserve

@@ -41,7 +41,11 @@ class Decoder {
   // `matmul_dtype` kBFloat16 (CPU float32 weights, where Linear::CpuBf16Available)
   // packs every linear layer and the LM head in bfloat16; everything else
   // (embeddings, norms, attention, the KV cache) stays float32.
-  Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype = at::kFloat);
+  // With `quantize` (CPU float32 only; --weights q8|q4) every linear layer and
+  // the LM head are quantized in blocks instead (see quant.h); embeddings and
+  // norms stay unquantized.
+  Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype = at::kFloat,
+          std::optional<quant::Format> quantize = std::nullopt);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -76,6 +80,11 @@ class Decoder {
   // float32 products, their values being bfloat16 numbers (see Linear), of
   // how many in all (four per layer: fused q/k/v, o, fused gate/up, down).
   std::pair<int64_t, int64_t> layer_matrices_in_bfloat16() const;
+
+  // The block format of the layers and LM head, if quantized.
+  std::optional<quant::Format> weights_format() const { return weights_; }
+  // Bytes of quantized weights held (layers and LM head; 0 when not quantized).
+  int64_t quantized_bytes() const;
 
   // LM head on selected hidden states only.  hidden: [N, H] -> [N, V] float32
   at::Tensor Logits(const at::Tensor& hidden) const;
@@ -181,6 +190,7 @@ class Decoder {
   at::ScalarType dtype_;
   at::ScalarType matmul_dtype_;
   at::Device device_;
+  std::optional<quant::Format> weights_;
   kernels::AttentionBackend attention_;
   bool fused_cpu_ = false;   // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
   at::Tensor embed_tokens_;  // [V, H] (bfloat16 when it is lm_head_bf16_)

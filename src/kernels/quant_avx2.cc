@@ -1,0 +1,143 @@
+// The int8 row kernels of quantized weights on AVX2 (the AVX-512 VNNI
+// kernels' sibling, and what GRITSERVE_CPU_ISA=avx2 runs).
+//
+// A pair of blocks is two 32-byte halves; in each, maddubs multiplies
+// unsigned by signed bytes into 16-bit pair sums and madd folds those into
+// 8 lanes of 4 products, lanes alternating between the pair's two blocks as
+// in the VNNI kernels. maddubs saturates at 16 bits: q4's codes (0..15) are
+// small enough to go in unsigned as they are, while q8's are first made
+// signed (c - 128) and multiplied as |x| times sign(x) w, which stays under
+// 2 x 127 x 127 (llama.cpp's trick). q8 then needs no offset term; q4 adds
+// its blocks' minimum times the activation sums after the main loop.
+#include "quant_internal.h"
+
+#ifdef GRITSERVE_QUANT_X86
+#include <immintrin.h>
+
+#include <cstring>
+
+#define GRITSERVE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace gritserve::quant::detail {
+namespace {
+
+// Pair i's two half-precision scales as 8 lanes alternating between them.
+GRITSERVE_AVX2 inline __m256 PairScales(const uint16_t* scales, int64_t i) {
+  int32_t two;
+  std::memcpy(&two, scales + 2 * i, sizeof two);
+  return _mm256_cvtph_ps(_mm_set1_epi32(two));
+}
+
+GRITSERVE_AVX2 inline float Sum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Sum over blocks of v[b] xc[b], v in half precision.
+GRITSERVE_AVX2 inline float MinTerm(const uint16_t* v, const float* xc, int64_t blocks) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= blocks; b += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + b));
+    acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xc + b), acc);
+  }
+  float sum = Sum(acc);
+  for (; b < blocks; ++b) sum += HalfToFloat(v[b]) * xc[b];
+  return sum;
+}
+
+// Weight rows [r, r + R) against activation rows [j0, j0 + M).
+template <int R, int M, bool kQ4>
+GRITSERVE_AVX2 void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, const float* bias,
+                         float* c) {
+  const int64_t pairs = w.pairs(), n = w.rows();
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i offset = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256 acc[R][M];
+  for (int rr = 0; rr < R; ++rr) {
+    for (int j = 0; j < M; ++j) acc[rr][j] = _mm256_setzero_ps();
+  }
+  const int8_t* xq = x.q + j0 * x.kp;
+  const float* xs = x.sx + j0 * x.sx_stride;
+  for (int64_t i = 0; i < pairs; ++i) {
+    __m256i lo[M], hi[M];
+    __m256 sv[M];
+    for (int j = 0; j < M; ++j) {
+      lo[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair));
+      hi[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair + 32));
+      sv[j] = _mm256_loadu_ps(xs + j * x.sx_stride + i * 16);  // the first 8 lanes alternate too
+    }
+    for (int rr = 0; rr < R; ++rr) {
+      const uint8_t* row = w.row(r + rr);
+      const __m256 d = PairScales(w.scales(r + rr), i);
+      __m256i wlo, whi;
+      if constexpr (kQ4) {
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * 32));
+        wlo = _mm256_and_si256(packed, nibble);
+        whi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+      } else {
+        const auto* codes = reinterpret_cast<const __m256i*>(row + i * kPair);
+        wlo = _mm256_xor_si256(_mm256_loadu_si256(codes), offset);
+        whi = _mm256_xor_si256(_mm256_loadu_si256(codes + 1), offset);
+      }
+      for (int j = 0; j < M; ++j) {
+        __m256i dot;
+        if constexpr (kQ4) {
+          // 2 x 2 x 15 x 127 fits in 16 bits: add before widening.
+          const __m256i p =
+              _mm256_add_epi16(_mm256_maddubs_epi16(wlo, lo[j]), _mm256_maddubs_epi16(whi, hi[j]));
+          dot = _mm256_madd_epi16(p, ones);
+        } else {
+          const __m256i p0 =
+              _mm256_maddubs_epi16(_mm256_abs_epi8(lo[j]), _mm256_sign_epi8(wlo, lo[j]));
+          const __m256i p1 =
+              _mm256_maddubs_epi16(_mm256_abs_epi8(hi[j]), _mm256_sign_epi8(whi, hi[j]));
+          dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+        }
+        acc[rr][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, sv[j]), acc[rr][j]);
+      }
+    }
+  }
+  for (int rr = 0; rr < R; ++rr) {
+    for (int j = 0; j < M; ++j) {
+      const float min_term =
+          kQ4 ? MinTerm(w.mins(r + rr), x.xc + (j0 + j) * x.xc_stride, 2 * pairs) : 0.0f;
+      c[(j0 + j) * n + r + rr] =
+          Sum(acc[rr][j]) + min_term + (bias != nullptr ? bias[r + rr] : 0.0f);
+    }
+  }
+}
+
+// Sixteen ymm registers: four weight rows against one activation row, or two against two.
+template <bool kQ4>
+void Rows(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, const float* bias,
+          float* c) {
+  for (int64_t j = 0; j < m;) {
+    const bool two = m - j >= 2;
+    int64_t r = r0;
+    if (two) {
+      for (; r + 2 <= r1; r += 2) Tile<2, 2, kQ4>(w, x, r, j, bias, c);
+      for (; r < r1; ++r) Tile<1, 2, kQ4>(w, x, r, j, bias, c);
+    } else {
+      for (; r + 4 <= r1; r += 4) Tile<4, 1, kQ4>(w, x, r, j, bias, c);
+      for (; r < r1; ++r) Tile<1, 1, kQ4>(w, x, r, j, bias, c);
+    }
+    j += two ? 2 : 1;
+  }
+}
+
+}  // namespace
+
+void RowsAvx2(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, const float* bias,
+              float* c) {
+  if (w.format() == Format::kQ4) {
+    Rows<true>(w, x, m, r0, r1, bias, c);
+  } else {
+    Rows<false>(w, x, m, r0, r1, bias, c);
+  }
+}
+
+}  // namespace gritserve::quant::detail
+#endif  // GRITSERVE_QUANT_X86

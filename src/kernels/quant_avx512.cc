@@ -1,0 +1,176 @@
+// The int8 row kernels of quantized weights on AVX-512 VNNI.
+//
+// Per pair of blocks (64 values), one vpdpbusd multiplies the weights'
+// unsigned codes by the activations' signed int8 codes and leaves, in each of
+// its 16 lanes, the sum of 4 products of one block (lanes alternate between
+// the pair's two blocks, as the layout interleaves them). The lanes go to
+// float32 and into the accumulator times (weight scale x activation scale)
+// of their block. The codes' offset (q8: c - 128) or the blocks' minimum
+// (q4) adds min x (activation scale x sum of activation codes) per block,
+// summed once per row and activation row after the main loop.
+#include "quant_internal.h"
+
+#ifdef GRITSERVE_QUANT_X86
+// GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
+// AVX-512 headers once they are inlined (the 256-to-512-bit casts).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cstring>
+
+#define GRITSERVE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
+
+namespace gritserve::quant::detail {
+namespace {
+
+// Pair i's 64 codes, one byte each.
+template <bool kQ4>
+GRITSERVE_VNNI inline __m512i Codes(const uint8_t* row, int64_t i) {
+  if constexpr (kQ4) {
+    // Byte j of a packed pair holds positions j (low nibble) and 32 + j (high).
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * 32));
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(packed, nibble);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  } else {
+    return _mm512_loadu_si512(row + i * kPair);
+  }
+}
+
+// Pair i's two half-precision scales as 16 lanes alternating between them.
+GRITSERVE_VNNI inline __m512 PairScales(const uint16_t* scales, int64_t i) {
+  int32_t two;
+  std::memcpy(&two, scales + 2 * i, sizeof two);
+  return _mm512_cvtph_ps(_mm256_set1_epi32(two));
+}
+
+// factor x sum over blocks of v[b] xc[b], v in half precision (xc is zero
+// past the last block, up to a multiple of 16).
+GRITSERVE_VNNI inline float MinTerm(const uint16_t* v, float factor, const float* xc,
+                                    int64_t blocks) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; b += 16) {
+    const auto lanes =
+        static_cast<__mmask16>(blocks - b >= 16 ? 0xFFFFu : (1u << (blocks - b)) - 1);
+    const __m256i h = _mm256_maskz_loadu_epi16(lanes, v + b);
+    acc = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xc + b), acc);
+  }
+  return factor * _mm512_reduce_add_ps(acc);
+}
+
+// Weight rows [r, r + R) against activation rows [j0, j0 + M).
+template <int R, int M, bool kQ4>
+GRITSERVE_VNNI void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, const float* bias,
+                         float* c) {
+  const int64_t pairs = w.pairs(), n = w.rows();
+  const uint8_t* rows[R];
+  const uint16_t* scales[R];
+  for (int rr = 0; rr < R; ++rr) rows[rr] = w.row(r + rr), scales[rr] = w.scales(r + rr);
+  __m512 acc[R][M];
+  for (int rr = 0; rr < R; ++rr) {
+    for (int j = 0; j < M; ++j) acc[rr][j] = _mm512_setzero_ps();
+  }
+  const int8_t* xq = x.q + j0 * x.kp;
+  const float* xs = x.sx + j0 * x.sx_stride;
+  for (int64_t i = 0; i < pairs; ++i) {
+    __m512i xv[M];
+    __m512 sv[M];
+    for (int j = 0; j < M; ++j) {
+      xv[j] = _mm512_load_si512(xq + j * x.kp + i * kPair);
+      sv[j] = _mm512_loadu_ps(xs + j * x.sx_stride + i * 16);
+    }
+    for (int rr = 0; rr < R; ++rr) {
+      const __m512i wv = Codes<kQ4>(rows[rr], i);
+      const __m512 d = PairScales(scales[rr], i);
+      for (int j = 0; j < M; ++j) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]);
+        acc[rr][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv[j]), acc[rr][j]);
+      }
+    }
+  }
+  const int64_t blocks = 2 * pairs;
+  for (int rr = 0; rr < R; ++rr) {
+    for (int j = 0; j < M; ++j) {
+      const float* xc = x.xc + (j0 + j) * x.xc_stride;
+      const float offset = kQ4 ? MinTerm(w.mins(r + rr), 1.0f, xc, blocks)
+                               : MinTerm(scales[rr], -128.0f, xc, blocks);
+      c[(j0 + j) * n + r + rr] =
+          _mm512_reduce_add_ps(acc[rr][j]) + offset + (bias != nullptr ? bias[r + rr] : 0.0f);
+    }
+  }
+}
+
+template <int R, bool kQ4>
+void RowGroup(const Matrix& w, const Acts& x, int64_t m, int64_t r, const float* bias, float* c) {
+  int64_t j = 0;
+  for (; j + 4 <= m; j += 4) Tile<R, 4, kQ4>(w, x, r, j, bias, c);
+  switch (m - j) {
+    case 3:
+      Tile<R, 3, kQ4>(w, x, r, j, bias, c);
+      break;
+    case 2:
+      Tile<R, 2, kQ4>(w, x, r, j, bias, c);
+      break;
+    case 1:
+      Tile<R, 1, kQ4>(w, x, r, j, bias, c);
+      break;
+    default:
+      break;
+  }
+}
+
+template <bool kQ4>
+void Rows(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, const float* bias,
+          float* c) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) RowGroup<4, kQ4>(w, x, m, r, bias, c);
+  for (; r < r1; ++r) RowGroup<1, kQ4>(w, x, m, r, bias, c);
+}
+
+}  // namespace
+
+GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) {
+  const bool q4 = w.format() == Format::kQ4;
+  const uint8_t* row = w.row(r);
+  const uint16_t* scales = w.scales(r);
+  const int64_t cols = w.cols();
+  // Dwords of a pair alternate between its blocks: gather block 0's eight, then block 1's.
+  const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  alignas(64) float tail[kPair];
+  for (int64_t i = 0; i < w.pairs(); ++i) {
+    const __m512i codes =
+        _mm512_permutexvar_epi32(order, q4 ? Codes<true>(row, i) : Codes<false>(row, i));
+    const __m512 d = PairScales(scales, i);  // lanes alternate d0, d1
+    const __m512 m = q4 ? _mm512_cvtph_ps(_mm256_set1_epi32([&] {
+      int32_t two;
+      std::memcpy(&two, w.mins(r) + 2 * i, sizeof two);
+      return two;
+    }()))
+                        : _mm512_mul_ps(d, _mm512_set1_ps(-128.0f));
+    const int64_t k0 = i * kPair;
+    float* dst = k0 + kPair <= cols ? out + k0 : tail;
+    for (int q = 0; q < 4; ++q) {  // 16 values; the first two quarters are block 0
+      const __m512 v =
+          _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q)));
+      const int lane = q / 2;  // block of this quarter: lane 0 holds d0 / m0, lane 1 d1 / m1
+      const __m512 dq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), d);
+      const __m512 mq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), m);
+      _mm512_storeu_ps(dst + 16 * q, _mm512_fmadd_ps(v, dq, mq));
+    }
+    if (dst == tail) std::memcpy(out + k0, tail, static_cast<size_t>(cols - k0) * sizeof(float));
+  }
+}
+
+void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
+                    const float* bias, float* c) {
+  if (w.format() == Format::kQ4) {
+    Rows<true>(w, x, m, r0, r1, bias, c);
+  } else {
+    Rows<false>(w, x, m, r0, r1, bias, c);
+  }
+}
+
+}  // namespace gritserve::quant::detail
+#endif  // GRITSERVE_QUANT_X86

@@ -1,0 +1,45 @@
+// What quant.cc shares with the per-ISA kernel files: quantized activations
+// and the row kernels' signature.
+#pragma once
+
+#include <cstdint>
+
+#include "gritserve/kernels/quant.h"
+
+namespace gritserve::quant::detail {
+
+constexpr int64_t kPair = 2 * kBlock;  // values per interleaved pair of blocks
+
+// Where element e of block `half` (0, 1) of a pair sits among the pair's 64
+// codes: four at a time, alternating between the two blocks.
+constexpr int PairPosition(int half, int e) { return ((e / 4) * 2 + half) * 4 + e % 4; }
+
+// m activation rows quantized per 32-block to int8 (codes in [-127, 127],
+// interleaved like the weights' codes), for the int8 row kernels.
+struct Acts {
+  const int8_t* q;  // [m][kp]
+  const float* sx;  // [m][pairs * 16]: lane l of pair i holds block 2i + l % 2's scale
+  const float* xc;  // [m][xc_stride]: per block, scale * sum of its codes; zero past the end
+  int64_t kp = 0;   // pairs * 64
+  int64_t sx_stride = 0;
+  int64_t xc_stride = 0;  // 2 * pairs rounded up to 16
+};
+
+// c[j][r] = sum over blocks of (row r of W) . (row j of the activations),
+// plus bias[r] (when given), for r in [r0, r1) and j < m. c: rows at stride w.rows().
+using RowsKernel = void (*)(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
+                            const float* bias, float* c);
+
+void RowsScalar(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
+                const float* bias, float* c);
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GRITSERVE_QUANT_X86 1
+void RowsAvx2(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, const float* bias,
+              float* c);
+void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
+                    const float* bias, float* c);
+// Matrix::DequantizeRow's values, vectorized.  out: [w.cols()]
+void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out);
+#endif
+
+}  // namespace gritserve::quant::detail

@@ -1,0 +1,87 @@
+// --weights q8|q4 on the tiny Qwen2 fixture (a bfloat16 checkpoint, random
+// weights) against the float32 model: logits, greedy top-1 agreement and
+// embedding cosine stay within bounds set by each format's precision; and a
+// quantized decoder refuses what it cannot run.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "../bench/quant_quality.h"  // shared with bench_quant_quality
+#include "gritserve/common/error.h"
+#include "gritserve/model/config.h"
+#include "gritserve/model/decoder.h"
+#include "gritserve/model/weights.h"
+#include "test_util.h"
+
+namespace gritserve {
+namespace {
+
+std::string Dir() { return testing::FixturesDir() + "/qwen2-tiny"; }
+
+std::unique_ptr<Decoder> Load(std::optional<quant::Format> format) {
+  const ModelConfig config = ModelConfig::FromDirectory(Dir());
+  return std::make_unique<Decoder>(
+      config,
+      LoadWeights(Dir(), config, at::kFloat, at::kCPU, at::ScalarType::Undefined,
+                  /*keep_bfloat16_matrices=*/true),
+      at::kFloat, format);
+}
+
+std::vector<at::Tensor> Prompts() {
+  at::manual_seed(11);
+  std::vector<at::Tensor> prompts;
+  for (int64_t t : {7, 24, 61}) prompts.push_back(at::randint(0, 151000, {t}, at::kLong));
+  return prompts;
+}
+
+struct Bounds {
+  double dlogit_fraction;  // max |dlogit| / max |logit|
+  double top1;
+  double cosine;
+};
+
+void Check(quant::Format format, const Bounds& b) {
+  c10::InferenceMode guard;
+  const auto ref = Load(std::nullopt);
+  const auto q = Load(format);
+  ASSERT_EQ(q->weights_format(), format);
+  EXPECT_GT(q->quantized_bytes(), 0);
+  const quant_quality::Report r = quant_quality::Compare(*ref, *q, Prompts(), 24);
+  std::cout << quant::FormatName(format) << ": max |dlogit| " << r.max_abs_dlogit
+            << " (max |logit| " << r.max_abs_logit << "), top-1 agreement " << r.top1_agreement
+            << " over " << r.steps << " steps, embedding cosine min " << r.min_embed_cosine
+            << " mean " << r.mean_embed_cosine << "\n";
+  EXPECT_LE(r.max_abs_dlogit, b.dlogit_fraction * r.max_abs_logit);
+  EXPECT_GE(r.top1_agreement, b.top1);
+  EXPECT_GE(r.min_embed_cosine, b.cosine);
+  // Not vacuous: the quantized model differs from the original.
+  EXPECT_GT(r.max_abs_dlogit, 0.0);
+}
+
+// q8's weight error is half a step of 1/127 of each block's largest value
+// (about 0.5% of a Gaussian weight's spread); q4's half a step of 1/15 of its
+// range (about 8%), and a random model's near-flat logits make its greedy
+// choices fragile.
+TEST(QuantQuality, Q8StaysCloseToFloat32OnTheTinyModel) {
+  Check(quant::Format::kQ8, {0.1, 0.9, 0.999});
+}
+
+TEST(QuantQuality, Q4StaysNearFloat32OnTheTinyModel) {
+  Check(quant::Format::kQ4, {0.6, 0.4, 0.97});
+}
+
+TEST(QuantQuality, QuantizedWeightsNeedCpuFloat32) {
+  const ModelConfig config = ModelConfig::FromDirectory(Dir());
+  c10::InferenceMode guard;
+  EXPECT_THROW(Decoder(config, LoadWeights(Dir(), config, at::kBFloat16, at::kCPU), at::kBFloat16,
+                       quant::Format::kQ8),
+               Error);
+}
+
+}  // namespace
+}  // namespace gritserve
