@@ -438,18 +438,22 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
     const size_t n_last = static_cast<size_t>(h.RequireInt("last", 0));
     const auto tensor_bytes =
         Product({kvh, t, d, static_cast<int64_t>(at::elementSize(dt))});  // one [Hkv, T, D]
-    const auto all_tensors = tensor_bytes ? Product({2, layers, static_cast<int64_t>(*tensor_bytes)})
-                                          : std::nullopt;
-    const auto vectors = Product({static_cast<int64_t>(n_mean), 4});
-    const auto vectors_last = Product({static_cast<int64_t>(n_last), 4});
+    // SIZE_MAX stands for a size that overflowed (plain values: GCC sees
+    // optionals here as maybe uninitialized).
+    constexpr size_t kBad = std::numeric_limits<size_t>::max();
+    const size_t all_tensors =
+        tensor_bytes ? Product({2, layers, static_cast<int64_t>(*tensor_bytes)}).value_or(kBad)
+                     : kBad;
+    const size_t vectors = Product({static_cast<int64_t>(n_mean), 4}).value_or(kBad);
+    const size_t vectors_last = Product({static_cast<int64_t>(n_last), 4}).value_or(kBad);
     const size_t payload = static_cast<size_t>(h.RequireInt("payload_bytes", 0));
     // Checked against the file's own size first, so the sum below cannot wrap.
-    if (!all_tensors || !vectors || !vectors_last || *all_tensors > file.size() ||
-        *vectors > file.size() || *vectors_last > file.size() ||
-        payload != *all_tensors + *vectors + *vectors_last || 16 + hlen + payload + 8 != file.size() ||
+    if (all_tensors > file.size() || vectors > file.size() || vectors_last > file.size() ||
+        payload != all_tensors + vectors + vectors_last || 16 + hlen + payload + 8 != file.size() ||
         static_cast<int64_t>(e->ids.size()) != t) {
       throw std::runtime_error("sizes do not add up");
     }
+    const size_t one_tensor = tensor_bytes.value_or(0);  // checked above
     const char* p = file.data() + 16 + hlen;
     auto take = [&p](void* to, size_t n) {  // an empty vector's or tensor's data may be null
       if (n > 0) std::memcpy(to, p, n);
@@ -457,7 +461,7 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
     };
     auto next = [&]() {  // [Hkv, T, D]
       at::Tensor x = at::empty({kvh, t, d}, at::TensorOptions().dtype(dt));
-      take(x.data_ptr(), *tensor_bytes);
+      take(x.data_ptr(), one_tensor);
       return x;
     };
     for (int64_t l = 0; l < layers; ++l) {

@@ -13,6 +13,7 @@
 #include <random>
 #include <thread>
 
+#include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "http_util.h"
 #include "server_context.h"
@@ -120,6 +121,8 @@ std::shared_ptr<void> InFlight(ServerContext& ctx) {
 
 namespace {
 
+constexpr size_t kTrimAfterBodyBytes = 8 << 20;
+
 // A route's handler with what every route needs: 503 while loading or
 // draining, typed errors mapped to their status, metrics, and the in-flight
 // count used for draining.
@@ -175,6 +178,10 @@ void Dispatch(ServerContext& ctx, const Routes& routes, const http::Request& req
   } else {
     route->fn(req, res);
   }
+  // A large body's parse tree (JSON nodes take many times the text's bytes)
+  // and a large answer are freed by now: hand that memory back rather than
+  // keep the process at this request's peak.
+  if (req.body.size() + res.body.size() > kTrimAfterBodyBytes) ReleaseFreedMemory();
 }
 
 http::HttpLimits LimitsFor(const ServerOptions& o) {
