@@ -124,6 +124,9 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
     } else {
       small_gemm::PackBf16(weight.data_ptr<float>(), layout == Layout::kOutIn, in_, out_, dst);
     }
+    // The panel kernel adds a float32 bias, whatever the model's dtype (a
+    // bfloat16 model's rows are widened for it in operator()).
+    if (bias_.defined()) bias_ = bias_.to(at::kFloat).contiguous();
     return;  // the source matrix is released with `weight`
   }
   // bfloat16 weights for float32 products where the panels do not run: widened once.
