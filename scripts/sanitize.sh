@@ -5,7 +5,6 @@
 #   scripts/sanitize.sh test   the whole CTest suite in build-asan
 #   scripts/sanitize.sh fuzz   each libFuzzer target for FUZZ_SECONDS (60) from its
 #                              corpus in tests/fuzz/NAME; crashes go to build-asan/fuzz-crashes
-#   scripts/sanitize.sh tsan   build-tsan: ThreadSanitizer over the scheduler and HTTP tests
 # Sanitizer options (suppressions in tests/sanitizers) are set here for every
 # process the tests start, the server binary included.
 set -euo pipefail
@@ -20,7 +19,6 @@ if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:suppressions=${root}/tests/sanitizers/ubsan.supp}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=${root}/tests/sanitizers/lsan.supp:print_suppressions=0}
-export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=${root}/tests/sanitizers/tsan.supp}
 
 configure() {  # configure DIR SANITIZERS FUZZ
   if [ ! -f "$1/CMakeCache.txt" ]; then
@@ -60,23 +58,8 @@ case "${1:-}" in
     done
     exit $status
     ;;
-  tsan)
-    configure build-tsan thread OFF
-    # LibTorch and its OpenMP runtime are not instrumented: TSan covers the
-    # server's own threads (HTTP workers, the scheduler, streaming), not tensor
-    # code, whose thread pools it cannot see (tests/sanitizers/tsan.supp).
-    tests=(engine_scheduler_test http_api_test http_api_stream_test http_api_lifecycle_test
-      http_bad_input_test http_cache_test)
-    cmake --build build-tsan -j "$jobs" --target gritserve "${tests[@]}"
-    status=0
-    for t in "${tests[@]}"; do
-      echo "tsan: ${t}"
-      "build-tsan/tests/${t}" --gtest_brief=1 || status=1
-    done
-    exit $status
-    ;;
   *)
-    echo "usage: scripts/sanitize.sh build|test|fuzz|tsan" >&2
+    echo "usage: scripts/sanitize.sh build|test|fuzz" >&2
     exit 2
     ;;
 esac

@@ -13,7 +13,6 @@
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <random>
 #include <sstream>
 
@@ -103,12 +102,14 @@ std::string AliasJson(const std::string& alias, const DocAlias& info) {
   return j.dump();
 }
 
-// The product of sizes read from a file, or nullopt when one is negative or the
-// product does not fit: the sizes come from a file that may be damaged.
-std::optional<size_t> Product(std::initializer_list<int64_t> factors) {
+// The product of sizes read from a file, which may be damaged: a negative size
+// or a product that does not fit is refused.
+size_t Product(std::initializer_list<int64_t> factors) {
   size_t n = 1;
   for (int64_t f : factors) {
-    if (f < 0 || __builtin_mul_overflow(n, static_cast<size_t>(f), &n)) return std::nullopt;
+    if (f < 0 || __builtin_mul_overflow(n, static_cast<size_t>(f), &n)) {
+      throw std::runtime_error("sizes do not add up");
+    }
   }
   return n;
 }
@@ -436,24 +437,16 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
                   t = h.RequireInt("tokens", 0), d = h.RequireInt("head_dim", 0);
     const size_t n_mean = static_cast<size_t>(h.RequireInt("mean", 0));
     const size_t n_last = static_cast<size_t>(h.RequireInt("last", 0));
-    const auto tensor_bytes =
-        Product({kvh, t, d, static_cast<int64_t>(at::elementSize(dt))});  // one [Hkv, T, D]
-    // SIZE_MAX stands for a size that overflowed (plain values: GCC sees
-    // optionals here as maybe uninitialized).
-    constexpr size_t kBad = std::numeric_limits<size_t>::max();
-    const size_t all_tensors =
-        tensor_bytes ? Product({2, layers, static_cast<int64_t>(*tensor_bytes)}).value_or(kBad)
-                     : kBad;
-    const size_t vectors = Product({static_cast<int64_t>(n_mean), 4}).value_or(kBad);
-    const size_t vectors_last = Product({static_cast<int64_t>(n_last), 4}).value_or(kBad);
+    // One [Hkv, T, D] tensor, all of them, and the pooled vectors.
+    const size_t tensor_bytes = Product({kvh, t, d, static_cast<int64_t>(at::elementSize(dt))});
+    const size_t tensors = Product({2, layers, static_cast<int64_t>(tensor_bytes)});
+    const size_t vectors = Product({static_cast<int64_t>(n_mean + n_last), 4});
     const size_t payload = static_cast<size_t>(h.RequireInt("payload_bytes", 0));
-    // Checked against the file's own size first, so the sum below cannot wrap.
-    if (all_tensors > file.size() || vectors > file.size() || vectors_last > file.size() ||
-        payload != all_tensors + vectors + vectors_last || 16 + hlen + payload + 8 != file.size() ||
-        static_cast<int64_t>(e->ids.size()) != t) {
+    // Each checked against the file's own size first, so the sum cannot wrap.
+    if (tensors > file.size() || vectors > file.size() || payload != tensors + vectors ||
+        16 + hlen + payload + 8 != file.size() || static_cast<int64_t>(e->ids.size()) != t) {
       throw std::runtime_error("sizes do not add up");
     }
-    const size_t one_tensor = tensor_bytes.value_or(0);  // checked above
     const char* p = file.data() + 16 + hlen;
     auto take = [&p](void* to, size_t n) {  // an empty vector's or tensor's data may be null
       if (n > 0) std::memcpy(to, p, n);
@@ -461,7 +454,7 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
     };
     auto next = [&]() {  // [Hkv, T, D]
       at::Tensor x = at::empty({kvh, t, d}, at::TensorOptions().dtype(dt));
-      take(x.data_ptr(), one_tensor);
+      take(x.data_ptr(), tensor_bytes);
       return x;
     };
     for (int64_t l = 0; l < layers; ++l) {
