@@ -19,10 +19,11 @@ PKGS=(
   libgtest-dev libgmock-dev
   libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev
 )
-# clang with its sanitizer and libFuzzer runtimes, its OpenMP runtime, and
-# llvm-symbolizer for readable reports: the sanitizer and fuzz builds
-# (scripts/sanitize.sh).
-PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
+# GRITSERVE_SETUP_SANITIZERS=1 adds clang with its sanitizer and libFuzzer
+# runtimes, its OpenMP runtime and llvm-symbolizer, for scripts/sanitize.sh.
+if [ "${GRITSERVE_SETUP_SANITIZERS:-0}" = 1 ]; then
+  PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
+fi
 if [ "$torch" = debian ]; then
   PKGS+=(
     libtorch-dev libopenblas0-openmp libdnnl-dev
