@@ -50,7 +50,7 @@ class Routes {
     std::string path;     // exact, or a prefix when `prefix` (e.g. "/cache/")
     std::string metric;   // the route's name in /metrics
     bool prefix = false;
-    bool guarded = true;  // through Guarded (503 while loading or draining, errors, metrics)
+    bool guarded = true;  // through RunGuarded (503 while loading or draining, errors, metrics)
     bool needs_model = true;
     RouteFn fn;
   };
