@@ -14,6 +14,7 @@
 
 #include "gritserve/kernels/attention.h"
 #include "gritserve/kernels/dispatch.h"
+#include "attention_reference.h"
 
 namespace gritserve {
 namespace {
@@ -89,21 +90,8 @@ struct Case {
   }
 };
 
-// softmax(q k^T + mask) v in float64.  -> [B T, Hkv G D]
-at::Tensor Reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& mask, int64_t g) {
-  const int64_t b = q.size(0), hkv = q.size(1), t = q.size(2) / g, d = q.size(3), s = k.size(2);
-  const at::Tensor scores =
-      at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(2, 3)).view({b, hkv, g, t, s}) +
-      mask.to(at::kDouble).view({b, 1, 1, t, s});
-  const at::Tensor out = at::matmul(at::softmax(scores, -1).view({b, hkv, g * t, s}),
-                                    v.to(at::kDouble));  // [B, Hkv, G T, D]
-  return out.view({b, hkv * g, t, d}).transpose(1, 2).reshape({b * t, hkv * g * d});
-}
-
-double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
+using testing::MaxDiff;
+constexpr auto& Reference = testing::AttentionReference;
 
 std::string Name(Layout l) {
   return l == Layout::kCausal ? "causal" : l == Layout::kBidirectional ? "bidirectional" : "blocks";
