@@ -124,6 +124,41 @@ TEST_F(SchedulerTest, BoundedQueueAndDraining) {
   }
 }
 
+TEST_F(SchedulerTest, JobsNobodyWaitsForAreDroppedUnrun) {
+  Scheduler s(engine_->runner(), 8);
+  std::future<void> blocked;
+  std::promise<void> release = Block(s, &blocked);
+  const auto past = std::chrono::steady_clock::now() - std::chrono::milliseconds(1);
+  auto late = s.SubmitEmbed({engine_->front().EncodeEmbed("late", {})}, EmbedOptions{},
+                            EmbedStore::kNone, {}, past);
+  auto timely = s.SubmitEmbed({engine_->front().EncodeEmbed("timely", {})}, EmbedOptions{});
+  SamplingParams p;
+  p.max_tokens = 4;
+  auto gen = s.SubmitGenerate(
+      {engine_->front().EncodeGenerate("gone", false), p, {}, DocPositions::kSequential});
+  gen->Cancel();  // its client went away while it was queued
+  const SchedulerStats before = s.stats();
+  release.set_value();
+  blocked.get();
+
+  EXPECT_EQ(timely.get().size(), 1u);
+  try {
+    late.get();
+    ADD_FAILURE() << "a job past its deadline ran";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnavailable);
+  }
+  EXPECT_THROW(gen->Wait(), Error);
+  EXPECT_TRUE(s.WaitIdle(std::chrono::seconds(10)));
+  const SchedulerStats after = s.stats();
+  EXPECT_EQ(after.expired_jobs - before.expired_jobs, 2);
+  // Only the timely input went through the model; the cancelled prompt was never prefilled.
+  EXPECT_EQ(after.embed_batch_inputs - before.embed_batch_inputs, 1);
+  EXPECT_EQ(after.prompt_tokens - before.prompt_tokens,
+            static_cast<int64_t>(engine_->front().EncodeEmbed("timely", {}).ids.size()));
+  EXPECT_EQ(after.queued, 0);
+}
+
 TEST_F(SchedulerTest, GenerationsInterleaveWithEmbeddings) {
   Scheduler s(engine_->runner(), 8);
   SamplingParams p;

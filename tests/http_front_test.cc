@@ -128,8 +128,8 @@ class HttpFrontTest : public ::testing::Test {
     ASSERT_TRUE(c.Send(request));
     if (shutdown_write) c.ShutdownWrite();
     const auto response = c.ReadResponse();
-    EXPECT_EQ(StatusOf(response), status) << request.substr(0, 120) << " -> "
-                                          << response.value_or("(nothing)");
+    EXPECT_EQ(StatusOf(response), status)
+        << request.substr(0, 120) << " -> " << response.value_or("(nothing)");
     EXPECT_LT(SecondsSince(t0), 0.9) << "answered only after a timeout";
     if (response) {
       const json body = json::parse(BodyOf(*response), nullptr, false);
@@ -163,12 +163,31 @@ TEST_F(HttpFrontTest, StalledConnectionsDoNotStallOthers) {
   }
 }
 
+// /metrics counts open connections, and stalled ones leave at their deadline.
+TEST_F(HttpFrontTest, OpenConnectionsAreCountedAndReleased) {
+  auto client = server_->Client();
+  const double base = Metric(*client, "gritserve_open_connections");
+  ASSERT_GE(base, 1) << "the metrics request's own connection is open";
+  std::vector<std::unique_ptr<Conn>> stalled;
+  for (int i = 0; i < 20; ++i) {
+    stalled.push_back(std::make_unique<Conn>(server_->port()));
+    ASSERT_TRUE(stalled.back()->ok());
+    ASSERT_TRUE(stalled.back()->Send("GET /health HTTP/1.1\r\nHo"));
+  }
+  EXPECT_TRUE(WaitFor([&] { return Metric(*client, "gritserve_open_connections") >= base + 20; },
+                      std::chrono::milliseconds(2000)));
+  // The header deadline (1 s) answers and closes every stalled connection.
+  EXPECT_TRUE(WaitFor([&] { return Metric(*client, "gritserve_open_connections") <= base; },
+                      std::chrono::milliseconds(5000)))
+      << Metric(*client, "gritserve_open_connections");
+}
+
 // A client trickling its header a byte at a time does not extend the deadline.
 TEST_F(HttpFrontTest, TricklingHeaderMeetsItsDeadline) {
   Conn c(server_->port());
   ASSERT_TRUE(c.ok());
-  const std::string request = "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " +
-                              std::string(100, 'a') + "\r\n\r\n";
+  const std::string request =
+      "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + std::string(100, 'a') + "\r\n\r\n";
   const auto t0 = Clock::now();
   bool closed = false;
   for (char ch : request) {
@@ -251,8 +270,7 @@ TEST_F(HttpFrontTest, DuplicateContentLengthIsRefused) {
       "POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: "
       "chunked\r\n\r\n{}",
       400);
-  ExpectPromptError(
-      "POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}", 400);
+  ExpectPromptError("POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}", 400);
 }
 
 // A body that ends (the client closed its side) short of its length.
@@ -262,14 +280,12 @@ TEST_F(HttpFrontTest, ShortBodyIsAnsweredWhenTheClientStops) {
 }
 
 TEST_F(HttpFrontTest, OversizedHeaderGets431) {
-  ExpectPromptError("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 << 10, 'a') +
-                        "\r\n\r\n",
-                    431);
+  ExpectPromptError(
+      "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 << 10, 'a') + "\r\n\r\n", 431);
 }
 
 TEST_F(HttpFrontTest, DeclaredOversizedBodyGets413BeforeItIsSent) {
-  ExpectPromptError("POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
-                    413);
+  ExpectPromptError("POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n", 413);
 }
 
 // curl sends Expect: 100-continue for larger bodies and waits for the interim answer.
@@ -277,9 +293,10 @@ TEST_F(HttpFrontTest, ExpectContinueIsHonoured) {
   Conn c(server_->port());
   ASSERT_TRUE(c.ok());
   const std::string body = R"({"inputs": "hello"})";
-  ASSERT_TRUE(c.Send("POST /tokenize HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                     "Content-Length: " +
-                     std::to_string(body.size()) + "\r\n\r\n"));
+  ASSERT_TRUE(
+      c.Send("POST /tokenize HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+             "Content-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n"));
   const auto interim = c.ReadResponse();
   ASSERT_EQ(StatusOf(interim), 100) << interim.value_or("(nothing)");
   ASSERT_TRUE(c.Send(body));

@@ -28,6 +28,7 @@ struct Scheduler::Job {
   EmbedOptions options;
   EmbedStore store = EmbedStore::kNone;
   std::vector<std::string> ids;
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   std::promise<std::vector<std::vector<float>>> embed_result;
   std::shared_ptr<Sequence> sequence;
   std::function<void(Runner&)> task;
@@ -53,13 +54,14 @@ void Scheduler::Admit(std::unique_ptr<Job> job) {
 
 std::future<std::vector<std::vector<float>>> Scheduler::SubmitEmbed(
     std::vector<EncodedPrompt> prompts, EmbedOptions options, EmbedStore store,
-    std::vector<std::string> ids) {
+    std::vector<std::string> ids, std::chrono::steady_clock::time_point deadline) {
   auto job = std::make_unique<Job>();
   job->kind = Job::Kind::kEmbed;
   job->prompts = std::move(prompts);
   job->options = std::move(options);
   job->store = store;
   job->ids = std::move(ids);
+  job->deadline = deadline;
   auto f = job->embed_result.get_future();
   Admit(std::move(job));
   return f;
@@ -106,6 +108,22 @@ SchedulerStats Scheduler::stats() const {
 int64_t Scheduler::pending() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int64_t>(queue_.size()) + active_;
+}
+
+bool Scheduler::ExpireLocked(Job& job) {
+  bool expired = false;
+  if (job.kind == Job::Kind::kEmbed && std::chrono::steady_clock::now() >= job.deadline) {
+    job.embed_result.set_exception(std::make_exception_ptr(
+        Error(ErrorKind::kUnavailable, "the request timed out before it started")));
+    expired = true;
+  }
+  if (job.kind == Job::Kind::kGenerate && job.sequence->cancelled()) {
+    job.sequence->Complete(std::make_exception_ptr(
+        Error(ErrorKind::kUnavailable, "the request was cancelled before it started")));
+    expired = true;
+  }
+  if (expired) ++stats_.expired_jobs;
+  return expired;
 }
 
 bool Scheduler::Mergeable(const Job& a, const Job& b) {
@@ -176,7 +194,9 @@ void Scheduler::RunEmbedJobs(std::unique_ptr<Job> first) {
     std::lock_guard<std::mutex> lock(mu_);
     size_t inputs = batch[0]->prompts.size();
     for (auto it = queue_.begin(); it != queue_.end() && inputs < kMaxMergedInputs;) {
-      if ((*it)->kind == Job::Kind::kEmbed && Mergeable(*batch[0], **it)) {
+      if (ExpireLocked(**it)) {
+        it = queue_.erase(it);
+      } else if ((*it)->kind == Job::Kind::kEmbed && Mergeable(*batch[0], **it)) {
         inputs += (*it)->prompts.size();
         batch.push_back(std::move(*it));
         it = queue_.erase(it);
@@ -208,6 +228,10 @@ void Scheduler::StartSequences(std::unique_ptr<Job> first,
     while (!queue_.empty() && queue_.front()->kind == Job::Kind::kGenerate &&
            starting.size() < kMaxStartingGenerations &&
            tokens + queue_.front()->sequence->request().prompt.size() <= kMaxStartingTokens) {
+      if (ExpireLocked(*queue_.front())) {
+        queue_.pop_front();
+        continue;
+      }
       tokens += queue_.front()->sequence->request().prompt.size();
       starting.push_back(std::move(queue_.front()));
       queue_.pop_front();
@@ -293,12 +317,14 @@ void Scheduler::Loop() {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !queue_.empty() || !active.empty(); });
       if (stop_) break;
+      while (!queue_.empty() && ExpireLocked(*queue_.front())) queue_.pop_front();
       if (!queue_.empty()) {
         job = std::move(queue_.front());
         queue_.pop_front();
         ++active_;
-        stats_.queued = static_cast<int64_t>(queue_.size());
       }
+      stats_.queued = static_cast<int64_t>(queue_.size());
+      if (queue_.empty() && active_ == 0) idle_cv_.notify_all();
     }
     // One queued job between rounds of generation steps.
     if (job && job->kind == Job::Kind::kEmbed) RunEmbedJobs(std::move(job));

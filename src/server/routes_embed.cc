@@ -82,7 +82,8 @@ int64_t CountTokens(const std::vector<EncodedPrompt>& prompts) {
 
 std::vector<std::vector<float>> RunEmbed(ServerContext& ctx, std::vector<EncodedPrompt> prompts,
                                          const EmbedOptions& o) {
-  return AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), o));
+  return AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), o, EmbedStore::kNone, {},
+                                                     RequestDeadline(ctx)));
 }
 
 float Dot(const std::vector<float>& a, const std::vector<float>& b) {
@@ -159,9 +160,10 @@ std::vector<float> Rerank(ServerContext& ctx, const JsonFields& f, const std::st
     }
   }
   *tokens = CountTokens(prompts);
-  auto vecs = AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
-                                   std::move(prompts), r.options,
-                                   any_id ? EmbedStore::kReuse : EmbedStore::kNone));
+  auto vecs =
+      AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), r.options,
+                                                  any_id ? EmbedStore::kReuse : EmbedStore::kNone,
+                                                  {}, RequestDeadline(ctx)));
   std::vector<float> scores;
   for (size_t i = 1; i < vecs.size(); ++i) scores.push_back(Dot(vecs[0], vecs[i]));
   return scores;
@@ -211,7 +213,8 @@ void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& r
   }
   http::SendJson(res, AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
                                            Encode(ctx, in, r), r.options,
-                                           cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)));
+                                           cache ? EmbedStore::kKeep : EmbedStore::kNone, ids,
+                                           RequestDeadline(ctx))));
 }
 
 void HandleEmbeddings(ServerContext& ctx, const http::Request& req, http::Response& res) {
@@ -363,12 +366,13 @@ void HandleDetokenize(ServerContext& ctx, const http::Request& req, http::Respon
 
 void AddEmbedRoutes(Routes& routes, ServerContext& ctx) {
   const std::pair<const char*, void (*)(ServerContext&, const http::Request&, http::Response&)>
-      posts[] = {{"/embed", HandleEmbed},           {"/v1/embeddings", HandleEmbeddings},
-                 {"/rerank", HandleRerank},         {"/v1/rerank", HandleCohereRerank},
-                 {"/tokenize", HandleTokenize},     {"/detokenize", HandleDetokenize}};
+      posts[] = {{"/embed", HandleEmbed},       {"/v1/embeddings", HandleEmbeddings},
+                 {"/rerank", HandleRerank},     {"/v1/rerank", HandleCohereRerank},
+                 {"/tokenize", HandleTokenize}, {"/detokenize", HandleDetokenize}};
   for (const auto& [path, fn] : posts) {
-    routes.Add({"POST", path, path, false, true, true,
-                [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
+    routes.Add(
+        {"POST", path, path, false, true, true,
+         [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
   }
 }
 

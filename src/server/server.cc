@@ -251,6 +251,7 @@ int RunServer(const ServerOptions& options) {
     ctx.metrics.RecordRequest("other", res.status, 0);
   };
   http::HttpServer server(LimitsFor(options), std::move(callbacks));
+  ctx.http = &server;
 
   std::string bind_error;
   const int port = server.Bind(options.host, options.port, &bind_error);

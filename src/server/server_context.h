@@ -29,6 +29,7 @@ struct ServerContext {
   std::atomic<bool> draining{false};
   std::atomic<int64_t> in_flight{0};
   Metrics metrics;
+  const http::HttpServer* http = nullptr;  // set before it starts; for its connection count
 
   // The engine's thread-safe front end: tokenizer, config, documents. Routes
   // use only this and the scheduler.

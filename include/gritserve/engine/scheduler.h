@@ -28,6 +28,9 @@ struct SchedulerStats {
   int64_t generated_tokens = 0;            // tokens out
   int64_t generation_rounds = 0;           // rounds that stepped at least one generation
   int64_t generation_round_sequences = 0;  // generations stepped in those rounds (sum)
+  // Jobs dropped unrun because their client had stopped waiting (its
+  // --request-timeout passed, or a generation was cancelled) before they started.
+  int64_t expired_jobs = 0;
 };
 
 class Scheduler {
@@ -36,11 +39,15 @@ class Scheduler {
   Scheduler(Runner& runner, int64_t max_pending);
   ~Scheduler();  // Stop()s
 
-  std::future<std::vector<std::vector<float>>> SubmitEmbed(std::vector<EncodedPrompt> prompts,
-                                                           EmbedOptions options,
-                                                           EmbedStore store = EmbedStore::kNone,
-                                                           std::vector<std::string> ids = {});
-  // The sequence to wait on (its text and result).
+  // A job still queued at `deadline` is dropped unrun (its future then holds a
+  // kUnavailable error): the client that waited for it has already been answered.
+  std::future<std::vector<std::vector<float>>> SubmitEmbed(
+      std::vector<EncodedPrompt> prompts, EmbedOptions options,
+      EmbedStore store = EmbedStore::kNone, std::vector<std::string> ids = {},
+      std::chrono::steady_clock::time_point deadline =
+          std::chrono::steady_clock::time_point::max());
+  // The sequence to wait on (its text and result). One cancelled before it
+  // starts is dropped unrun.
   std::shared_ptr<Sequence> SubmitGenerate(GenerateRequest request);
   // Runs `fn` on the inference thread (for work that touches the model).
   std::future<void> SubmitTask(std::function<void(Runner&)> fn);
@@ -60,6 +67,8 @@ class Scheduler {
   void Admit(std::unique_ptr<Job> job);
   void Loop();
   static bool Mergeable(const Job& a, const Job& b);
+  // True (and the job answered and counted) when nobody waits for it any more.
+  bool ExpireLocked(Job& job);
   void RunEmbedBatch(std::vector<std::unique_ptr<Job>>& batch);
   // Loop's parts: one queued job between rounds, then one round of steps.
   void RunEmbedJobs(std::unique_ptr<Job> first);
