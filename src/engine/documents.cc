@@ -169,7 +169,7 @@ KvCache AssembleDocuments(const Runner::Impl& r, const std::vector<ResolvedDocum
   KvCache cache = d.NewCache(1);
   // One allocation for documents, prompt and answer: growing step by step would
   // copy the documents' K/V again at every doubling.
-  cache.Reserve(total + reserve_after);
+  cache.Reserve(std::min(total + reserve_after, r.shared.config.max_position_embeddings));
   int64_t offset = 0;
   for (const auto& entry : entries) {
     const int64_t n = entry->tokens();

@@ -9,6 +9,7 @@
 #include "gritserve/cache/doc_kv_store.h"
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/engine/engine.h"
+#include "gritserve/engine/sampler.h"
 #include "gritserve/model/decoder.h"
 
 namespace gritserve {
@@ -45,19 +46,6 @@ DocKvEntry ComputeEntry(const Runner::Impl& runner, const ResolvedDocument& doc)
 // A hash of config.json and the weight files' headers: part of every store key,
 // so entries never cross models.
 std::string ModelFingerprint(const std::string& model_dir);
-
-// Picks the next token from float32 logits [V] on the CPU.
-class Sampler {
- public:
-  Sampler(const SamplingParams& params, int64_t vocab_limit);
-  int32_t Sample(const at::Tensor& logits);
-
- private:
-  SamplingParams params_;
-  int64_t vocab_limit_;
-  uint64_t state_;  // splitmix64 state: reproducible across platforms for a seed
-  double NextUniform();
-};
 
 // Runner::StepAll's work.
 std::vector<bool> StepSequences(const Runner::Impl& runner, const std::vector<Sequence*>& seqs,

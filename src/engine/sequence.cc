@@ -15,57 +15,6 @@
 
 namespace gritserve {
 
-Sampler::Sampler(const SamplingParams& params, int64_t vocab_limit)
-    : params_(params), vocab_limit_(vocab_limit), state_(params.seed) {}
-
-double Sampler::NextUniform() {
-  // splitmix64: tiny, fast, and the same sequence on every platform.
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
-int32_t Sampler::Sample(const at::Tensor& logits_in) {
-  at::Tensor logits = logits_in.narrow(0, 0, std::min(vocab_limit_, logits_in.size(0)));  // [V']
-  if (params_.temperature <= 0.0) return static_cast<int32_t>(logits.argmax().item<int64_t>());
-
-  at::Tensor values, indices;  // candidates, best first
-  const int64_t v = logits.size(0);
-  if (params_.top_k > 0 && params_.top_k < v) {
-    std::tie(values, indices) = logits.topk(params_.top_k);
-  } else if (params_.top_p < 1.0) {
-    std::tie(values, indices) = logits.sort(/*dim=*/0, /*descending=*/true);
-  } else {
-    values = logits;
-    indices = at::Tensor();
-  }
-  at::Tensor probs = at::softmax(values.to(at::kDouble) / params_.temperature, 0).contiguous();
-  const double* p = probs.data_ptr<double>();
-  int64_t n = probs.size(0);
-  if (params_.top_p < 1.0 && indices.defined()) {
-    // Smallest prefix whose mass reaches top_p (at least one token).
-    double mass = 0;
-    int64_t keep = 0;
-    while (keep < n && mass < params_.top_p) mass += p[keep++];
-    n = std::max<int64_t>(keep, 1);
-  }
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) total += p[i];
-  const double r = NextUniform() * total;
-  double acc = 0;
-  int64_t pick = n - 1;
-  for (int64_t i = 0; i < n; ++i) {
-    acc += p[i];
-    if (r < acc) {
-      pick = i;
-      break;
-    }
-  }
-  return static_cast<int32_t>(indices.defined() ? indices[pick].item<int64_t>() : pick);
-}
-
 namespace {
 
 double MsSince(std::chrono::steady_clock::time_point t) {
@@ -149,11 +98,16 @@ struct Sequence::State {
   // the prompt itself is prefilled, after them.
   void PlaceDocuments() {
     prefill_start_ = std::chrono::steady_clock::now();
-    cache_ = documents_.empty()
-                 ? r_.decoder->NewCache(1)
-                 : AssembleDocuments(r_, documents_, positions_,
-                                     static_cast<int64_t>(prompt_.size()) +
-                                         std::min<int64_t>(params_.max_tokens, 1024));
+    // The cache is allocated once at its final length (documents, prompt and
+    // every answer token, within the context), so decoding never copies it to
+    // grow; pages the answer does not reach are never touched.
+    const int64_t after = static_cast<int64_t>(prompt_.size()) + params_.max_tokens;
+    if (documents_.empty()) {
+      cache_ = r_.decoder->NewCache(1);
+      cache_.Reserve(std::min(after, r_.shared.config.max_position_embeddings));
+    } else {
+      cache_ = AssembleDocuments(r_, documents_, positions_, after);
+    }
     result_.documents_ms = MsSince(prefill_start_);
     result_.cached_tokens = cache_.length();
   }
@@ -172,11 +126,11 @@ struct Sequence::State {
   // The rest of a step once its logits are known: sample, then stop checks
   // and streaming.  logits: [V]
   bool Consume(const at::Tensor& logits) {
+    const at::Tensor l = logits.to(at::kFloat).contiguous();  // [V]
     if (params_.capture_logits) {
-      at::Tensor l = logits.to(at::kFloat).contiguous();
       result_.step_logits.emplace_back(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
     }
-    const int32_t next = sampler_.Sample(logits);
+    const int32_t next = sampler_.Sample(l.data_ptr<float>(), l.numel());
     if (result_.tokens.empty()) result_.ttft_ms = MsSince(start_);
     Accept(next);
     return !finished_;
