@@ -42,8 +42,9 @@ results="${work}/results.jsonl"
 record() {  # record ENGINE CONFIG JSON
   printf '{"engine": "%s", "config": "%s", "result": %s}\n' "$1" "$2" "$3" >> "$results"
 }
-llama_bench() {  # llama_bench GGUF ARGS...: llama-bench's JSON, one object per test
-  "${llama}/bin/llama-bench" -m "$1" -t "$threads" -r 1 -o json "${@:2}" 2>/dev/null
+compact() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))'; }
+llama_bench() {  # llama_bench GGUF ARGS...: llama-bench's JSON on one line, an object per test
+  "${llama}/bin/llama-bench" -m "$1" -t "$threads" -r 1 -o json "${@:2}" 2>/dev/null | compact
 }
 for round in $(seq "$rounds"); do
   echo "compare: round ${round} of ${rounds}" >&2
@@ -51,13 +52,15 @@ for round in $(seq "$rounds"); do
     g="${work}/${q}.gguf"
     record llama.cpp "$q" "{\"prefill_512\": $(llama_bench "$g" -p 512 -n 0)}"
     record llama.cpp "$q" "{\"decode_1\": $(llama_bench "$g" -p 0 -n 64)}"
-    record llama.cpp "$q" "{\"embed_8x128\": $(llama_bench "$g" -p 128 -n 0 -b 1024 -embd 1)}"
+    # llama-bench embeds one 128-token input at a time (gritserve: 8 in a batch);
+    # both are tokens/s of bidirectional 128-token embedding passes.
+    record llama.cpp "$q" "{\"embed_8x128\": $(llama_bench "$g" -p 128 -n 0 -embd 1)}"
     record llama.cpp "$q" "{\"decode_8\": $("${llama}/bin/llama-batched-bench" -m "$g" -t "$threads" \
       -c 4096 -b 512 -npp 16 -ntg 64 -npl 8 --output-format jsonl 2>/dev/null | grep '^{' | tail -1)}"
   done
   for w in bf16 q8 q4; do
     record gritserve "$w" "$("${build}/bench_engine" --model "$model" --weights "$w" \
-      --threads "$threads" --repeats 1)"
+      --threads "$threads" --repeats 1 | compact)"
   done
 done
 
