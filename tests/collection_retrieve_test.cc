@@ -139,14 +139,23 @@ TEST_F(CollectionRetrieveTest, RetrievedDocumentsEqualExplicitIds) {
   ExpectSameGeneration(recomputed, b);
 }
 
-TEST_F(CollectionRetrieveTest, CausalDocumentsAreTheirTextTokens) {
+// Causal K/V is built from the document's own tokens: the same record the
+// store makes of an /embed id asked for causal K/V.
+TEST_F(CollectionRetrieveTest, CausalDocumentsEqualTheIdsCausalRecord) {
   const FrontEnd& front = engine_->front();
   const CollectionSettings s{"kc", "Represent the passage", "", KvSource::kCausal};
-  const ResolvedDocument r = ResolveCollectionDocument(front, s, kDocs[1], KvSource::kCausal);
-  EXPECT_EQ(r.ids, front.tokenizer().Encode(kDocs[1], false));
+  EmbedOptions o;
+  o.instruction = s.document_instruction;
+  engine_->runner().Embed({CollectionDocumentPrompt(front, s, kDocs[1])}, o, EmbedStore::kKeep,
+                          {"kc/d1"});
   DocumentRef ref;
-  ref.text = kDocs[1];
-  EXPECT_EQ(r.key, front.ResolveDocuments({ref}, KvSource::kCausal).at(0).key);
+  ref.id = "kc/d1";
+  const ResolvedDocument by_id = front.ResolveDocuments({ref}, KvSource::kCausal).at(0);
+  const ResolvedDocument r = ResolveCollectionDocument(front, s, kDocs[1], KvSource::kCausal);
+  EXPECT_EQ(r.key, by_id.key);
+  EXPECT_EQ(r.ids, by_id.ids);
+  EXPECT_EQ(r.source, KvSource::kCausal);
+  EXPECT_FALSE(r.ids.empty());
 }
 
 }  // namespace

@@ -227,8 +227,10 @@ TEST_F(HttpCollectionsTest, DeletingADocumentDropsItAndFreesItsKv) {
                        Greedy({{"prompt", kQuestion}, {"documents", {"del/" + best}}})),
               404, "freed id");
   ExpectError(client_->Delete(("/v1/collections/del/documents/" + best).c_str()), 404, "twice");
-  // Re-adding an id replaces it; dropping the collection frees the rest.
-  AddDocs(*client_, "del", {{{"id", "x1"}, {"text", "A different text for x1."}}});
+  // Re-adding an id replaces it (and frees the old text's K/V); dropping the
+  // collection frees the rest.
+  AddDocs(*client_, "del",
+          {{{"id", after["results"][0]["id"]}, {"text", "A different text for this id."}}});
   EXPECT_EQ(GetJson(*client_, "/v1/collections/del")["documents"], 3);
   EXPECT_EQ(CacheStat(*client_, "entries"), entries + 3);
   ASSERT_TRUE(client_->Delete("/v1/collections/del"));
@@ -318,6 +320,13 @@ TEST_F(HttpCollectionsTest, MetricsAndInfo) {
   EXPECT_EQ(info["collections"]["max_collection_batch"], 256);
   EXPECT_EQ(info["collections"]["exact_below"], 4096);
   EXPECT_EQ(info["collections"]["hnsw"]["m"], 16);
+  const json spec = GetJson(*client_, "/openapi.json");
+  for (const char* path :
+       {"/v1/collections", "/v1/collections/{name}", "/v1/collections/{name}/documents",
+        "/v1/collections/{name}/documents/{id}", "/v1/collections/{name}/search"}) {
+    EXPECT_TRUE(spec["paths"].contains(path)) << path;
+  }
+  EXPECT_TRUE(spec["components"]["schemas"]["GenerateRequest"]["properties"].contains("retrieve"));
 }
 
 // Restarting on the same --data-dir answers the same search identically, with

@@ -306,16 +306,26 @@ void HandleAddDocuments(ServerContext& ctx, Collection& c, const http::Request& 
   const bool keep = s.kv_source == KvSource::kEmbed;
   EmbedOptions o;
   o.instruction = s.document_instruction;
-  for (size_t start = 0; start < docs.size(); start += kEmbedGroup) {
-    const size_t end = std::min(docs.size(), start + kEmbedGroup);
-    std::vector<EncodedPrompt> group(prompts.begin() + static_cast<std::ptrdiff_t>(start),
-                                     prompts.begin() + static_cast<std::ptrdiff_t>(end));
-    std::vector<std::string> aliases;
-    for (size_t i = start; i < end && keep; ++i) aliases.push_back(Alias(s, docs[i].id));
-    auto vecs = AwaitResult(
-        ctx, ctx.scheduler->SubmitEmbed(std::move(group), o,
-                                        keep ? EmbedStore::kKeep : EmbedStore::kNone, aliases));
-    for (size_t i = start; i < end; ++i) docs[i].vector = std::move(vecs.at(i - start));
+  size_t start = 0;
+  try {
+    for (; start < docs.size(); start += kEmbedGroup) {
+      const size_t end = std::min(docs.size(), start + kEmbedGroup);
+      std::vector<EncodedPrompt> group(prompts.begin() + static_cast<std::ptrdiff_t>(start),
+                                       prompts.begin() + static_cast<std::ptrdiff_t>(end));
+      std::vector<std::string> aliases;
+      for (size_t i = start; i < end && keep; ++i) aliases.push_back(Alias(s, docs[i].id));
+      auto vecs = AwaitResult(
+          ctx, ctx.scheduler->SubmitEmbed(std::move(group), o,
+                                          keep ? EmbedStore::kKeep : EmbedStore::kNone, aliases));
+      for (size_t i = start; i < end; ++i) docs[i].vector = std::move(vecs.at(i - start));
+    }
+  } catch (const Error&) {
+    // Refused part way (queue full, timeout): the collection is unchanged, and
+    // the ids the finished groups named in the store go again.
+    for (size_t i = 0; i < std::min(start + kEmbedGroup, docs.size()) && keep; ++i) {
+      ctx.front().RemoveDocument(Alias(s, docs[i].id));
+    }
+    throw;
   }
   std::set<std::string> texts, ids;
   json stored = json::array();
