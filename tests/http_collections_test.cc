@@ -50,14 +50,17 @@ json Create(httplib::Client& c, const std::string& name, const std::string& kv =
   return BodyJson(res);
 }
 
-// Documents "<prefix>i" with kDocs' texts; `text_prefix` keeps their K/V
-// apart from other tests' (the store is content-addressed and shared).
+// Documents "<prefix>i" with kDocs' texts (numbered past the sixth, so that no
+// two score alike); `text_prefix` keeps their K/V apart from other tests'
+// (the store is content-addressed and shared).
 json Documents(size_t n, const std::string& prefix = "d", const std::string& text_prefix = "") {
   json docs = json::array();
   for (size_t i = 0; i < n; ++i) {
-    docs.push_back({{"id", prefix + std::to_string(i)},
-                    {"text", text_prefix + kDocs[i % kDocs.size()]},
-                    {"metadata", {{"n", i}, {"even", i % 2 == 0}}}});
+    docs.push_back(
+        {{"id", prefix + std::to_string(i)},
+         {"text", text_prefix + (i < kDocs.size() ? "" : "(" + std::to_string(i) + ") ") +
+                      kDocs[i % kDocs.size()]},
+         {"metadata", {{"n", i}, {"even", i % 2 == 0}}}});
   }
   return docs;
 }
@@ -108,7 +111,8 @@ TEST_F(HttpCollectionsTest, CreateListShowDrop) {
   ExpectError(PostJson(*client_, "/v1/collections", {{"name", "k"}, {"kv_source", "x"}}), 422,
               "kv_source");
   bool listed = false;
-  for (const auto& c : GetJson(*client_, "/v1/collections")["collections"]) {
+  const json list = GetJson(*client_, "/v1/collections");
+  for (const auto& c : list["collections"]) {
     listed = listed || c["name"] == "life-cycle";
   }
   EXPECT_TRUE(listed);

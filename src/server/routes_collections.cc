@@ -41,10 +41,12 @@ json Describe(const Collection& c) {
 // The store alias of a collection document: "<collection>/<id>".
 std::string Alias(const CollectionSettings& s, const std::string& id) { return s.name + "/" + id; }
 
-// Frees what the store holds for a document: its alias, its embedding-pass
-// entry and a causal entry built for a generation.
-void FreeKv(ServerContext& ctx, const CollectionSettings& s, const CollectionDocument& d) {
-  ctx.front().RemoveDocument(Alias(s, d.id));
+// Frees what the store holds for a document: its embedding-pass entry, a
+// causal entry built for a generation, and (unless a new document took it
+// over) its alias.
+void FreeKv(ServerContext& ctx, const CollectionSettings& s, const CollectionDocument& d,
+            bool alias = true) {
+  if (alias) ctx.front().RemoveDocument(Alias(s, d.id));
   for (KvSource source : {KvSource::kEmbed, KvSource::kCausal}) {
     ctx.front().RemoveDocument(ResolveCollectionDocument(ctx.front(), s, d.text, source).key.Hex());
   }
@@ -336,9 +338,11 @@ void HandleAddDocuments(ServerContext& ctx, Collection& c, const http::Request& 
   }
   const size_t added = docs.size();
   for (const auto& old : c.Upsert(std::move(docs), ctx.collections->options().max_documents)) {
-    // A replaced document's K/V goes unless a new document has the same text.
+    // A replaced document's K/V goes unless a new document has the same text;
+    // its alias goes unless a new document has the same id (and points it at
+    // its own entry by now).
     if (texts.count(old.text) == 0) {
-      FreeKv(ctx, s, old);
+      FreeKv(ctx, s, old, /*alias=*/ids.count(old.id) == 0);
     } else if (ids.count(old.id) == 0) {
       ctx.front().RemoveDocument(Alias(s, old.id));
     }
