@@ -17,7 +17,7 @@ PKGS=(
   libsentencepiece-dev sentencepiece
   libboost-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev
+  libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev libhnswlib-dev
 )
 # GRITSERVE_SETUP_SANITIZERS=1 adds clang with its sanitizer and libFuzzer
 # runtimes, its OpenMP runtime and llvm-symbolizer, for scripts/sanitize.sh.

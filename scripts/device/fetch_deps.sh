@@ -31,6 +31,7 @@ PKGS=(
   libxxhash-dev libxxhash0
   libgtest-dev
   libcli11-dev
+  libhnswlib-dev
   pkgconf pkgconf-bin libpkgconf3
 )
 

@@ -12,6 +12,8 @@ const char* ErrorKindName(ErrorKind kind) {
       return "not_found_error";
     case ErrorKind::kMethodNotAllowed:
       return "method_not_allowed";
+    case ErrorKind::kConflict:
+      return "conflict";
     case ErrorKind::kTimeout:
       return "request_timeout";
     case ErrorKind::kLengthRequired:

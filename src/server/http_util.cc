@@ -18,6 +18,8 @@ int StatusFor(ErrorKind kind) {
       return 404;
     case ErrorKind::kMethodNotAllowed:
       return 405;
+    case ErrorKind::kConflict:
+      return 409;
     case ErrorKind::kTimeout:
       return 408;
     case ErrorKind::kLengthRequired:

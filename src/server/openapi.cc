@@ -1,7 +1,7 @@
 // The OpenAPI 3.1 document served at /openapi.json. It is written by hand next
 // to the route files rather than generated, so every field here must be kept in
 // step with routes_embed.cc, routes_generate.cc, routes_info.cc and the cache
-// routes when they change.
+// routes when they change (the collection routes: openapi_collections.cc).
 #include "openapi.h"
 
 #include <initializer_list>
@@ -98,6 +98,7 @@ constexpr ErrorStatus kErrors[] = {
     {ErrorKind::kUnauthorized, "Unauthorized",
      "Missing or wrong API key (only when started with --api-key)."},
     {ErrorKind::kNotFound, "NotFound", "Unknown route or unknown cached document id."},
+    {ErrorKind::kConflict, "Conflict", "A collection of that name exists."},
     {ErrorKind::kTimeout, "RequestTimeout",
      "The request's headers or body did not arrive within the server's deadline."},
     {ErrorKind::kLengthRequired, "LengthRequired",
@@ -591,6 +592,7 @@ json Schemas() {
   AddOpenAiGenerationSchemas(s);
   AddTokenizerSchemas(s);
   AddInfoSchemas(s);
+  AddCollectionSchemas(s);
   return s;
 }
 
@@ -679,6 +681,7 @@ json Paths() {
                            {"description", "A client id given to /embed in \"ids\"."},
                            {"schema", T("string")}}};
   p["/cache/{id}"]["delete"] = std::move(remove);
+  AddCollectionPaths(p);
   return p;
 }
 
@@ -700,6 +703,7 @@ json OpenApiSpec() {
         {{"name", "generation"}},
         {{"name", "tokenizer"}},
         {{"name", "cache"}},
+        {{"name", "collections"}},
         {{"name", "info"}}}},
       {"security", {{{"bearerAuth", json::array()}}, {{"apiKeyHeader", json::array()}}}},
       {"paths", Paths()},

@@ -7,4 +7,9 @@ namespace gritserve {
 
 nlohmann::json OpenApiSpec();
 
+// The collection routes (openapi_collections.cc): their schemas, with
+// "retrieve"/"retrieved" added to the generation schemas, and their paths.
+void AddCollectionSchemas(nlohmann::json& schemas);
+void AddCollectionPaths(nlohmann::json& paths);
+
 }  // namespace gritserve

@@ -1,6 +1,7 @@
 // /generate (native), /v1/completions and /v1/chat/completions, with SSE streams.
 #include <random>
 
+#include "collections_api.h"
 #include "http_util.h"
 #include "requests.h"
 #include "server_context.h"
@@ -180,11 +181,25 @@ std::vector<ChatMessage> ParseMessages(const JsonFields& f) {
 namespace {
 
 // The end shared by the three routes, once each has its prompt: limits,
-// documents, then the queue (which may refuse with kQueueFull).
-auto Submit(ServerContext& ctx, const JsonFields& f, GenRequest& r) {
+// documents, retrieval ("retrieve": its documents follow any given ones),
+// then the queue (which may refuse with kQueueFull).
+auto Submit(ServerContext& ctx, const JsonFields& f, GenRequest& r,
+            std::optional<Retrieval>* retrieval) {
   CheckPrompt(ctx, r.prompt);
   ParseDocuments(f, ctx, r);
+  if (f.Has("retrieve")) {
+    *retrieval = Retrieve(ctx, f, QuestionOf(ctx, f));
+    for (const auto& d : (*retrieval)->documents) r.documents.push_back(d);
+  }
   return ctx.scheduler->SubmitGenerate({r.prompt, r.params, r.documents, r.positions});
+}
+
+// "retrieved" and timings.retrieval_ms, when the request retrieved.
+json WithRetrieval(json out, const std::optional<Retrieval>& retrieval) {
+  if (!retrieval) return out;
+  out["retrieved"] = RetrievedJson(*retrieval);
+  if (out.contains("timings")) out["timings"]["retrieval_ms"] = retrieval->ms;
+  return out;
 }
 
 std::string OpenAiFinish(const std::string& reason) {
@@ -262,19 +277,25 @@ void HandleGenerate(ServerContext& ctx, const http::Request& req, http::Response
   } else {
     r.prompt = PromptFrom(f, ctx, "prompt", raw);
   }
-  auto seq = Submit(ctx, f, r);
+  std::optional<Retrieval> retrieval;
+  auto seq = Submit(ctx, f, r, &retrieval);
   const bool return_tokens = r.return_tokens;
   if (!r.stream) {
-    http::SendJson(res, GenerateJson(AwaitResult(ctx, *seq), return_tokens));
+    http::SendJson(res,
+                   WithRetrieval(GenerateJson(AwaitResult(ctx, *seq), return_tokens), retrieval));
     return;
   }
   StreamEvents(ctx, res, seq,
-               {[] { return std::vector<json>{}; },
+               {[retrieval] {
+                  // The first event names the retrieved documents, before any text.
+                  if (!retrieval) return std::vector<json>{};
+                  return std::vector<json>{{{"retrieved", RetrievedJson(*retrieval)}}};
+                },
                 [](const std::string& t) {
                   return json{{"text", t}};
                 },
-                [return_tokens](const GenerateResult& g) {
-                  json last = GenerateJson(g, return_tokens);
+                [return_tokens, retrieval](const GenerateResult& g) {
+                  json last = WithRetrieval(GenerateJson(g, return_tokens), retrieval);
                   last["text"] = "";
                   last["full_text"] = g.text;
                   return std::vector<json>{last};
@@ -303,7 +324,8 @@ void HandleCompletions(ServerContext& ctx, const http::Request& req, http::Respo
   ParseSampling(f, ctx, 16, r);
   // OpenAI completions take the prompt as given (no chat or GritLM wrapping).
   r.prompt = PromptFrom(f, ctx, "prompt", /*raw=*/true);
-  auto seq = Submit(ctx, f, r);
+  std::optional<Retrieval> retrieval;
+  auto seq = Submit(ctx, f, r, &retrieval);
   const std::string id = http::RandomId("cmpl-");
   const int64_t created = http::UnixTime();
   auto chunk = [id, created, model = ctx.model_id](const std::string& text, json finish) {
@@ -319,12 +341,15 @@ void HandleCompletions(ServerContext& ctx, const http::Request& req, http::Respo
     GenerateResult g = AwaitResult(ctx, *seq);
     json out = chunk(g.text, OpenAiFinish(g.finish_reason));
     out["usage"] = Usage(g);
-    http::SendJson(res, out);
+    http::SendJson(res, WithRetrieval(out, retrieval));
     return;
   }
   const bool include_usage = r.include_usage;
   StreamEvents(ctx, res, seq,
-               {[] { return std::vector<json>{}; },
+               {[chunk, retrieval] {
+                  if (!retrieval) return std::vector<json>{};
+                  return std::vector<json>{WithRetrieval(chunk("", nullptr), retrieval)};
+                },
                 [chunk](const std::string& t) { return chunk(t, nullptr); },
                 [chunk, include_usage](const GenerateResult& g) {
                   return OpenAiEnd(chunk("", OpenAiFinish(g.finish_reason)), chunk("", nullptr),
@@ -343,22 +368,24 @@ void HandleChatCompletions(ServerContext& ctx, const http::Request& req,
   // spell a control token such as "<|im_start|>" into the conversation.
   r.prompt =
       ctx.front().EncodeChat(ParseMessages(f), f.Bool("parse_special_tokens").value_or(false));
-  auto seq = Submit(ctx, f, r);
+  std::optional<Retrieval> retrieval;
+  auto seq = Submit(ctx, f, r, &retrieval);
   const std::string id = http::RandomId("chatcmpl-");
   const int64_t created = http::UnixTime();
   const std::string model = ctx.model_id;
   if (!r.stream) {
     GenerateResult g = AwaitResult(ctx, *seq);
-    http::SendJson(res, {{"id", id},
-                         {"object", "chat.completion"},
-                         {"created", created},
-                         {"model", model},
-                         {"choices",
-                          {{{"index", 0},
-                            {"message", {{"role", "assistant"}, {"content", g.text}}},
-                            {"logprobs", nullptr},
-                            {"finish_reason", OpenAiFinish(g.finish_reason)}}}},
-                         {"usage", Usage(g)}});
+    const json out = {{"id", id},
+                      {"object", "chat.completion"},
+                      {"created", created},
+                      {"model", model},
+                      {"choices",
+                       {{{"index", 0},
+                         {"message", {{"role", "assistant"}, {"content", g.text}}},
+                         {"logprobs", nullptr},
+                         {"finish_reason", OpenAiFinish(g.finish_reason)}}}},
+                      {"usage", Usage(g)}};
+    http::SendJson(res, WithRetrieval(out, retrieval));
     return;
   }
   auto chunk = [id, created, model](json delta, json finish) {
@@ -373,8 +400,9 @@ void HandleChatCompletions(ServerContext& ctx, const http::Request& req,
   const bool include_usage = r.include_usage;
   StreamEvents(
       ctx, res, seq,
-      {[chunk] {
-         return std::vector<json>{chunk({{"role", "assistant"}, {"content", ""}}, nullptr)};
+      {[chunk, retrieval] {
+         return std::vector<json>{
+             WithRetrieval(chunk({{"role", "assistant"}, {"content", ""}}, nullptr), retrieval)};
        },
        [chunk](const std::string& t) {
          return chunk({{"content", t}}, nullptr);

@@ -1,4 +1,5 @@
 // /health, /info, /v1/models, /metrics and /openapi.json.
+#include "collections_api.h"
 #include "http_util.h"
 #include "openapi.h"
 #include "server_context.h"
@@ -42,6 +43,7 @@ void HandleInfo(const ServerContext& ctx, http::Response& res) {
                          {"max_tokens", o.max_tokens},
                          {"max_concurrent_requests", o.max_concurrent_requests},
                          {"max_batch_tokens", o.engine.max_batch_tokens}}},
+                       {"collections", CollectionInfo(ctx)},
                        {"version", "0.1.0"}});
 }
 
@@ -98,6 +100,7 @@ void HandleMetrics(const ServerContext& ctx, http::Response& res) {
             static_cast<double>(c.disk_write_errors)},
            {"gritserve_doc_cache_disk_evictions_total", static_cast<double>(c.disk_evictions)},
            {"gritserve_doc_cache_id_evictions_total", static_cast<double>(c.alias_evictions)}});
+  res.body += CollectionMetrics(ctx);
 }
 
 void HandleCacheStats(const ServerContext& ctx, http::Response& res) {

@@ -75,6 +75,8 @@ void LoadModel(ServerContext& ctx) {
   }
   ctx.engine = Engine::Load(o.engine);
   ctx.scheduler = std::make_unique<Scheduler>(ctx.engine->runner(), o.max_concurrent_requests);
+  ctx.collections =
+      std::make_unique<CollectionStore>(o.collections, ctx.front().config().hidden_size);
   ctx.ready = true;
 }
 
@@ -239,6 +241,7 @@ int RunServer(const ServerOptions& options) {
   AddEmbedRoutes(routes, ctx);
   AddGenerateRoutes(routes, ctx);
   AddInfoRoutes(routes, ctx);
+  AddCollectionRoutes(routes, ctx);
   http::HttpCallbacks callbacks;
   callbacks.handle = [&ctx, &routes](const http::Request& req, http::Response& res) {
     Dispatch(ctx, routes, req, res);

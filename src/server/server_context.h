@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gritserve/collection/collection.h"
 #include "gritserve/engine/engine.h"
 #include "gritserve/engine/scheduler.h"
 #include "gritserve/engine/sequence.h"
@@ -25,6 +26,7 @@ struct ServerContext {
   std::string model_id;
   std::unique_ptr<Engine> engine;        // set once loading finished
   std::unique_ptr<Scheduler> scheduler;  // set with the engine
+  std::unique_ptr<CollectionStore> collections;  // set with the engine (vectors of its width)
   std::atomic<bool> ready{false};
   std::atomic<bool> draining{false};
   std::atomic<int64_t> in_flight{0};
@@ -69,6 +71,7 @@ class Routes {
 void AddEmbedRoutes(Routes& routes, ServerContext& ctx);
 void AddGenerateRoutes(Routes& routes, ServerContext& ctx);
 void AddInfoRoutes(Routes& routes, ServerContext& ctx);
+void AddCollectionRoutes(Routes& routes, ServerContext& ctx);
 
 // When a request waiting now must have its result (--request-timeout).
 std::chrono::steady_clock::time_point RequestDeadline(const ServerContext& ctx);

@@ -117,6 +117,31 @@ int main(int argc, char** argv) {
   app.add_option("--grace-seconds", o.grace_seconds, "drain time on SIGTERM")
       ->capture_default_str();
   app.add_option("--model-name", o.model_name, "model id reported to clients");
+  app.add_option("--data-dir", o.collections.data_dir,
+                 "directory where document collections persist (none: memory only)");
+  app.add_option("--max-collection-batch", o.max_collection_batch,
+                 "documents per request added to a collection (413 beyond)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--max-collection-documents", o.collections.max_documents,
+                 "documents (chunks) one collection may hold (413 beyond)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  app.add_option("--collection-exact-below", o.collections.index.exact_below,
+                 "collections with fewer vectors are searched exactly; larger ones by HNSW")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--hnsw-m", o.collections.index.m, "HNSW graph degree (hnswlib M)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{2}, int64_t{256}));
+  app.add_option("--hnsw-ef-construction", o.collections.index.ef_construction,
+                 "HNSW candidates at insertion")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{10000}));
+  app.add_option("--hnsw-ef-search", o.collections.index.ef_search,
+                 "HNSW candidates per search (at least top_k)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{10000}));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   AddEnvironmentNames(app);

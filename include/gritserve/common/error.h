@@ -12,6 +12,7 @@ enum class ErrorKind {
   kUnauthorized,      // 401
   kNotFound,          // 404: unknown route, unknown document id
   kMethodNotAllowed,  // 405
+  kConflict,          // 409: a name that already exists (collections)
   kTimeout,           // 408: the request did not arrive within its deadline
   kLengthRequired,    // 411: a body with neither Content-Length nor chunked framing
   kTooLarge,          // 413: body or batch over a limit

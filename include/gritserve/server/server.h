@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "gritserve/collection/collection.h"
 #include "gritserve/engine/types.h"
 
 namespace gritserve {
@@ -34,6 +35,10 @@ struct ServerOptions {
   double grace_seconds = 30;     // how long SIGTERM waits for in-flight requests
   double request_timeout = 0;    // seconds a request may wait for the model; 0: no limit
   std::string model_name;        // id reported to clients; default: the directory name
+  // Document collections (/v1/collections): where they persist (data_dir,
+  // empty: memory only), their index settings and size limit.
+  CollectionOptions collections;
+  int64_t max_collection_batch = 256;  // documents per add request; past it 413
 };
 
 // A generation's result as /generate answers it (and the CLI prints it).
