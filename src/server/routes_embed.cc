@@ -159,9 +159,10 @@ std::vector<float> Rerank(ServerContext& ctx, const JsonFields& f, const std::st
     }
   }
   *tokens = CountTokens(prompts);
-  auto vecs = AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
-                                   std::move(prompts), r.options,
-                                   any_id ? EmbedStore::kReuse : EmbedStore::kNone));
+  if (any_id) ctx.front().PrefetchEmbedded(prompts);
+  auto vecs =
+      AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), r.options,
+                                                  any_id ? EmbedStore::kReuse : EmbedStore::kNone));
   std::vector<float> scores;
   for (size_t i = 1; i < vecs.size(); ++i) scores.push_back(Dot(vecs[0], vecs[i]));
   return scores;
@@ -209,8 +210,11 @@ void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& r
   if (cache && r.options.layer > 0) {
     throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
   }
+  std::vector<EncodedPrompt> prompts = Encode(ctx, in, r);
+  // Inputs another server embedded: their pooled vectors come with the entry.
+  if (cache) ctx.front().PrefetchEmbedded(prompts);
   http::SendJson(res, AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
-                                           Encode(ctx, in, r), r.options,
+                                           std::move(prompts), r.options,
                                            cache ? EmbedStore::kKeep : EmbedStore::kNone, ids)));
 }
 
@@ -363,12 +367,13 @@ void HandleDetokenize(ServerContext& ctx, const http::Request& req, http::Respon
 
 void AddEmbedRoutes(Routes& routes, ServerContext& ctx) {
   const std::pair<const char*, void (*)(ServerContext&, const http::Request&, http::Response&)>
-      posts[] = {{"/embed", HandleEmbed},           {"/v1/embeddings", HandleEmbeddings},
-                 {"/rerank", HandleRerank},         {"/v1/rerank", HandleCohereRerank},
-                 {"/tokenize", HandleTokenize},     {"/detokenize", HandleDetokenize}};
+      posts[] = {{"/embed", HandleEmbed},       {"/v1/embeddings", HandleEmbeddings},
+                 {"/rerank", HandleRerank},     {"/v1/rerank", HandleCohereRerank},
+                 {"/tokenize", HandleTokenize}, {"/detokenize", HandleDetokenize}};
   for (const auto& [path, fn] : posts) {
-    routes.Add({"POST", path, path, false, true, true,
-                [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
+    routes.Add(
+        {"POST", path, path, false, true, true,
+         [&ctx, fn = fn](const http::Request& req, http::Response& res) { fn(ctx, req, res); }});
   }
 }
 
