@@ -27,10 +27,10 @@ constexpr std::chrono::milliseconds kFirstBackoff{100}, kMaxBackoff{5000}, kHear
 
 int ParseInt(const std::string& s, int lo, int hi, const std::string& what) {
   if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos) {
-    throw std::invalid_argument("--cache-redis: bad " + what + " '" + s + "'");
+    throw std::invalid_argument("bad " + what + " '" + s + "'");
   }
   const int v = std::stoi(s);
-  if (v < lo || v > hi) throw std::invalid_argument("--cache-redis: " + what + " out of range");
+  if (v < lo || v > hi) throw std::invalid_argument(what + " out of range");
   return v;
 }
 
@@ -118,8 +118,7 @@ std::string RedisUrl::Display() const {
 RedisUrl ParseRedisUrl(const std::string& url) {
   const std::string scheme = "redis://";
   if (url.compare(0, scheme.size(), scheme) != 0) {
-    throw std::invalid_argument(
-        "--cache-redis: expected redis://[:password@]host:port[/db], got '" + url + "'");
+    throw std::invalid_argument("expected redis://[:password@]host:port[/db], got '" + url + "'");
   }
   RedisUrl u;
   std::string rest = url.substr(scheme.size());
@@ -143,10 +142,10 @@ RedisUrl ParseRedisUrl(const std::string& url) {
   std::string port;
   if (!hostport.empty() && hostport[0] == '[') {
     const size_t close = hostport.find(']');
-    if (close == std::string::npos) throw std::invalid_argument("--cache-redis: bad host");
+    if (close == std::string::npos) throw std::invalid_argument("bad host");
     u.host = hostport.substr(1, close - 1);
     if (close + 1 < hostport.size()) {
-      if (hostport[close + 1] != ':') throw std::invalid_argument("--cache-redis: bad host");
+      if (hostport[close + 1] != ':') throw std::invalid_argument("bad host");
       port = hostport.substr(close + 2);
     }
   } else {
@@ -154,7 +153,7 @@ RedisUrl ParseRedisUrl(const std::string& url) {
     u.host = hostport.substr(0, colon);
     if (colon != std::string::npos) port = hostport.substr(colon + 1);
   }
-  if (u.host.empty()) throw std::invalid_argument("--cache-redis: no host in '" + url + "'");
+  if (u.host.empty()) throw std::invalid_argument("no host in '" + url + "'");
   if (!port.empty()) u.port = ParseInt(port, 1, 65535, "port");
   return u;
 }

@@ -223,7 +223,7 @@ void FinishShared(FrontEnd::Impl& f, const Decoder& decoder) {
   try {
     f.store = std::make_unique<DocKvStore>(so);
   } catch (const std::invalid_argument& e) {  // a malformed --cache-redis
-    throw LoadError(e.what());
+    throw LoadError(std::string("--cache-redis: ") + e.what());
   }
 }
 
