@@ -165,6 +165,14 @@ TEST(RedisTierTest, StoresChunkedValuesAndReadsSeveralInOneRoundTrip) {
   EXPECT_EQ(tier.Delete({"t:kv:b", "t:kv:none"}), 1);
 }
 
+bool AwaitUp(const RedisTier& tier) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!tier.up() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return tier.up();
+}
+
 TEST(RedisTierTest, SkipsAHungOrDeadRedisWithinTheTimeoutAndReconnects) {
   RedisProcess redis;
   RedisTier tier(TierOptions(redis));
@@ -178,16 +186,14 @@ TEST(RedisTierTest, SkipsAHungOrDeadRedisWithinTheTimeoutAndReconnects) {
   EXPECT_FALSE(tier.up());
   t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(tier.GetEntries({"t:kv:a"})[0]);  // skipped while down: no wait
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.05);
+  // Not even one timeout: skipped outright.
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.2);
   redis.Continue();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-  while (!tier.up() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_TRUE(tier.up()) << "reconnected in the background";
+  ASSERT_TRUE(AwaitUp(tier)) << "reconnected in the background";
   EXPECT_EQ(tier.GetString("t:id:y").value_or(""), "v");
   ASSERT_TRUE(redis.Restart());  // empty again, same port
   EXPECT_FALSE(tier.GetString("t:id:y")) << "gone with the restart, not an error";
+  ASSERT_TRUE(AwaitUp(tier));  // the writer's heartbeat may have caught the restart
   tier.PutString("t:id:z", "w");
   tier.Flush();
   EXPECT_EQ(tier.GetString("t:id:z").value_or(""), "w");
