@@ -1,7 +1,9 @@
 // RAG time to first token with and without cached documents, in one run, on a
 // checkpoint of the exact Qwen2.5-0.5B shape: 5 documents of 256 tokens and a
 // 32-token question. Also the stored bytes per token in float32 and float16.
-// Prints JSON; not a test.
+// With --cache-redis URL, also the time to first token with the documents'
+// K/V from this process's memory, from that Redis, and computed (bench/rag_redis.sh
+// runs it against a redis-server on loopback). Prints JSON; not a test.
 //   bench_rag [--model DIR | --checkpoint-dtype bf16|f32] [--docs 5] [--doc-tokens 256]
 //             [--question-tokens 32] [--profile-cached N]  (only the cached request, N times: for
 //             perf record)
@@ -12,10 +14,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "bench_util.h"
 #include "gritserve/common/allocator.h"
@@ -62,6 +66,63 @@ void TimeCachedAgainstUncached(Runner& runner, const std::vector<int32_t>& quest
   out["speedup"] = uncached / cached;
 }
 
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Resolving the documents (which fetches what memory lacks from Redis, on
+// the request's thread as the server does) and generating: the first token.
+double ResolveAndGenerate(Engine& e, const std::vector<DocumentRef>& refs,
+                          const std::vector<int32_t>& question, const SamplingParams& p) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto resolved = e.front().ResolveDocuments(refs, KvSource::kCausal);
+  const double resolve_ms = MsSince(t0);
+  return resolve_ms + e.runner().Generate(question, p, nullptr, resolved).ttft_ms;
+}
+
+// Two engines on one Redis, in half precision storage: each round the writer
+// computes fresh documents (and stores them), the reader then takes them from
+// Redis, then from its own memory.
+void TimeTiers(const EngineOptions& base, int docs, int doc_tokens, int question_tokens,
+               int repeats, nlohmann::json& out) {
+  EngineOptions eo = base;
+  eo.cache_dtype = "float16";
+  // Keys of this run only: entries an earlier run left must not count as computed.
+  eo.cache_redis_prefix +=
+      "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count()) + ":";
+  auto writer = Engine::Load(eo);
+  auto reader = Engine::Load(eo);
+  const int64_t vocab = writer->front().tokenizer().VocabSize();
+  const std::vector<int32_t> question = RandomIds(question_tokens, vocab, 7);
+  SamplingParams p;
+  p.max_tokens = 1;
+  p.temperature = 0;
+  p.ignore_eos = true;
+  double computed = 1e30, redis = 1e30, memory = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    std::vector<DocumentRef> refs(docs);
+    for (int i = 0; i < docs; ++i) refs[i].ids = RandomIds(doc_tokens, vocab, 1000 + r * docs + i);
+    const int64_t written = writer->front().document_stats().redis.writes;
+    computed = std::min(computed, ResolveAndGenerate(*writer, refs, question, p));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (writer->front().document_stats().redis.writes < written + docs &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    redis = std::min(redis, ResolveAndGenerate(*reader, refs, question, p));
+    memory = std::min(memory, ResolveAndGenerate(*reader, refs, question, p));
+  }
+  const DocKvStats s = reader->front().document_stats();
+  out["tiers"] = {
+      {"cache_dtype", "float16"},
+      {"memory_ttft_s", memory / 1000.0},
+      {"redis_ttft_s", redis / 1000.0},
+      {"computed_ttft_s", computed / 1000.0},
+      {"reader_computed", s.computed},
+      {"reader_redis_hits", s.redis.hits},
+      {"redis_fetch_mean_s", s.redis.latency.sum / std::max<int64_t>(s.redis.latency.count, 1)}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -92,6 +153,7 @@ int main(int argc, char** argv) {
   for (const std::string dtype : {"float32", "float16"}) {
     EngineOptions eo = base;
     eo.cache_dtype = dtype;
+    eo.cache_redis.clear();  // this process's memory only (TimeTiers below for Redis)
     auto loaded = Engine::Load(eo);
     const FrontEnd& front = loaded->front();
     Runner& runner = loaded->runner();
@@ -125,6 +187,9 @@ int main(int argc, char** argv) {
     }
     TimeCachedAgainstUncached(runner, question, all, p, resolved, repeats, out);
     out["first_request_with_store_fill_ttft_s"] = first.ttft_ms / 1000.0;
+  }
+  if (!base.cache_redis.empty() && profile_cached == 0) {
+    TimeTiers(base, docs, doc_tokens, question_tokens, repeats, out);
   }
   out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";

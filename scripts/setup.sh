@@ -18,6 +18,8 @@ PKGS=(
   libboost-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libpcre2-dev libutf8proc-dev libssl-dev libcli11-dev libxxhash-dev libhnswlib-dev
+  # The document store's Redis tier; the tests run a real redis-server.
+  libhiredis-dev redis-server
 )
 # GRITSERVE_SETUP_SANITIZERS=1 adds clang with its sanitizer and libFuzzer
 # runtimes, its OpenMP runtime and llvm-symbolizer, for scripts/sanitize.sh.

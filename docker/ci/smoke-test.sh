@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Drives a running docker/compose.replicas.yaml stack through nginx, as a client
 # would: health, embeddings, generation, a streamed chat completion, a document
-# stored by one request and reused by the next, and both replicas answering.
+# stored by one request and reused by the next, both replicas answering, and
+# documents shared through Redis: embedded on one replica, generated over on
+# either.
 #   bash docker/ci/smoke-test.sh PROJECT PORT
 # PROJECT: the compose project name (containers PROJECT_gritserve_N); PORT:
 # nginx's port on loopback. Exits non-zero on the first failed check.
@@ -91,5 +93,36 @@ done
 distinct=$(printf '%s' "$seen" | sort -u | grep -c .)
 [ "$distinct" -ge 2 ] || fail "one replica answered everything: $seen"
 pass "$distinct replicas answered 8 unsessioned requests"
+
+# Documents embedded through nginx are shared through Redis: generations over
+# them, without a session, reuse their K/V whichever replica answers.
+docs='"The ferry leaves the harbour at dawn and returns when the tide turns.",
+  "Copper conducts heat well, which is why old kettles were made of it."'
+out=$(post /embed "{\"inputs\": [$docs], \"ids\": [\"shared-1\", \"shared-2\"]}")
+[ "$(status)" = 200 ] || fail "/embed of shared documents: $(status) $out"
+embedded_on=$(upstream)
+sleep 1  # the replica's background writer stores them in Redis
+seen=""
+for i in $(seq 1 6); do
+  out=$(post /generate '{"prompt": "What leaves at dawn?", "documents": ["shared-1", "shared-2"],
+    "kv_source": "embed", "max_tokens": 2, "temperature": 0}')
+  [ "$(status)" = 200 ] || fail "/generate over shared documents ($i): $(status) $out"
+  cached=$(jq '.usage.cached_tokens' <<<"$out")
+  if [ "$i" = 1 ]; then want=$cached; fi
+  [ "$cached" -gt 0 ] && [ "$cached" = "$want" ] ||
+    fail "cached_tokens $cached on $(upstream), wanted $want: $out"
+  seen+="$(upstream)"$'\n'
+done
+distinct=$(printf '%s' "$seen" | sort -u | grep -c .)
+[ "$distinct" -ge 2 ] || fail "one replica answered every shared-document request: $seen"
+shared=0
+for r in $replicas; do
+  hits=$(podman exec "$r" bash -c \
+    'exec 3<>/dev/tcp/127.0.0.1/8080; printf "GET /cache HTTP/1.0\r\n\r\n" >&3; cat <&3' |
+    sed -n '/^{/p' | jq '.tiers.redis.hits' || true)
+  shared=$((shared + ${hits:-0}))
+done
+[ "$shared" -ge 1 ] || fail "no replica read a document from Redis"
+pass "documents embedded on $embedded_on reused by $distinct replicas: cached_tokens $want, $shared Redis hits"
 
 echo "smoke: $checks passed, 0 failed"

@@ -11,29 +11,17 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <initializer_list>
-#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
+#include "gritserve/cache/entry_codec.h"
 #include "gritserve/common/error.h"
-#include "gritserve/common/json_fields.h"
 
 namespace gritserve {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
-// The token ids of a cache file or alias header.
-std::vector<int32_t> TokenIds(const JsonFields& h) {
-  const json* ids = h.Find("ids");
-  if (ids == nullptr) throw h.Missing("ids");
-  if (!ids->is_array()) throw h.TypeError("ids", "a list of token ids");
-  return ids->get<std::vector<int32_t>>();
-}
-
-constexpr char kMagic[8] = {'G', 'S', 'K', 'V', 'v', '1', 0, 0};
 constexpr char kTempMark[] = ".tmp-";  // in the names of files being written
 
 std::string HexOf(uint64_t hi, uint64_t lo) {
@@ -41,19 +29,6 @@ std::string HexOf(uint64_t hi, uint64_t lo) {
   std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(hi),
                 static_cast<unsigned long long>(lo));
   return buf;
-}
-
-at::ScalarType DtypeFromName(const std::string& name) {
-  if (name == "float32") return at::kFloat;
-  if (name == "float16") return at::kHalf;
-  if (name == "bfloat16") return at::kBFloat16;
-  throw std::runtime_error("unknown dtype " + name);
-}
-
-std::string DtypeName(at::ScalarType t) {
-  if (t == at::kHalf) return "float16";
-  if (t == at::kBFloat16) return "bfloat16";
-  return "float32";
 }
 
 // Writes to a temporary name in the same directory, then renames: a reader
@@ -95,30 +70,6 @@ int64_t AliasBytes(const std::string& alias, const DocAlias& info) {
   return kAliasOverhead + static_cast<int64_t>(alias.size() + info.ids.size() * sizeof(int32_t));
 }
 
-std::string AliasJson(const std::string& alias, const DocAlias& info) {
-  const json j = {
-      {"alias", alias},  {"key", info.key.Hex()},         {"source", KvSourceName(info.source)},
-      {"ids", info.ids}, {"text_begin", info.text_begin}, {"text_end", info.text_end}};
-  return j.dump();
-}
-
-// The product of sizes read from a file, which may be damaged: a negative size
-// or a product that does not fit is refused.
-size_t Product(std::initializer_list<int64_t> factors) {
-  size_t n = 1;
-  for (int64_t f : factors) {
-    if (f < 0 || __builtin_mul_overflow(n, static_cast<size_t>(f), &n)) {
-      throw std::runtime_error("sizes do not add up");
-    }
-  }
-  return n;
-}
-
-// The document text's span must lie inside the ids (it indexes them).
-void CheckTextSpan(size_t begin, size_t end, size_t ids) {
-  if (begin > end || end > ids) throw std::runtime_error("text span outside the ids");
-}
-
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read " + path);
@@ -156,6 +107,10 @@ int64_t DocKvEntry::ByteSize() const {
 
 DocKvStore::DocKvStore(Options options) : options_(std::move(options)) {
   stats_.budget = options_.budget_bytes;
+  if (!options_.redis.url.empty()) {
+    stats_.redis_enabled = true;
+    redis_ = std::make_unique<RedisTier>(options_.redis);
+  }
   if (options_.dir.empty()) return;
   stats_.disk_budget = options_.disk_budget_bytes;
   std::error_code ec;
@@ -209,37 +164,55 @@ std::shared_ptr<const DocKvEntry> DocKvStore::Get(const DocKey& key) {
     if (it != index_.end()) {
       Touch(it->second);
       stats_.hits += 1;
+      stats_.memory_hits += 1;
       if (disk_entries_.count(key) != 0) {
         TouchDiskLocked(key);
         TouchFile(EntryPath(key));
       }
       return *it->second;
     }
+    stats_.memory_misses += 1;
   }
   if (!options_.dir.empty() && fs::exists(EntryPath(key))) {
+    const auto t0 = std::chrono::steady_clock::now();
     int64_t file_bytes = 0;
     std::shared_ptr<DocKvEntry> e = ReadEntryFile(key, &file_bytes);
     if (e) {
       TouchFile(EntryPath(key));
       std::shared_ptr<const DocKvEntry> entry = e;
       std::lock_guard<std::mutex> lock(mu_);
+      stats_.disk_latency.Record(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       stats_.disk_reads += 1;
+      stats_.disk_read_bytes += file_bytes;
       stats_.hits += 1;
       // Indexes a file another server wrote into a shared directory, too.
       RecordDiskFileLocked({false, key, "", file_bytes});
       EvictDiskLocked();
-      if (index_.find(key) == index_.end() && entry->ByteSize() <= options_.budget_bytes) {
-        lru_.push_front(entry);
-        index_[key] = lru_.begin();
-        stats_.bytes += entry->ByteSize();
-        EvictLocked();
-      }
+      if (index_.find(key) == index_.end()) InsertLocked(entry);
       return entry;
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
+  stats_.disk_misses += options_.dir.empty() ? 0 : 1;
   stats_.misses += 1;
   return nullptr;
+}
+
+void DocKvStore::InsertLocked(const std::shared_ptr<const DocKvEntry>& entry) {
+  auto it = index_.find(entry->key);
+  if (it != index_.end()) {
+    stats_.bytes -= (*it->second)->ByteSize();
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+  // An entry larger than the whole budget is used once and not kept.
+  if (entry->ByteSize() <= options_.budget_bytes) {
+    lru_.push_front(entry);
+    index_[entry->key] = lru_.begin();
+    stats_.bytes += entry->ByteSize();
+  }
+  EvictLocked();
 }
 
 namespace {
@@ -279,33 +252,27 @@ std::shared_ptr<const DocKvEntry> DocKvStore::Put(DocKvEntry entry) {
       EvictDiskLocked();
     }
   }
+  if (redis_) QueueRedisEntry(shared);
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(shared->key);
-  if (it != index_.end()) {
-    stats_.bytes -= (*it->second)->ByteSize();
-    lru_.erase(it->second);
-    index_.erase(it);
-  }
-  // An entry larger than the whole budget is used once and not kept.
-  if (shared->ByteSize() <= options_.budget_bytes) {
-    lru_.push_front(shared);
-    index_[shared->key] = lru_.begin();
-    stats_.bytes += shared->ByteSize();
-  }
-  EvictLocked();
+  InsertLocked(shared);
   return shared;
 }
 
 void DocKvStore::SetAlias(const std::string& alias, DocAlias info) {
+  if (redis_)
+    redis_->PutString(RedisAliasKey(alias), EncodeAlias(alias, info, options_.fingerprint));
   std::lock_guard<std::mutex> lock(mu_);
   PutAliasLocked(alias, std::move(info));
   WriteAliasLocked(alias);
 }
 
 std::optional<DocAlias> DocKvStore::Lookup(const std::string& alias) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = aliases_.find(alias);
-  if (it == aliases_.end()) return std::nullopt;
+  if (it == aliases_.end()) {
+    lock.unlock();
+    return redis_ ? LookupRedis(alias) : std::nullopt;
+  }
   AliasSlot& slot = it->second;
   alias_lru_.splice(alias_lru_.begin(), alias_lru_, slot.lru);
   if (slot.file) {
@@ -316,9 +283,11 @@ std::optional<DocAlias> DocKvStore::Lookup(const std::string& alias) {
 }
 
 bool DocKvStore::Remove(const std::string& alias_or_key) {
+  // Redis first, without the lock (a network round trip); an id only Redis
+  // knew is then known here too, and goes below.
+  bool removed = redis_ && RemoveFromRedis(alias_or_key);
   std::lock_guard<std::mutex> lock(mu_);
   std::optional<DocKey> key;
-  bool removed = false;
   auto a = aliases_.find(alias_or_key);
   if (a != aliases_.end()) {
     key = a->second.info.key;
@@ -355,6 +324,8 @@ DocKvStats DocKvStore::stats() const {
   s.aliases = static_cast<int64_t>(aliases_.size());
   s.disk_files = static_cast<int64_t>(disk_lru_.size());
   s.alias_bytes = alias_bytes_;
+  s.disk_failing = write_failing_;
+  if (redis_) s.redis = redis_->stats();
   return s;
 }
 
@@ -367,39 +338,9 @@ std::string DocKvStore::AliasPath(const std::string& alias) const {
   return (fs::path(options_.dir) / "aliases" / (HexOf(h.high64, h.low64) + ".json")).string();
 }
 
-// File: magic (8) | header length (8) | header JSON | payload | XXH64 of header+payload (8).
+// The entry's bytes (entry_codec.h), unless they cannot fit the disk budget.
 std::optional<std::string> DocKvStore::EntryFile(const DocKvEntry& e) const {
-  std::string payload;
-  auto append = [&](const void* p, size_t n) { payload.append(static_cast<const char*>(p), n); };
-  for (size_t l = 0; l < e.keys.size(); ++l) {
-    append(e.keys[l].data_ptr(), e.keys[l].numel() * e.keys[l].element_size());
-    append(e.values[l].data_ptr(), e.values[l].numel() * e.values[l].element_size());
-  }
-  append(e.mean.data(), e.mean.size() * sizeof(float));
-  append(e.last.data(), e.last.size() * sizeof(float));
-  const at::Tensor& k0 = e.keys.at(0);
-  json header = {{"key", e.key.Hex()},
-                 {"fingerprint", options_.fingerprint},
-                 {"source", KvSourceName(e.source)},
-                 {"dtype", DtypeName(k0.scalar_type())},
-                 {"layers", e.keys.size()},
-                 {"kv_heads", k0.size(0)},
-                 {"tokens", k0.size(1)},
-                 {"head_dim", k0.size(2)},
-                 {"ids", e.ids},
-                 {"text_begin", e.text_begin},
-                 {"text_end", e.text_end},
-                 {"mean", e.mean.size()},
-                 {"last", e.last.size()},
-                 {"payload_bytes", payload.size()}};
-  const std::string h = header.dump();
-  std::string file(kMagic, sizeof(kMagic));
-  const uint64_t hlen = h.size();
-  file.append(reinterpret_cast<const char*>(&hlen), sizeof(hlen));
-  file += h;
-  file += payload;
-  const uint64_t sum = XXH3_64bits(file.data() + 16, file.size() - 16);
-  file.append(reinterpret_cast<const char*>(&sum), sizeof(sum));
+  std::string file = EncodeEntry(e, options_.fingerprint);
   if (static_cast<int64_t>(file.size()) > options_.disk_budget_bytes) return std::nullopt;
   return file;
 }
@@ -409,63 +350,7 @@ std::shared_ptr<DocKvEntry> DocKvStore::ReadEntryFile(const DocKey& key, int64_t
   try {
     const std::string file = ReadAll(path);
     *file_bytes = static_cast<int64_t>(file.size());
-    if (file.size() < 24 || std::memcmp(file.data(), kMagic, sizeof(kMagic)) != 0) {
-      throw std::runtime_error("not a gritserve KV file");
-    }
-    uint64_t hlen = 0, sum = 0;
-    std::memcpy(&hlen, file.data() + 8, 8);
-    if (hlen > file.size() - 24) throw std::runtime_error("truncated header");
-    std::memcpy(&sum, file.data() + file.size() - 8, 8);
-    if (XXH3_64bits(file.data() + 16, file.size() - 24) != sum) {
-      throw std::runtime_error("checksum mismatch");
-    }
-    const json header = json::parse(file.substr(16, hlen));
-    const JsonFields h = JsonFields::File(header, path);
-    if (h.RequireString("key") != key.Hex()) throw std::runtime_error("key mismatch");
-    if (h.RequireString("fingerprint") != options_.fingerprint) {
-      throw std::runtime_error("written for another model");
-    }
-    auto e = std::make_shared<DocKvEntry>();
-    e->key = key;
-    e->source = h.RequireString("source") == "embed" ? KvSource::kEmbed : KvSource::kCausal;
-    e->ids = TokenIds(h);
-    e->text_begin = static_cast<size_t>(h.RequireInt("text_begin", 0));
-    e->text_end = static_cast<size_t>(h.RequireInt("text_end", 0));
-    CheckTextSpan(e->text_begin, e->text_end, e->ids.size());
-    const at::ScalarType dt = DtypeFromName(h.RequireString("dtype"));
-    const int64_t layers = h.RequireInt("layers", 0), kvh = h.RequireInt("kv_heads", 0),
-                  t = h.RequireInt("tokens", 0), d = h.RequireInt("head_dim", 0);
-    const size_t n_mean = static_cast<size_t>(h.RequireInt("mean", 0));
-    const size_t n_last = static_cast<size_t>(h.RequireInt("last", 0));
-    // One [Hkv, T, D] tensor, all of them, and the pooled vectors.
-    const size_t tensor_bytes = Product({kvh, t, d, static_cast<int64_t>(at::elementSize(dt))});
-    const size_t tensors = Product({2, layers, static_cast<int64_t>(tensor_bytes)});
-    const size_t vectors = Product({static_cast<int64_t>(n_mean + n_last), 4});
-    const size_t payload = static_cast<size_t>(h.RequireInt("payload_bytes", 0));
-    // Each checked against the file's own size first, so the sum cannot wrap.
-    if (tensors > file.size() || vectors > file.size() || payload != tensors + vectors ||
-        16 + hlen + payload + 8 != file.size() || static_cast<int64_t>(e->ids.size()) != t) {
-      throw std::runtime_error("sizes do not add up");
-    }
-    const char* p = file.data() + 16 + hlen;
-    auto take = [&p](void* to, size_t n) {  // an empty vector's or tensor's data may be null
-      if (n > 0) std::memcpy(to, p, n);
-      p += n;
-    };
-    auto next = [&]() {  // [Hkv, T, D]
-      at::Tensor x = at::empty({kvh, t, d}, at::TensorOptions().dtype(dt));
-      take(x.data_ptr(), tensor_bytes);
-      return x;
-    };
-    for (int64_t l = 0; l < layers; ++l) {
-      e->keys.push_back(next());
-      e->values.push_back(next());
-    }
-    e->mean.resize(n_mean);
-    take(e->mean.data(), n_mean * 4);
-    e->last.resize(n_last);
-    take(e->last.data(), n_last * 4);
-    return e;
+    return DecodeEntry(file, key, options_.fingerprint, path);
   } catch (const std::exception& ex) {
     // Never use a damaged or foreign file: drop it so the entry is recomputed.
     spdlog::warn("document cache: dropping {}: {}", path, ex.what());
@@ -612,7 +497,7 @@ void DocKvStore::DropAliasesOfLocked(const DocKey& key) {
 void DocKvStore::WriteAliasLocked(const std::string& alias) {
   auto it = aliases_.find(alias);
   if (options_.dir.empty() || it == aliases_.end()) return;
-  const std::string bytes = AliasJson(alias, it->second.info);
+  const std::string bytes = EncodeAlias(alias, it->second.info, options_.fingerprint);
   if (static_cast<int64_t>(bytes.size()) > options_.disk_budget_bytes) return;
   const std::string path = AliasPath(alias);
   try {
@@ -684,19 +569,9 @@ void DocKvStore::ScanDirectory() {
 
 std::optional<DocAlias> DocKvStore::ReadAliasFile(const std::string& path, std::string* alias) {
   try {
-    const json j = json::parse(ReadAll(path));
-    const JsonFields f = JsonFields::File(j, path);
-    DocAlias a;
-    auto key = DocKey::FromHex(f.RequireString("key"));
-    if (!key) throw std::runtime_error("bad key");
-    a.key = *key;
-    a.source = f.RequireString("source") == "embed" ? KvSource::kEmbed : KvSource::kCausal;
-    a.ids = TokenIds(f);
-    a.text_begin = static_cast<size_t>(f.RequireInt("text_begin", 0));
-    a.text_end = static_cast<size_t>(f.RequireInt("text_end", 0));
-    CheckTextSpan(a.text_begin, a.text_end, a.ids.size());
-    *alias = f.RequireString("alias");
-    return a;
+    // Files written before ids recorded the fingerprint are taken as they are:
+    // the directory belongs to one model's server.
+    return DecodeAlias(ReadAll(path), path, "", alias);
   } catch (const std::exception& e) {
     spdlog::warn("document cache: ignoring alias file {}: {}", path, e.what());
     return std::nullopt;

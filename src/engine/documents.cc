@@ -116,7 +116,19 @@ std::vector<ResolvedDocument> FrontEnd::ResolveDocuments(const std::vector<Docum
     r.key = e.store->MakeKey(e.prompt_template.name, source, r.ids);
     out.push_back(std::move(r));
   }
+  // On this HTTP thread, so that the inference thread finds them in memory.
+  std::vector<DocKey> keys;
+  for (const ResolvedDocument& r : out) keys.push_back(r.key);
+  e.store->Prefetch(keys);
   return out;
+}
+
+void FrontEnd::PrefetchEmbedded(const std::vector<EncodedPrompt>& prompts) const {
+  std::vector<DocKey> keys;
+  for (const EncodedPrompt& p : prompts) {
+    keys.push_back(impl_->store->MakeKey(impl_->prompt_template.name, KvSource::kEmbed, p.ids));
+  }
+  impl_->store->Prefetch(keys);
 }
 
 DocKvEntry ComputeEntry(const Runner::Impl& r, const ResolvedDocument& doc) {

@@ -1,6 +1,9 @@
 #include "gritserve/engine/engine_flags.h"
 
 #include <CLI/CLI.hpp>
+#include <stdexcept>
+
+#include "gritserve/cache/redis_tier.h"
 
 namespace gritserve {
 
@@ -29,6 +32,26 @@ void AddEngineFlags(CLI::App& app, EngineOptions& o, ModelFlag model,
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--cache-dtype", o.cache_dtype, "document KV storage: float32, float16, bfloat16")
+      ->capture_default_str();
+  app.add_option("--cache-redis", o.cache_redis,
+                 "Redis tier shared by servers: redis://[[user]:password@]host[:port][/db] "
+                 "(entries and ids; eviction is Redis's own maxmemory policy)")
+      ->check(
+          [](const std::string& url) {
+            try {
+              ParseRedisUrl(url);
+              return std::string();
+            } catch (const std::invalid_argument& e) {
+              return std::string(e.what());
+            }
+          },
+          "redis://[[user]:password@]host[:port][/db]");
+  app.add_option("--cache-redis-prefix", o.cache_redis_prefix, "prefix of the Redis keys")
+      ->capture_default_str();
+  app.add_option("--cache-redis-timeout-ms", o.cache_redis_timeout_ms,
+                 "Redis connect and per-operation timeout; past it the tier is skipped until "
+                 "Redis answers again")
+      ->check(CLI::Range(1, 60000))
       ->capture_default_str();
 }
 

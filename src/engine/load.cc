@@ -217,7 +217,14 @@ void FinishShared(FrontEnd::Impl& f, const Decoder& decoder) {
   if (const std::optional<quant::Format> q = decoder.weights_format()) {
     so.fingerprint += std::string("/") + quant::FormatName(*q);
   }
-  f.store = std::make_unique<DocKvStore>(so);
+  so.redis.url = f.options.cache_redis;
+  so.redis.prefix = f.options.cache_redis_prefix;
+  so.redis.timeout_ms = f.options.cache_redis_timeout_ms;
+  try {
+    f.store = std::make_unique<DocKvStore>(so);
+  } catch (const std::invalid_argument& e) {  // a malformed --cache-redis
+    throw LoadError(std::string("--cache-redis: ") + e.what());
+  }
 }
 
 }  // namespace

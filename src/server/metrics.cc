@@ -56,12 +56,34 @@ std::string Metrics::Render(const std::vector<std::pair<std::string, double>>& g
     out << "gritserve_request_duration_seconds_count{route=\"" << route << "\"} " << h.count
         << "\n";
   }
-  for (const auto& [name, v] : gauges) {
-    out << "# TYPE " << name << " gauge\n" << name << " " << Value(v) << "\n";
+  auto series = [&out](const std::vector<std::pair<std::string, double>>& lines, const char* type) {
+    std::string last;
+    for (const auto& [name, v] : lines) {
+      const std::string base = name.substr(0, name.find('{'));
+      if (base != last) out << "# TYPE " << base << " " << type << "\n";
+      last = base;
+      out << name << " " << Value(v) << "\n";
+    }
+  };
+  series(gauges, "gauge");
+  series(counters, "counter");
+  return out.str();
+}
+
+std::string Metrics::RenderHistogram(const std::string& name, const std::string& label,
+                                     const std::vector<double>& bounds,
+                                     const std::vector<int64_t>& buckets, double sum, int64_t count,
+                                     bool type_line) {
+  std::ostringstream out;
+  if (type_line) out << "# TYPE " << name << " histogram\n";
+  const std::string sep = label.empty() ? "" : label + ",";
+  for (size_t i = 0; i < bounds.size() && i < buckets.size(); ++i) {
+    out << name << "_bucket{" << sep << "le=\"" << bounds[i] << "\"} " << buckets[i] << "\n";
   }
-  for (const auto& [name, v] : counters) {
-    out << "# TYPE " << name << " counter\n" << name << " " << Value(v) << "\n";
-  }
+  out << name << "_bucket{" << sep << "le=\"+Inf\"} " << count << "\n";
+  const std::string labels = label.empty() ? "" : "{" + label + "}";
+  out << name << "_sum" << labels << " " << Value(sum) << "\n";
+  out << name << "_count" << labels << " " << count << "\n";
   return out.str();
 }
 

@@ -12,9 +12,16 @@ namespace gritserve {
 class Metrics {
  public:
   void RecordRequest(const std::string& route, int status, double seconds);
-  // Extra gauge/counter lines appended verbatim (scheduler and cache state).
+  // Extra gauge/counter lines appended verbatim (scheduler and cache state). A
+  // name may carry labels (name{tier="disk"}); series of one name go together.
   std::string Render(const std::vector<std::pair<std::string, double>>& gauges,
                      const std::vector<std::pair<std::string, double>>& counters) const;
+  // One labelled series of a histogram: `buckets` are cumulative counts per
+  // bound in `bounds`. The # TYPE line comes with `type_line`.
+  static std::string RenderHistogram(const std::string& name, const std::string& label,
+                                     const std::vector<double>& bounds,
+                                     const std::vector<int64_t>& buckets, double sum, int64_t count,
+                                     bool type_line);
 
  private:
   struct Histogram {

@@ -552,7 +552,11 @@ void AddInfoSchemas(json& s) {
                  {"parameters", "hidden_size", "num_hidden_layers", "vocab_size", "max_context"}),
            {{"limits", Object(Typed("integer", {"max_body_bytes", "max_inputs", "max_input_tokens",
                                                 "max_tokens", "max_concurrent_requests",
-                                                "max_batch_tokens"}))}}}),
+                                                "max_batch_tokens"}))}},
+           {{"cache_tiers",
+             Object(Typed("string", {"memory", "disk", "redis"}), {"memory"},
+                    "Each document store tier there is: \"ok\", or \"degraded\" while it "
+                    "cannot be used (requests are then served by the others or recomputed).")}}}),
       {"model_id", "architecture", "limits", "version"});
   s["ModelList"] = Object({{"object", {{"const", "list"}}},
                            {"data", ArrayOf(Object({{"id", T("string")},
@@ -560,27 +564,33 @@ void AddInfoSchemas(json& s) {
                                                     {"created", T("integer")},
                                                     {"owned_by", T("string")}}))}},
                           {"object", "data"});
-  s["CacheStats"] =
-      Object({{"entries", Int("Documents held in memory.")},
-              {"bytes", Int("Bytes of keys and values held in memory.")},
-              {"hits", Int("Lookups served from the store.")},
-              {"misses", Int("Lookups that had to compute the document.")},
-              {"evictions", Int("Entries dropped to stay under the byte budget.")},
-              {"disk_reads", Int("Entries loaded from the disk tier.")},
-              {"disk_writes", Int("Entries written to the disk tier.")},
-              {"disk_errors", Int("Damaged or foreign disk files dropped.")},
-              {"disk_write_errors",
-               Int("Entry or id files that could not be written (serving continues from "
-                   "memory).")},
-              {"disk_files", Int("Entry and id files in the disk tier.")},
-              {"disk_bytes", Int("Bytes of those files.")},
-              {"disk_budget_bytes", Int("The disk tier's budget (--cache-disk-bytes).")},
-              {"disk_evictions", Int("Entry files removed to stay under the disk budget.")},
-              {"id_bytes", Int("Memory the ids take (token ids, names, bookkeeping).")},
-              {"id_evictions",
-               Int("Ids forgotten: past the id budget, or with their entry's evicted file.")}},
-             {"entries", "bytes", "hits", "misses", "evictions", "disk_reads", "disk_writes"},
-             "Document KV store statistics.");
+  s["CacheStats"] = Object(
+      {{"entries", Int("Documents held in memory.")},
+       {"bytes", Int("Bytes of keys and values held in memory.")},
+       {"hits", Int("Lookups served from the store.")},
+       {"misses", Int("Lookups that had to compute the document.")},
+       {"evictions", Int("Entries dropped to stay under the byte budget.")},
+       {"disk_reads", Int("Entries loaded from the disk tier.")},
+       {"disk_writes", Int("Entries written to the disk tier.")},
+       {"disk_errors", Int("Damaged or foreign disk files dropped.")},
+       {"disk_write_errors",
+        Int("Entry or id files that could not be written (serving continues from "
+            "memory).")},
+       {"disk_files", Int("Entry and id files in the disk tier.")},
+       {"disk_bytes", Int("Bytes of those files.")},
+       {"disk_budget_bytes", Int("The disk tier's budget (--cache-disk-bytes).")},
+       {"disk_evictions", Int("Entry files removed to stay under the disk budget.")},
+       {"id_bytes", Int("Memory the ids take (token ids, names, bookkeeping).")},
+       {"id_evictions",
+        Int("Ids forgotten: past the id budget, or with their entry's evicted file.")},
+       {"computed", Int("Entries computed by a forward pass for a generation.")},
+       {"tiers",
+        Object({{"memory", T("object")}, {"disk", T("object")}, {"redis", T("object")}}, {"memory"},
+               "Per tier: state (ok or degraded), hits, misses, bytes; for redis also "
+               "id_hits, id_misses, read_bytes, writes, written_bytes, write_drops, "
+               "errors, outages, corrupt, url and prefix.")}},
+      {"entries", "bytes", "hits", "misses", "evictions", "disk_reads", "disk_writes"},
+      "Document KV store statistics.");
 }
 
 json Schemas() {

@@ -160,6 +160,7 @@ std::vector<float> Rerank(ServerContext& ctx, const JsonFields& f, const std::st
     }
   }
   *tokens = CountTokens(prompts);
+  if (any_id) ctx.front().PrefetchEmbedded(prompts);
   auto vecs =
       AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), r.options,
                                                   any_id ? EmbedStore::kReuse : EmbedStore::kNone,
@@ -211,8 +212,11 @@ void HandleEmbed(ServerContext& ctx, const http::Request& req, http::Response& r
   if (cache && r.options.layer > 0) {
     throw Unprocessable("'layer' cannot be combined with 'cache': the store keeps every layer");
   }
+  std::vector<EncodedPrompt> prompts = Encode(ctx, in, r);
+  // Inputs another server embedded: their pooled vectors come with the entry.
+  if (cache) ctx.front().PrefetchEmbedded(prompts);
   http::SendJson(res, AwaitResult(ctx, ctx.scheduler->SubmitEmbed(
-                                           Encode(ctx, in, r), r.options,
+                                           std::move(prompts), r.options,
                                            cache ? EmbedStore::kKeep : EmbedStore::kNone, ids,
                                            RequestDeadline(ctx))));
 }

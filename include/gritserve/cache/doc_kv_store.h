@@ -5,9 +5,12 @@
 // (LRU), optionally mirrored to a directory that survives restarts, under a
 // byte budget of its own (LRU over entry and id files). An unwritable
 // directory leaves the memory tier serving: failed writes are counted, and
-// logged once per run of failures.
+// logged once per run of failures. Optionally shared with other servers
+// through Redis (redis_tier.h): below memory, beside or instead of the disk.
 // Thread-safe: HTTP threads resolve aliases, the inference thread reads and
-// writes entries.
+// writes entries. Redis is read only on HTTP threads (Prefetch, Lookup,
+// Remove) and written by its own writer thread: the inference thread never
+// waits on the network.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "gritserve/cache/doc_types.h"
+#include "gritserve/cache/redis_tier.h"
 
 namespace gritserve {
 
@@ -49,7 +53,8 @@ class DocKvStore {
     // recently used ids are forgotten (and their files removed).
     int64_t alias_budget_bytes = 64LL << 20;
     at::ScalarType storage_dtype = at::kFloat;
-    std::string fingerprint;  // identifies the model; part of every key
+    std::string fingerprint;   // identifies the model; part of every key
+    RedisTier::Options redis;  // an empty url: no Redis tier
   };
   // Creates the directory if needed, loads the aliases found there, indexes
   // the entry files (least recently used by modification time) and trims
@@ -61,18 +66,30 @@ class DocKvStore {
                  const std::vector<int32_t>& ids) const;
 
   // Memory first, then disk (a damaged or foreign file is deleted and counts
-  // as a miss). Counts a hit or a miss; a hit is a use in both tiers.
+  // as a miss). Counts a hit or a miss; a hit is a use in both tiers. Never
+  // reads Redis: the inference thread calls it.
   std::shared_ptr<const DocKvEntry> Get(const DocKey& key);
+  // HTTP threads, before a job is queued: entries of `keys` that memory does
+  // not hold are fetched from Redis (one round trip for all of them) into
+  // memory, for Get to find. A damaged or foreign value is deleted there and
+  // left to be recomputed. Without Redis, or with Redis down, does nothing.
+  void Prefetch(const std::vector<DocKey>& keys);
   // Stores (converting to the storage dtype), evicts least recently used
   // entries past the budget, and writes the disk copy (evicting least
-  // recently used files past the disk budget; an entry's ids go with it).
+  // recently used files past the disk budget; an entry's ids go with it),
+  // and queues the Redis copy.
   std::shared_ptr<const DocKvEntry> Put(DocKvEntry entry);
 
+  // Also queued for Redis.
   void SetAlias(const std::string& alias, DocAlias info);
-  // A lookup is a use of the id.
+  // A lookup is a use of the id. An id this server does not know is looked
+  // up in Redis (HTTP threads only).
   std::optional<DocAlias> Lookup(const std::string& alias);
-  // Removes an alias (and its entry), or an entry by its hex key. False if unknown.
+  // Removes an alias (and its entry), or an entry by its hex key, here and in
+  // Redis. False if unknown.
   bool Remove(const std::string& alias_or_key);
+  // Waits until queued Redis writes are done (tests, benchmarks).
+  void FlushRedis();
 
   DocKvStats stats() const;
   void CountComputed();
@@ -97,6 +114,18 @@ class DocKvStore {
 
   void Touch(Lru::iterator it);
   void EvictLocked();
+  // Into memory as the most recently used (replacing an older copy), unless
+  // larger than the whole budget; then evicts past the budget.
+  void InsertLocked(const std::shared_ptr<const DocKvEntry>& entry);
+  // Redis keys: entries by their content key, ids hashed with the model's
+  // fingerprint (an id names tokens of one model).
+  std::string RedisEntryKey(const DocKey& key) const;
+  std::string RedisAliasKey(const std::string& alias) const;
+  void QueueRedisEntry(const std::shared_ptr<const DocKvEntry>& entry);
+  std::optional<DocAlias> LookupRedis(const std::string& alias);
+  // Deletes an id (with its entry) or an entry by hex key from Redis; true
+  // if Redis held it.
+  bool RemoveFromRedis(const std::string& alias_or_key);
   std::string EntryPath(const DocKey& key) const;
   std::string AliasPath(const std::string& alias) const;
   // The bytes of an entry file, or nothing when it cannot fit the disk budget.
@@ -132,6 +161,7 @@ class DocKvStore {
   std::unordered_map<DocKey, DiskLru::iterator, DocKeyHash> disk_entries_;
   bool write_failing_ = false;  // the last write failed (logged once until one succeeds)
   DocKvStats stats_;
+  std::unique_ptr<RedisTier> redis_;  // null without --cache-redis
 };
 
 }  // namespace gritserve

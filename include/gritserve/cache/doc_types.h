@@ -2,6 +2,7 @@
 // tensor headers (server, engine API).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -33,6 +34,34 @@ struct DocAlias {
   size_t text_begin = 0, text_end = 0;
 };
 
+// How long fetches from a tier took, as a Prometheus histogram.
+struct FetchLatency {
+  static constexpr std::array<double, 12> kBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05,   0.1,   0.25,   0.5,   1,    2.5};
+  std::array<int64_t, 12> buckets{};  // cumulative: fetches within each bound
+  double sum = 0;                     // seconds
+  int64_t count = 0;
+  void Record(double seconds) {
+    for (size_t i = 0; i < kBounds.size(); ++i) buckets[i] += seconds <= kBounds[i] ? 1 : 0;
+    sum += seconds;
+    count += 1;
+  }
+};
+
+// The Redis tier's side of the store (all zero without --cache-redis).
+struct RedisTierStats {
+  bool up = false;                        // reachable when last tried (else degraded)
+  int64_t hits = 0, misses = 0;           // entry lookups answered by Redis, and not
+  int64_t id_hits = 0, id_misses = 0;     // client ids looked up there
+  int64_t read_bytes = 0;                 // entry bytes fetched
+  int64_t writes = 0, written_bytes = 0;  // entries and ids stored
+  int64_t write_drops = 0;                // writes given up: the queue full, or Redis unreachable
+  int64_t errors = 0;                     // commands that failed or timed out
+  int64_t outages = 0;                    // times Redis became unreachable
+  int64_t corrupt = 0;                    // values found damaged or foreign (deleted, recomputed)
+  FetchLatency latency;                   // one pipelined round trip per request
+};
+
 struct DocKvStats {
   int64_t entries = 0, bytes = 0, budget = 0, aliases = 0;
   int64_t hits = 0, misses = 0, evictions = 0;
@@ -44,6 +73,15 @@ struct DocKvStats {
   int64_t alias_bytes = 0;      // what the ids take in memory (bounded by the id budget)
   int64_t alias_evictions = 0;  // ids forgotten: for the id budget, or with their evicted entry
   int64_t computed = 0;         // entries built by a forward pass for a generation
+  // Per tier. Memory: lookups by the inference thread (entries fetched from
+  // Redis ahead of a request count here once fetched). Disk: its hits are
+  // disk_reads.
+  int64_t memory_hits = 0, memory_misses = 0;
+  int64_t disk_misses = 0, disk_read_bytes = 0;
+  bool disk_failing = false;  // the last disk write failed
+  FetchLatency disk_latency;
+  bool redis_enabled = false;
+  RedisTierStats redis;
 };
 
 }  // namespace gritserve

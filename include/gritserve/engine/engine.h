@@ -62,11 +62,15 @@ class FrontEnd {
   // The template's default: GritLM-style templates reuse the embedding pass.
   KvSource default_kv_source() const;
   // Resolves documents for a generation: ids through the store's aliases
-  // (NotFound naming an unknown id), texts through the tokenizer.
+  // (NotFound naming an unknown id), texts through the tokenizer. Entries
+  // only the Redis tier holds are fetched into memory here (HTTP threads).
   std::vector<ResolvedDocument> ResolveDocuments(const std::vector<DocumentRef>& docs,
                                                  KvSource source) const;
   // The prompt of a stored id, for reusing its embedding (NotFound if unknown).
   EncodedPrompt StoredPrompt(const std::string& id) const;
+  // Entries of embedding prompts that only the Redis tier holds, fetched into
+  // memory before an embedding job that may reuse them is queued.
+  void PrefetchEmbedded(const std::vector<EncodedPrompt>& prompts) const;
   DocKvStats document_stats() const;
   bool RemoveDocument(const std::string& id);
 

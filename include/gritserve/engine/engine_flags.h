@@ -19,7 +19,8 @@ enum class ModelFlag {
 };
 
 // --model, --template, --threads, --device, --dtype, --weights, --max-batch-tokens,
-// --max-job-bytes, --cache-bytes, --cache-dir, --cache-disk-bytes, --cache-dtype, filling
+// --max-job-bytes, --cache-bytes, --cache-dir, --cache-disk-bytes, --cache-dtype,
+// --cache-redis, --cache-redis-prefix, --cache-redis-timeout-ms, filling
 // `options` when parsed.
 // `model_help` describes --model (what happens without it).
 void AddEngineFlags(CLI::App& app, EngineOptions& options, ModelFlag model,

@@ -34,6 +34,10 @@ struct EngineOptions {
   std::string cache_dir;                 // empty: memory only
   int64_t cache_disk_bytes = 8LL << 30;  // entry and id files in cache_dir (LRU eviction past it)
   std::string cache_dtype = "float32";   // float32, float16 or bfloat16 storage
+  // A Redis tier shared by servers (redis://[[user]:password@]host[:port][/db]); empty: none.
+  std::string cache_redis;
+  std::string cache_redis_prefix = "gritserve:";  // the keys of this deployment
+  int cache_redis_timeout_ms = 500;               // connect, and each send or receive
 };
 
 enum class Pooling { kMean, kLast };
