@@ -8,6 +8,15 @@
 namespace gritserve {
 namespace {
 
+// The distinct parents of `docs`: adding a document replaces every chunk of its parent.
+std::vector<std::string> ParentsOf(const std::vector<CollectionDocument>& docs) {
+  std::vector<std::string> parents;
+  for (const auto& d : docs) parents.push_back(d.parent);
+  std::sort(parents.begin(), parents.end());
+  parents.erase(std::unique(parents.begin(), parents.end()), parents.end());
+  return parents;
+}
+
 // Metadata equality on top-level keys: every key of the filter must be
 // present with an equal value.
 bool Matches(const nlohmann::json& metadata, const nlohmann::json& filter) {
@@ -79,28 +88,24 @@ void Collection::EraseLocked(const std::string& id, std::vector<CollectionDocume
   docs_.erase(it);
 }
 
-int64_t Collection::SizeAfter(const std::vector<CollectionDocument>& docs) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+int64_t Collection::SizeAfterLocked(const std::vector<CollectionDocument>& docs,
+                                    const std::vector<std::string>& parents) const {
   int64_t n = static_cast<int64_t>(docs_.size());
-  std::vector<std::string> parents;
-  for (const auto& d : docs) parents.push_back(d.parent);
-  std::sort(parents.begin(), parents.end());
-  parents.erase(std::unique(parents.begin(), parents.end()), parents.end());
   for (const auto& p : parents) n -= static_cast<int64_t>(chunks_of_.count(p));
   return n + static_cast<int64_t>(docs.size());
+}
+
+int64_t Collection::SizeAfter(const std::vector<CollectionDocument>& docs) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return SizeAfterLocked(docs, ParentsOf(docs));
 }
 
 std::vector<CollectionDocument> Collection::Upsert(std::vector<CollectionDocument> docs,
                                                    int64_t max_documents) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   // Checked under the lock: another request may have added since SizeAfter.
-  int64_t n = static_cast<int64_t>(docs_.size());
-  std::vector<std::string> parents;
-  for (const auto& d : docs) parents.push_back(d.parent);
-  std::sort(parents.begin(), parents.end());
-  parents.erase(std::unique(parents.begin(), parents.end()), parents.end());
-  for (const auto& p : parents) n -= static_cast<int64_t>(chunks_of_.count(p));
-  n += static_cast<int64_t>(docs.size());
+  const std::vector<std::string> parents = ParentsOf(docs);
+  const int64_t n = SizeAfterLocked(docs, parents);
   if (n > max_documents) {
     throw Error(ErrorKind::kTooLarge,
                 "collection '" + settings_.name + "' would hold " + std::to_string(n) +

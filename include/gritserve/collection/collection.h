@@ -96,6 +96,9 @@ class Collection {
   };
   void InsertLocked(CollectionDocument doc);
   void EraseLocked(const std::string& id, std::vector<CollectionDocument>* out);
+  // SizeAfter with mu_ held; `parents` are the distinct parents of `docs`.
+  int64_t SizeAfterLocked(const std::vector<CollectionDocument>& docs,
+                          const std::vector<std::string>& parents) const;
 
   CollectionSettings settings_;
   int64_t dim_;
