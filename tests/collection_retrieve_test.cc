@@ -139,6 +139,50 @@ TEST_F(CollectionRetrieveTest, RetrievedDocumentsEqualExplicitIds) {
   ExpectSameGeneration(recomputed, b);
 }
 
+// Query caching: the question's K/V kept by its search embedding pass, placed
+// after the documents, gives the same generation as the same question
+// computed afresh by the document path's own bidirectional pass.
+TEST_F(CollectionRetrieveTest, CachedQueryEqualsTheUncachedPass) {
+  Runner& runner = engine_->runner();
+  const FrontEnd& front = engine_->front();
+  const CollectionSettings s{"kq", "Represent the passage", "Find the passage that answers",
+                             KvSource::kEmbed};
+  const std::string question = "Which river runs through the capital of France?";
+  std::vector<ResolvedDocument> docs = {
+      ResolveCollectionDocument(front, s, kDocs[1], KvSource::kEmbed),
+      ResolveCollectionDocument(front, s, kDocs[3], KvSource::kEmbed)};
+  const ResolvedDocument query = QueryDocument(front, s, question);
+  EmbedOptions o;
+  o.instruction = s.query_instruction;
+  const EncodedPrompt qp = front.EncodeEmbed(question, o);
+  EXPECT_EQ(query.ids, qp.ids) << "the query instruction's embedding prompt";
+  EXPECT_EQ(query.source, KvSource::kEmbed);
+  ASSERT_FALSE(engine_->front().RemoveDocument(query.key.Hex())) << "not stored yet";
+
+  // The documents alone (their K/V computed here if no other test kept it).
+  const std::vector<int32_t> prompt = front.EncodeGenerate("Answer:", /*raw=*/false);
+  const GenerateResult plain = runner.Generate(prompt, Greedy(), nullptr, docs);
+  // The search's pass, keeping the query's K/V.
+  const auto kept = runner.Embed({qp}, o, EmbedStore::kKeep)[0];
+  const auto fresh = runner.Embed({qp}, o)[0];
+  ASSERT_EQ(kept.size(), fresh.size());
+  for (size_t i = 0; i < kept.size(); ++i) EXPECT_NEAR(kept[i], fresh[i], 1e-5) << i;
+  std::vector<ResolvedDocument> with_query = docs;
+  with_query.push_back(query);
+  const int64_t computed = front.document_stats().computed;
+  const GenerateResult cached = runner.Generate(prompt, Greedy(), nullptr, with_query);
+  EXPECT_EQ(front.document_stats().computed, computed) << "the question's K/V was found";
+  EXPECT_EQ(cached.cached_tokens, plain.cached_tokens + static_cast<int64_t>(qp.ids.size()));
+
+  // Uncached: the entry gone, the generation computes the question's K/V itself.
+  ASSERT_TRUE(engine_->front().RemoveDocument(query.key.Hex()));
+  const int64_t again = front.document_stats().computed;
+  const GenerateResult uncached = runner.Generate(prompt, Greedy(), nullptr, with_query);
+  EXPECT_EQ(front.document_stats().computed, again + 1);
+  ExpectSameGeneration(cached, uncached);
+  EXPECT_NE(cached.step_logits, plain.step_logits) << "the question's K/V changes the answer";
+}
+
 // Causal K/V is built from the document's own tokens: the same record the
 // store makes of an /embed id asked for causal K/V.
 TEST_F(CollectionRetrieveTest, CausalDocumentsEqualTheIdsCausalRecord) {

@@ -213,6 +213,65 @@ TEST_F(HttpCollectionsTest, RetrieveEqualsExplicitDocumentIds) {
   EXPECT_EQ(events.back()["tokens"], got["tokens"]);
 }
 
+// "cache_query": the question's K/V, kept by the search's own embedding pass,
+// follows the documents; the same as the client keeping it with /embed "ids"
+// and naming it after the documents. "query" searches with other text than
+// the prompt.
+TEST_F(HttpCollectionsTest, CacheQueryPlacesTheQuestionsEmbeddingPassKv) {
+  Create(*client_, "qc");
+  AddDocs(*client_, "qc", Documents(kDocs.size(), "d", "[qc] "));
+  const json retrieve = {{"collection", "qc"}, {"top_k", 2}, {"query", kQuestion}};
+  json cached_retrieve = retrieve;
+  cached_retrieve["cache_query"] = true;
+  const json plain =
+      Ok(*client_, "/generate", Greedy({{"prompt", "Answer:"}, {"retrieve", retrieve}}));
+  const json got =
+      Ok(*client_, "/generate", Greedy({{"prompt", "Answer:"}, {"retrieve", cached_retrieve}}));
+  EXPECT_EQ(got["retrieved"], plain["retrieved"]);
+  const int64_t plain_cached = plain["usage"]["cached_tokens"].get<int64_t>();
+  EXPECT_GT(got["usage"]["cached_tokens"].get<int64_t>(), plain_cached) << got;
+  // Asked again: the question's entry is found, nothing is computed.
+  const int64_t computed = CacheStat(*client_, "computed");
+  const json again =
+      Ok(*client_, "/generate", Greedy({{"prompt", "Answer:"}, {"retrieve", cached_retrieve}}));
+  EXPECT_EQ(CacheStat(*client_, "computed"), computed);
+  EXPECT_EQ(again["tokens"], got["tokens"]);
+
+  // The client's way: keep the question under an id, name it after the documents.
+  Ok(*client_, "/embed",
+     {{"inputs", kQuestion}, {"instruction", kQueryInstruction}, {"ids", {"qc-question"}}});
+  json ids = json::array();
+  for (const auto& r : got["retrieved"]) ids.push_back("qc/" + r["id"].get<std::string>());
+  ids.push_back("qc-question");
+  const json named = Ok(*client_, "/generate",
+                        Greedy({{"prompt", "Answer:"}, {"documents", ids}, {"kv_source", "embed"}}));
+  EXPECT_EQ(got["tokens"], named["tokens"]);
+  EXPECT_EQ(got["usage"]["cached_tokens"], named["usage"]["cached_tokens"]);
+
+  // Chat: the same, with the last user message as the question.
+  json chat_retrieve = cached_retrieve;
+  chat_retrieve.erase("query");
+  const json chat = Ok(*client_, "/v1/chat/completions",
+                       Greedy({{"messages", {{{"role", "user"}, {"content", kQuestion}}}},
+                               {"retrieve", chat_retrieve}}));
+  EXPECT_EQ(chat["retrieved"], got["retrieved"]);
+
+  json causal = cached_retrieve;
+  ExpectError(PostJson(*client_, "/generate",
+                       {{"prompt", "q"}, {"kv_source", "causal"}, {"retrieve", causal}}),
+              422, "cache_query with causal K/V");
+  causal["query"] = "";
+  ExpectError(PostJson(*client_, "/generate", {{"prompt", "q"}, {"retrieve", causal}}), 422,
+              "empty query");
+  causal["query"] = 3;
+  ExpectError(PostJson(*client_, "/generate", {{"prompt", "q"}, {"retrieve", causal}}), 400,
+              "query not a string");
+  causal["query"] = "q";
+  causal["cache_query"] = "yes";
+  ExpectError(PostJson(*client_, "/generate", {{"prompt", "q"}, {"retrieve", causal}}), 400,
+              "cache_query not a boolean");
+}
+
 TEST_F(HttpCollectionsTest, DeletingADocumentDropsItAndFreesItsKv) {
   Create(*client_, "del");
   const int64_t entries = CacheStat(*client_, "entries");

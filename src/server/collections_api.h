@@ -19,6 +19,7 @@ struct ServerContext;
 // found in the store by their text, or computed there when evicted).
 struct Retrieval {
   std::vector<SearchHit> hits;
+  // The hits' documents, then (with "cache_query") the question's own.
   std::vector<ResolvedDocument> documents;
   double ms = 0;  // embedding the question, searching, resolving
 };
@@ -34,11 +35,20 @@ EncodedPrompt CollectionDocumentPrompt(const FrontEnd& front, const CollectionSe
 ResolvedDocument ResolveCollectionDocument(const FrontEnd& front, const CollectionSettings& s,
                                            const std::string& text, KvSource source);
 
-// "retrieve": {"collection", "top_k", "min_score", "filter", "rerank"} of a
-// generation request, or nothing when absent. Validates it all first, then
-// embeds `question` with the collection's query instruction and searches.
-std::optional<Retrieval> Retrieve(ServerContext& ctx, const JsonFields& f,
-                                  const std::string& question);
+// The question as a document placed after the retrieved ones (GritLM's
+// Doc-Query caching): its embedding prompt with the query instruction, whose
+// K/V the search's own embedding pass kept (or, evicted, computed again by
+// the same bidirectional pass).
+ResolvedDocument QueryDocument(const FrontEnd& front, const CollectionSettings& s,
+                               const std::string& question);
+
+// "retrieve": {"collection", "top_k", "min_score", "filter", "rerank",
+// "query", "cache_query"} of a generation request, or nothing when absent.
+// Validates it all first, then embeds the question ("query", or else the
+// prompt / last user message) with the collection's query instruction and
+// searches. With "cache_query" the question's K/V from that pass follows the
+// documents.
+std::optional<Retrieval> Retrieve(ServerContext& ctx, const JsonFields& f);
 // The question a generation request asks: its prompt, or its last user message.
 std::string QuestionOf(const ServerContext& ctx, const JsonFields& f);
 // "retrieved": [{"id", "score"}], as the response names them.

@@ -108,6 +108,13 @@ void AddCollectionSchemas(json& s) {
                                                               {"metadata", T("object")}})}}}});
   json retrieve = search_fields;
   retrieve["collection"] = T("string");
+  retrieve["query"] = Described(T("string"),
+                                "What to search with; the prompt (or the last user message) "
+                                "when absent.");
+  retrieve["cache_query"] = Described(
+      T("boolean"),
+      "Also place the question's K/V, kept from its embedding pass (query instruction, "
+      "bidirectional), after the documents: GritLM's Doc-Query caching. Needs kv_source embed.");
   s["Retrieve"] = Described(Object(retrieve, {"collection"}),
                             "Embed the question with the collection's query instruction, search, "
                             "and place the hits' K/V before the prompt.");

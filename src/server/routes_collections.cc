@@ -81,8 +81,10 @@ SearchRequest ParseSearch(const JsonFields& f, int64_t max_top_k, int64_t defaul
   return r;
 }
 
+// The query's embedding; with `keep`, the same pass keeps its K/V in the
+// document store (GritLM's query caching), under the key QueryDocument names.
 std::vector<float> EmbedQuery(ServerContext& ctx, const CollectionSettings& s,
-                              const std::string& query) {
+                              const std::string& query, bool keep = false) {
   http::RequireUtf8(query, "query");
   if (query.empty()) throw Unprocessable("the query is empty");
   EmbedRequest r;
@@ -90,7 +92,8 @@ std::vector<float> EmbedQuery(ServerContext& ctx, const CollectionSettings& s,
   http::Inputs in;
   in.texts.push_back(query);
   std::vector<EncodedPrompt> prompts = Encode(ctx, in, r);
-  return AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), r.options)).at(0);
+  const EmbedStore store = keep ? EmbedStore::kKeep : EmbedStore::kNone;
+  return AwaitResult(ctx, ctx.scheduler->SubmitEmbed(std::move(prompts), r.options, store)).at(0);
 }
 
 // Re-scores the candidates as /rerank does (the question with the query
@@ -114,8 +117,8 @@ void Rerank(ServerContext& ctx, const CollectionSettings& s, const std::string& 
 }
 
 std::vector<SearchHit> RunSearch(ServerContext& ctx, const Collection& c, const std::string& query,
-                                 const SearchRequest& r) {
-  const std::vector<float> q = EmbedQuery(ctx, c.settings(), query);
+                                 const SearchRequest& r, bool keep_query_kv = false) {
+  const std::vector<float> q = EmbedQuery(ctx, c.settings(), query, keep_query_kv);
   if (!r.rerank) return Store(ctx).Search(c, q, r.params);
   // More candidates than asked for, ordered again by the rerank score.
   SearchParams wide = r.params;
@@ -433,6 +436,19 @@ ResolvedDocument ResolveCollectionDocument(const FrontEnd& front, const Collecti
   return r;
 }
 
+ResolvedDocument QueryDocument(const FrontEnd& front, const CollectionSettings& s,
+                               const std::string& question) {
+  EmbedOptions o;
+  o.instruction = s.query_instruction;
+  const EncodedPrompt p = front.EncodeEmbed(question, o);
+  DocumentRef ref;
+  ref.ids = p.ids;
+  ResolvedDocument r = front.ResolveDocuments({ref}, KvSource::kEmbed).at(0);
+  r.text_begin = p.text_begin;
+  r.text_end = p.text_end;
+  return r;
+}
+
 // ---- retrieval inside generation ----
 
 std::string QuestionOf(const ServerContext& ctx, const JsonFields& f) {
@@ -452,8 +468,7 @@ std::string QuestionOf(const ServerContext& ctx, const JsonFields& f) {
   return ctx.front().tokenizer().Decode(in.ids[0], /*skip_special=*/true);
 }
 
-std::optional<Retrieval> Retrieve(ServerContext& ctx, const JsonFields& f,
-                                  const std::string& question) {
+std::optional<Retrieval> Retrieve(ServerContext& ctx, const JsonFields& f) {
   const json* j = f.Find("retrieve");
   if (j == nullptr) return std::nullopt;
   if (!j->is_object()) {
@@ -463,15 +478,25 @@ std::optional<Retrieval> Retrieve(ServerContext& ctx, const JsonFields& f,
   const JsonFields rf = f.Nested(*j);
   SearchRequest r = ParseSearch(rf, ctx.options.max_inputs, 4);
   r.collection = rf.RequireString("collection");
+  const std::optional<std::string> query = rf.String("query");
+  const bool cache_query = rf.Bool("cache_query").value_or(false);
   std::shared_ptr<Collection> c = Store(ctx).Get(r.collection);
   // The request's kv_source wins over the collection's.
   KvSource source = c->settings().kv_source;
   if (auto s = f.String("kv_source"))
     source = *s == "causal" ? KvSource::kCausal : KvSource::kEmbed;
+  if (cache_query && source != KvSource::kEmbed) {
+    // The query's K/V comes from its (bidirectional) embedding pass.
+    throw Unprocessable("'cache_query' needs \"kv_source\": \"embed\"");
+  }
+  const std::string question = query ? *query : QuestionOf(ctx, f);
   Retrieval out;
-  out.hits = RunSearch(ctx, *c, question, r);
+  out.hits = RunSearch(ctx, *c, question, r, cache_query);
   for (const auto& h : out.hits) {
     out.documents.push_back(ResolveCollectionDocument(ctx.front(), c->settings(), h.text, source));
+  }
+  if (cache_query) {
+    out.documents.push_back(QueryDocument(ctx.front(), c->settings(), question));
   }
   out.ms = MsSince(t0);
   return out;

@@ -188,7 +188,7 @@ auto Submit(ServerContext& ctx, const JsonFields& f, GenRequest& r,
   CheckPrompt(ctx, r.prompt);
   ParseDocuments(f, ctx, r);
   if (f.Has("retrieve")) {
-    *retrieval = Retrieve(ctx, f, QuestionOf(ctx, f));
+    *retrieval = Retrieve(ctx, f);
     for (const auto& d : (*retrieval)->documents) r.documents.push_back(d);
   }
   return ctx.scheduler->SubmitGenerate({r.prompt, r.params, r.documents, r.positions});
