@@ -70,6 +70,9 @@ class VectorIndex {
   bool LoadGraph(const std::string& path, const FileInfo& expected, std::string* why);
   // Rebuilds the graph from the stored vectors (or drops it below the threshold).
   void RebuildGraph();
+  // Sets the graph's query-time candidate list (benchmarks sweep it); like
+  // every writer, never while a search runs.
+  void set_ef_search(int64_t ef);
 
  private:
   struct Graph;
