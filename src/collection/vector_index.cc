@@ -64,6 +64,8 @@ struct VectorIndex::Graph {
 
 namespace {
 
+constexpr int64_t kEfPerHit = 4;
+
 // Best first; equal scores by label, so both paths agree on ties.
 bool Better(const VectorIndex::Hit& a, const VectorIndex::Hit& b) {
   return a.score != b.score ? a.score > b.score : a.label < b.label;
@@ -200,13 +202,16 @@ std::vector<VectorIndex::Hit> VectorIndex::SearchExact(const float* query, int64
 std::vector<VectorIndex::Hit> VectorIndex::Search(const float* query, int64_t k,
                                                   const Allowed& allowed) const {
   if (!graph_ || k <= 0) return SearchExact(query, k, allowed);
-  int64_t want = k;
+  // At least kEfPerHit candidates per hit wanted, whatever ef_search says: a
+  // graph's recall at a fixed ef falls as k grows. The extra answers are
+  // scored exactly and cut to k.
+  int64_t want = k * kEfPerHit;
   if (allowed) {
     int64_t n = 0;
     for (uint64_t l : labels_) n += allowed(l) ? 1 : 0;
     if (n < options_.exact_below) return SearchExact(query, k, allowed);
     // Ask the graph for more until enough of its answers pass the filter.
-    want = std::max<int64_t>(k * 4, 64);
+    want = std::max<int64_t>(k * 4 * kEfPerHit, 64);
   }
   for (;;) {
     const int64_t ask = std::min(want, size());
