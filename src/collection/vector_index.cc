@@ -191,8 +191,9 @@ std::vector<VectorIndex::Hit> VectorIndex::SearchExact(const float* query, int64
                      [](const Hit& a, const Hit& b) { return a.score > b.score; });
     const float cut = hits[static_cast<size_t>(k - 1)].score -
                       1e-4f * static_cast<float>(std::sqrt(Dot(query, query)));
-    hits.erase(std::remove_if(hits.begin(), hits.end(), [cut](const Hit& h) { return h.score < cut; }),
-               hits.end());
+    hits.erase(
+        std::remove_if(hits.begin(), hits.end(), [cut](const Hit& h) { return h.score < cut; }),
+        hits.end());
   }
   for (auto& h : hits) h.score = static_cast<float>(Dot(query, Vector(h.label)));
   KeepBest(hits, k);
