@@ -74,22 +74,26 @@ TEST(VectorIndexTest, ExactSearchEqualsBruteForce) {
   }
 }
 
-TEST(VectorIndexTest, HnswRecallAtTenOnRandomVectors) {
+// The graph at the server's defaults (only the threshold lowered, so the graph
+// answers) on random unit vectors of the 0.5B model's width: the hardest data
+// for a graph index (every point about as far from every other), so real
+// embeddings, which cluster, do at least as well.
+TEST(VectorIndexTest, HnswRecallAtTenAtTheDefaults) {
   std::mt19937 rng(2);
-  const int64_t dim = 64;
-  IndexOptions o;  // the defaults, with the graph from 1,000 vectors on
-  o.exact_below = 1000;
+  const int64_t dim = 896;
+  IndexOptions o;
+  o.exact_below = 0;
   VectorIndex index(dim, o);
   std::vector<std::vector<float>> vecs;
   std::vector<uint64_t> labels;
-  for (uint64_t i = 0; i < 2500; ++i) {
+  for (uint64_t i = 0; i < 2000; ++i) {
     vecs.push_back(RandomUnit(rng, dim));
     labels.push_back(i);
     index.Add(i, vecs.back().data());
   }
   ASSERT_TRUE(index.has_graph());
   int64_t found = 0, total = 0;
-  for (int t = 0; t < 200; ++t) {
+  for (int t = 0; t < 100; ++t) {
     const auto q = RandomUnit(rng, dim);
     std::set<uint64_t> truth;
     for (const auto& [l, s] : BruteForce(vecs, labels, q, 10)) truth.insert(l);
