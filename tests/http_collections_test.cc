@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "gritserve/collection/vector_index.h"
 #include "http_api_util.h"
 
 namespace gritserve::testing {
@@ -381,8 +382,12 @@ TEST_F(HttpCollectionsTest, MetricsAndInfo) {
   EXPECT_GE(Metric(m, "gritserve_collection_search_seconds_count"), 1);
   const json info = GetJson(*client_, "/info");
   EXPECT_EQ(info["collections"]["max_collection_batch"], 256);
-  EXPECT_EQ(info["collections"]["exact_below"], 4096);
-  EXPECT_EQ(info["collections"]["hnsw"]["m"], 16);
+  // The flags' defaults are the index's own.
+  const IndexOptions defaults;
+  EXPECT_EQ(info["collections"]["exact_below"], defaults.exact_below);
+  EXPECT_EQ(info["collections"]["hnsw"]["m"], defaults.m);
+  EXPECT_EQ(info["collections"]["hnsw"]["ef_construction"], defaults.ef_construction);
+  EXPECT_EQ(info["collections"]["hnsw"]["ef_search"], defaults.ef_search);
   const json spec = GetJson(*client_, "/openapi.json");
   for (const char* path :
        {"/v1/collections", "/v1/collections/{name}", "/v1/collections/{name}/documents",
