@@ -244,8 +244,9 @@ TEST_F(HttpCollectionsTest, CacheQueryPlacesTheQuestionsEmbeddingPassKv) {
   json ids = json::array();
   for (const auto& r : got["retrieved"]) ids.push_back("qc/" + r["id"].get<std::string>());
   ids.push_back("qc-question");
-  const json named = Ok(*client_, "/generate",
-                        Greedy({{"prompt", "Answer:"}, {"documents", ids}, {"kv_source", "embed"}}));
+  const json named =
+      Ok(*client_, "/generate",
+         Greedy({{"prompt", "Answer:"}, {"documents", ids}, {"kv_source", "embed"}}));
   EXPECT_EQ(got["tokens"], named["tokens"]);
   EXPECT_EQ(got["usage"]["cached_tokens"], named["usage"]["cached_tokens"]);
 
