@@ -5,12 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "gritserve/collection/collection.h"
 #include "gritserve/collection/vector_index.h"
@@ -195,6 +198,51 @@ std::string IndexFile(const std::string& dir) {
     if (e.path().extension() == ".hnsw") return e.path().string();
   }
   return "";
+}
+
+// The add that takes a collection past the threshold builds the graph without
+// shutting searches out: they go on over the scan while it builds (the build
+// holds only a shared lock), and none waits for the whole build. Afterwards the
+// graph answers, and deleting most documents compacts it the same way.
+TEST(CollectionTest, SearchesGoOnWhileTheGraphIsBuilt) {
+  std::mt19937 rng(9);
+  const int64_t dim = 128, n = 4000;
+  IndexOptions o;
+  o.exact_below = n;
+  Collection c({"g", "", "", KvSource::kEmbed}, dim, o);
+  std::vector<CollectionDocument> docs;
+  for (int64_t i = 0; i + 1 < n; ++i)
+    docs.push_back(Doc("d" + std::to_string(i), RandomUnit(rng, dim)));
+  c.Upsert(docs, n);
+  ASSERT_FALSE(c.uses_graph());
+  const auto q = RandomUnit(rng, dim);
+  SearchParams p;
+  p.top_k = 5;
+
+  using Clock = std::chrono::steady_clock;
+  std::atomic<bool> done{false};
+  std::vector<double> waits;  // seconds per search during the build
+  std::thread searcher([&] {
+    while (!done) {
+      const auto t0 = Clock::now();
+      EXPECT_EQ(c.Search(q, p).size(), 5u);
+      waits.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+  });
+  const auto t0 = Clock::now();
+  c.Upsert({Doc("last", RandomUnit(rng, dim))}, n);  // crosses: builds the graph
+  const double build = std::chrono::duration<double>(Clock::now() - t0).count();
+  done = true;
+  searcher.join();
+  EXPECT_TRUE(c.uses_graph());
+  ASSERT_GE(waits.size(), 3u) << "searches answered during a " << build << " s build";
+  EXPECT_LT(*std::max_element(waits.begin(), waits.end()), build / 2)
+      << "a search waited for the build (" << build << " s)";
+  EXPECT_EQ(c.Search(q, p, /*exact=*/true).size(), 5u);
+
+  // Below the threshold again: back to the scan at once.
+  for (int64_t i = 0; i < 2000; ++i) c.Remove("d" + std::to_string(i));
+  EXPECT_FALSE(c.uses_graph());
 }
 
 TEST(CollectionTest, SavedCollectionLoadsAndDamagedGraphIsRebuilt) {

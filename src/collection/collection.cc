@@ -32,7 +32,34 @@ bool Matches(const nlohmann::json& metadata, const nlohmann::json& filter) {
 }  // namespace
 
 Collection::Collection(CollectionSettings settings, int64_t dim, IndexOptions index)
-    : settings_(std::move(settings)), dim_(dim), index_(dim, index) {}
+    : settings_(std::move(settings)), dim_(dim), index_(dim, index) {
+  index_.set_owner_builds_graph(true);
+}
+
+void Collection::BuildGraphIfNeeded() {
+  // Waiting here (rather than leaving it to a build under way) means no
+  // change can slip in after that build's last check and stay unindexed.
+  std::lock_guard<std::mutex> building(build_mu_);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    VectorIndex::GraphPtr graph;
+    uint64_t version = 0;
+    {
+      std::shared_lock<std::shared_mutex> lock(mu_);
+      if (!index_.needs_graph()) return;
+      version = index_.version();
+      graph = index_.BuildGraph();  // minutes for a large collection
+    }
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    // A writer may have come between the two locks.
+    if (index_.version() == version) {
+      index_.InstallGraph(std::move(graph));
+      return;
+    }
+  }
+  // Writers kept overtaking the build: build under the write lock.
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (index_.needs_graph()) index_.RebuildGraph();
+}
 
 int64_t Collection::size() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
@@ -102,6 +129,13 @@ int64_t Collection::SizeAfter(const std::vector<CollectionDocument>& docs) const
 
 std::vector<CollectionDocument> Collection::Upsert(std::vector<CollectionDocument> docs,
                                                    int64_t max_documents) {
+  std::vector<CollectionDocument> replaced = UpsertLocked(std::move(docs), max_documents);
+  BuildGraphIfNeeded();
+  return replaced;
+}
+
+std::vector<CollectionDocument> Collection::UpsertLocked(std::vector<CollectionDocument> docs,
+                                                         int64_t max_documents) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   // Checked under the lock: another request may have added since SizeAfter.
   const std::vector<std::string> parents = ParentsOf(docs);
@@ -123,16 +157,19 @@ std::vector<CollectionDocument> Collection::Upsert(std::vector<CollectionDocumen
 }
 
 std::vector<CollectionDocument> Collection::Remove(const std::string& id) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
   std::vector<CollectionDocument> removed;
-  if (docs_.count(id) != 0) {
-    EraseLocked(id, &removed);
-    return removed;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    if (docs_.count(id) != 0) {
+      EraseLocked(id, &removed);
+    } else {
+      std::vector<std::string> ids;
+      auto range = chunks_of_.equal_range(id);
+      for (auto c = range.first; c != range.second; ++c) ids.push_back(c->second);
+      for (const auto& s : ids) EraseLocked(s, &removed);
+    }
   }
-  std::vector<std::string> ids;
-  auto range = chunks_of_.equal_range(id);
-  for (auto c = range.first; c != range.second; ++c) ids.push_back(c->second);
-  for (const auto& s : ids) EraseLocked(s, &removed);
+  BuildGraphIfNeeded();  // a compaction, once deleted nodes outnumber the live ones
   return removed;
 }
 

@@ -105,6 +105,7 @@ const float* VectorIndex::Vector(uint64_t label) const {
 
 void VectorIndex::Add(uint64_t label, const float* vector, bool defer_graph) {
   const size_t d = static_cast<size_t>(dim_);
+  ++version_;
   auto it = row_of_.find(label);
   if (it != row_of_.end()) {
     std::memcpy(data_.data() + it->second * d, vector, d * sizeof(float));
@@ -115,14 +116,14 @@ void VectorIndex::Add(uint64_t label, const float* vector, bool defer_graph) {
   }
   if (defer_graph) return;
   if (graph_) {
-    AddToGraph(label, vector);
-  } else if (size() >= options_.exact_below) {
+    AddToGraph(*graph_, label, vector);
+  } else if (size() >= options_.exact_below && !owner_builds_graph_) {
     RebuildGraph();
   }
 }
 
-void VectorIndex::AddToGraph(uint64_t label, const float* vector) {
-  auto& h = *graph_->hnsw;
+void VectorIndex::AddToGraph(Graph& g, uint64_t label, const float* vector) {
+  auto& h = *g.hnsw;
   if (h.label_lookup_.count(label) == 0 && h.cur_element_count >= h.max_elements_) {
     h.resizeIndex(std::max<size_t>(h.max_elements_ * 2, 1024));
   }
@@ -132,6 +133,7 @@ void VectorIndex::AddToGraph(uint64_t label, const float* vector) {
 bool VectorIndex::Remove(uint64_t label) {
   auto it = row_of_.find(label);
   if (it == row_of_.end()) return false;
+  ++version_;
   const size_t d = static_cast<size_t>(dim_);
   const size_t row = it->second, last = labels_.size() - 1;
   if (row != last) {
@@ -146,27 +148,41 @@ bool VectorIndex::Remove(uint64_t label) {
   if (graph_) {
     graph_->hnsw->markDelete(label);
     graph_->deleted += 1;
-    // Deleted nodes still cost search time and memory: compact once they
-    // outnumber the live ones (or the index fell below the threshold).
-    if (size() < options_.exact_below || (graph_->deleted > 1024 && graph_->deleted > size())) {
+    if (size() < options_.exact_below) {
+      graph_.reset();  // the scan again: nothing to build
+    } else if (needs_graph() && !owner_builds_graph_) {
       RebuildGraph();
     }
   }
   return true;
 }
 
-void VectorIndex::RebuildGraph() {
-  graph_.reset();
-  if (size() < options_.exact_below) return;
-  auto g = std::make_unique<Graph>(dim_);
+bool VectorIndex::needs_graph() const {
+  if (size() < options_.exact_below) return false;
+  // Deleted nodes still cost search time and memory: compact once they
+  // outnumber the live ones.
+  return !graph_ || (graph_->deleted > 1024 && graph_->deleted > size());
+}
+
+void VectorIndex::GraphDeleter::operator()(Graph* g) const { delete g; }
+
+VectorIndex::GraphPtr VectorIndex::BuildGraph() const {
+  GraphPtr g(new Graph(dim_));
   g->hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(
       &g->space, std::max<size_t>(labels_.size() * 2, 1024), static_cast<size_t>(options_.m),
       static_cast<size_t>(options_.ef_construction));
   g->hnsw->setEf(static_cast<size_t>(options_.ef_search));
-  graph_ = std::move(g);
   for (size_t r = 0; r < labels_.size(); ++r) {
-    AddToGraph(labels_[r], data_.data() + r * static_cast<size_t>(dim_));
+    AddToGraph(*g, labels_[r], data_.data() + r * static_cast<size_t>(dim_));
   }
+  return g;
+}
+
+void VectorIndex::InstallGraph(GraphPtr graph) { graph_.reset(graph.release()); }
+
+void VectorIndex::RebuildGraph() {
+  graph_.reset();
+  if (size() >= options_.exact_below) InstallGraph(BuildGraph());
 }
 
 void VectorIndex::set_ef_search(int64_t ef) {

@@ -94,6 +94,12 @@ class Collection {
     CollectionDocument doc;
     uint64_t label = 0;
   };
+  // Builds the index's graph when it needs one, under a shared lock so that
+  // searches go on (over the scan or the old graph) while it builds; writers
+  // wait. Installed only if nothing changed in between, else built again.
+  void BuildGraphIfNeeded();
+  std::vector<CollectionDocument> UpsertLocked(std::vector<CollectionDocument> docs,
+                                               int64_t max_documents);
   void InsertLocked(CollectionDocument doc);
   void EraseLocked(const std::string& id, std::vector<CollectionDocument>* out);
   // SizeAfter with mu_ held; `parents` are the distinct parents of `docs`.
@@ -109,6 +115,7 @@ class Collection {
   VectorIndex index_;
   uint64_t next_label_ = 0;
   mutable std::mutex save_mu_;  // one writer of the folder at a time
+  std::mutex build_mu_;         // one graph build at a time
 };
 
 struct CollectionOptions {

@@ -50,6 +50,23 @@ class VectorIndex {
   void Add(uint64_t label, const float* vector, bool defer_graph = false);
   // False when the label is unknown.
   bool Remove(uint64_t label);
+
+  // Whole-graph builds left to the owner: Add and Remove then only grow or
+  // mark an existing graph, and the owner builds one (BuildGraph, which only
+  // reads, so searches go on meanwhile) when needs_graph() says so and
+  // installs it (InstallGraph) if version() has not moved since.
+  void set_owner_builds_graph(bool on) { owner_builds_graph_ = on; }
+  // Past the threshold without a graph, or its deleted nodes outnumber the live ones.
+  bool needs_graph() const;
+  // Counts every change of the stored vectors.
+  uint64_t version() const { return version_; }
+  struct Graph;
+  struct GraphDeleter {  // Graph is complete only in vector_index.cc
+    void operator()(Graph* g) const;
+  };
+  using GraphPtr = std::unique_ptr<Graph, GraphDeleter>;
+  GraphPtr BuildGraph() const;
+  void InstallGraph(GraphPtr graph);
   // The stored vector of a label, or nullptr.
   const float* Vector(uint64_t label) const;
 
@@ -79,9 +96,8 @@ class VectorIndex {
   void set_ef_search(int64_t ef);
 
  private:
-  struct Graph;
   double Dot(const float* a, const float* b) const;
-  void AddToGraph(uint64_t label, const float* vector);
+  static void AddToGraph(Graph& g, uint64_t label, const float* vector);
 
   int64_t dim_;
   IndexOptions options_;
@@ -89,6 +105,8 @@ class VectorIndex {
   std::vector<uint64_t> labels_;  // [N] the label of each row
   std::unordered_map<uint64_t, size_t> row_of_;
   std::unique_ptr<Graph> graph_;  // null below exact_below
+  bool owner_builds_graph_ = false;
+  uint64_t version_ = 0;
 };
 
 // XXH3-64 of a file's bytes as 16 hex digits; empty when it cannot be read.
