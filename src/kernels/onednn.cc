@@ -1,5 +1,7 @@
 #include "onednn.h"
 
+#include "gritserve/kernels/dispatch.h"
+
 #ifdef GRITSERVE_HAVE_DNNL
 #include <ATen/Parallel.h>
 
@@ -58,8 +60,27 @@ class PrimitiveCache {
 
 }  // namespace
 
+namespace {
+
+// With the AVX-512 paths switched off (GRITSERVE_CPU_ISA=avx2, to test and
+// time the AVX2 siblings on an AVX-512 machine), oneDNN must not keep its
+// own AVX-512 kernels either. oneDNN takes the cap only before its first
+// primitive, so the first engine decides for the process.
+dnnl::engine MakeCpuEngine() {
+  if (!kernels::Dispatch::Current().avx512 && kernels::CpuHasAvx512()) {
+    try {
+      dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    } catch (const dnnl::error&) {
+      // oneDNN was used already (through LibTorch): it keeps what it chose.
+    }
+  }
+  return dnnl::engine(dnnl::engine::kind::cpu, 0);
+}
+
+}  // namespace
+
 dnnl::engine& CpuEngine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine engine = MakeCpuEngine();
   return engine;
 }
 
