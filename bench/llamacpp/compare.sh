@@ -15,10 +15,6 @@
 # GRITSERVE_CPU_ISA (passed through: avx2 runs gritserve's AVX2 paths),
 # OUT (bench/llamacpp/last-run.json).
 set -euo pipefail
-# GRITSERVE_CPU_ISA=avx2 switches only gritserve's own kernels; oneDNN picks
-# its ISA itself (AVX-512 BF16 brgemm here), so cap it too, or the "AVX2" run
-# measures oneDNN's AVX-512 products.
-if [ "${GRITSERVE_CPU_ISA:-}" = avx2 ]; then export ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}; fi
 llama=${1:?usage: compare.sh LLAMA_CPP_BUILD_DIR [GRITSERVE_BUILD_DIR]}
 here=$(cd "$(dirname "$0")" && pwd)
 build=${2:-${here}/../../build}
