@@ -11,52 +11,41 @@
 #include <fstream>
 
 #include "gritserve/common/error.h"
+#include "gritserve/kernels/vector_dot.h"
 
 namespace gritserve {
 
 namespace {
 
-// The inner product in float with 16 independent lanes, cloned for AVX-512 and
-// AVX2 and picked at load time (the build targets plain x86-64, where the
-// vectoriser would otherwise stop at SSE). Used to rank: the exact scan keeps
-// every row within a safe margin of the k-th best and scores those in double.
-__attribute__((target_clones("avx512f", "avx2", "default"))) float FloatDot(const float* a,
-                                                                            const float* b,
-                                                                            size_t n) {
-  constexpr size_t kLanes = 16;
-  float s[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t j = 0; j < kLanes; ++j) s[j] += a[i + j] * b[i + j];
-  }
-  for (; i < n; ++i) s[0] += a[i] * b[i];
-  float total = 0;
-  for (size_t j = 0; j < kLanes; ++j) total += s[j];
-  return total;
-}
+// hnswlib's inner-product distance (1 - a.b) over the kernels' float dot
+// product; hnswlib's own space picks its SIMD width at compile time, which is
+// SSE here. The parameter hnswlib hands back is the space's DistParam, whose
+// first member is the dimension: hnswlib reads a size_t there when it loads.
+struct DistParam {
+  size_t dim;
+  kernels::DotF32Fn dot;
+};
 
-// hnswlib's inner-product distance (1 - a.b) over FloatDot. hnswlib's own
-// space picks its SIMD width at compile time, which is SSE here.
-float InnerProductDistance(const void* a, const void* b, const void* dim) {
-  return 1.0f - FloatDot(static_cast<const float*>(a), static_cast<const float*>(b),
-                         *static_cast<const size_t*>(dim));
+float InnerProductDistance(const void* a, const void* b, const void* param) {
+  const auto* p = static_cast<const DistParam*>(param);
+  return 1.0f - p->dot(static_cast<const float*>(a), static_cast<const float*>(b), p->dim);
 }
 
 class DotSpace : public hnswlib::SpaceInterface<float> {
  public:
-  explicit DotSpace(size_t dim) : dim_(dim) {}
-  size_t get_data_size() override { return dim_ * sizeof(float); }
+  DotSpace(size_t dim, kernels::DotF32Fn dot) : param_{dim, dot} {}
+  size_t get_data_size() override { return param_.dim * sizeof(float); }
   hnswlib::DISTFUNC<float> get_dist_func() override { return InnerProductDistance; }
-  void* get_dist_func_param() override { return &dim_; }
+  void* get_dist_func_param() override { return &param_; }
 
  private:
-  size_t dim_;
+  DistParam param_;
 };
 
 }  // namespace
 
 struct VectorIndex::Graph {
-  explicit Graph(int64_t dim) : space(static_cast<size_t>(dim)) {}
+  Graph(int64_t dim, kernels::DotF32Fn dot) : space(static_cast<size_t>(dim), dot) {}
   DotSpace space;
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw;
   int64_t deleted = 0;  // marked deleted, still taking a slot in the graph
@@ -80,7 +69,8 @@ void KeepBest(std::vector<VectorIndex::Hit>& hits, int64_t k) {
 
 }  // namespace
 
-VectorIndex::VectorIndex(int64_t dim, IndexOptions options) : dim_(dim), options_(options) {
+VectorIndex::VectorIndex(int64_t dim, IndexOptions options)
+    : dim_(dim), options_(options), dot_(kernels::SelectDotF32(kernels::Dispatch::Current())) {
   if (dim <= 0) throw Unprocessable("a vector index needs a positive dimension");
 }
 
@@ -167,7 +157,7 @@ bool VectorIndex::needs_graph() const {
 void VectorIndex::GraphDeleter::operator()(Graph* g) const { delete g; }
 
 VectorIndex::GraphPtr VectorIndex::BuildGraph() const {
-  GraphPtr g(new Graph(dim_));
+  GraphPtr g(new Graph(dim_, dot_));
   g->hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(
       &g->space, std::max<size_t>(labels_.size() * 2, 1024), static_cast<size_t>(options_.m),
       static_cast<size_t>(options_.ef_construction));
@@ -197,7 +187,7 @@ std::vector<VectorIndex::Hit> VectorIndex::SearchExact(const float* query, int64
   hits.reserve(labels_.size());
   for (size_t r = 0; r < labels_.size(); ++r) {
     if (allowed && !allowed(labels_[r])) continue;
-    hits.push_back({labels_[r], FloatDot(query, data_.data() + r * d, d)});
+    hits.push_back({labels_[r], dot_(query, data_.data() + r * d, d)});
   }
   if (k <= 0) return {};
   if (static_cast<int64_t>(hits.size()) > k) {
@@ -274,7 +264,7 @@ bool VectorIndex::LoadGraph(const std::string& path, const FileInfo& expected, s
            std::to_string(expected.bytes) + " bytes, checksum " + expected.xxh3 + " were written";
     return false;
   }
-  auto g = std::make_unique<Graph>(dim_);
+  auto g = std::make_unique<Graph>(dim_, dot_);
   try {
     g->hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(&g->space, path);
   } catch (const std::exception& e) {

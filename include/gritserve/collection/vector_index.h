@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gritserve/kernels/vector_dot.h"
+
 namespace gritserve {
 
 // Defaults for recall first (README "Collections" has the measured trade-off):
@@ -101,6 +103,7 @@ class VectorIndex {
 
   int64_t dim_;
   IndexOptions options_;
+  kernels::DotF32Fn dot_;  // the ranking product for this CPU and GRITSERVE_CPU_ISA
   std::vector<float> data_;       // [N, dim] rows, one per stored vector
   std::vector<uint64_t> labels_;  // [N] the label of each row
   std::unordered_map<uint64_t, size_t> row_of_;
