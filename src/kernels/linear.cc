@@ -296,9 +296,10 @@ std::string Linear::CpuBackend() {
     return "LibTorch BLAS (GRITSERVE_CPU_GEMM=blas)";
   if (OneDnnFast() && small_gemm::Available() &&
       kernels::Dispatch::Current().gemm != kernels::Gemm::kOneDnn) {
-    return "oneDNN brgemm, weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
+    return "oneDNN brgemm (ISA " + onednn::EffectiveIsa() +
+           "), weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
   }
-  if (OneDnnFast()) return "oneDNN brgemm, weights packed at load";
+  if (OneDnnFast()) return "oneDNN brgemm (ISA " + onednn::EffectiveIsa() + "), weights packed at load";
   return "LibTorch BLAS (oneDNN has no fast kernels for this CPU)";
 #else
   return "LibTorch BLAS (built without oneDNN)";

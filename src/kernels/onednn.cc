@@ -84,6 +84,31 @@ dnnl::engine& CpuEngine() {
   return engine;
 }
 
+std::string EffectiveIsa() {
+  CpuEngine();  // the cap, if any, is set with the first engine
+  using dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case cpu_isa::sse41:
+      return "sse41";
+    case cpu_isa::avx:
+      return "avx";
+    case cpu_isa::avx2:
+      return "avx2";
+    case cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case cpu_isa::avx512_core:
+      return "avx512_core";
+    case cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
+  }
+}
+
 Matmul CachedMatmul(const std::vector<int64_t>& key,
                     const std::function<dnnl::matmul::desc()>& make) {
   static PrimitiveCache cache;

@@ -7,12 +7,17 @@
 
 #include <functional>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace gritserve::onednn {
 
 dnnl::engine& CpuEngine();
+
+// The widest ISA oneDNN dispatches to in this process ("avx2",
+// "avx512_core_bf16", ...): the CPU's, or the cap CpuEngine set.
+std::string EffectiveIsa();
 
 // A primitive and the scratchpad it needs. Every primitive here takes its
 // scratchpad from the caller (a buffer per thread): oneDNN documents its
