@@ -15,7 +15,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 // GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
 // AVX-512 headers once they are inlined.
+#ifndef __clang__  // a GCC-only warning
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #endif
 

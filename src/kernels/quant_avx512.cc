@@ -13,7 +13,9 @@
 #ifdef GRITSERVE_QUANT_X86
 // GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
 // AVX-512 headers once they are inlined (the 256-to-512-bit casts).
+#ifndef __clang__  // a GCC-only warning
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
@@ -129,6 +131,21 @@ void Rows(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, con
   for (; r < r1; ++r) RowGroup<1, kQ4>(w, x, m, r, bias, c);
 }
 
+// Bytes 16q..16q+15 of v. The extract's lane index must be a literal for clang
+// even where the loop around it is unrolled; the switch folds away.
+GRITSERVE_VNNI inline __m128i Quarter(__m512i v, int q) {
+  switch (q) {
+    case 0:
+      return _mm512_extracti32x4_epi32(v, 0);
+    case 1:
+      return _mm512_extracti32x4_epi32(v, 1);
+    case 2:
+      return _mm512_extracti32x4_epi32(v, 2);
+    default:
+      return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
+
 }  // namespace
 
 GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) {
@@ -152,8 +169,7 @@ GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) 
     const int64_t k0 = i * kPair;
     float* dst = k0 + kPair <= cols ? out + k0 : tail;
     for (int q = 0; q < 4; ++q) {  // 16 values; the first two quarters are block 0
-      const __m512 v =
-          _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q)));
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(Quarter(codes, q)));
       const int lane = q / 2;  // block of this quarter: lane 0 holds d0 / m0, lane 1 d1 / m1
       const __m512 dq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), d);
       const __m512 mq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), m);

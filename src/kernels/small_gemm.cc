@@ -13,7 +13,9 @@
 #define GRITSERVE_SMALL_GEMM 1
 // GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
 // AVX-512 headers once they are inlined (here: the bfloat16 widening shifts).
+#ifndef __clang__  // a GCC-only warning
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include "avx512_tile.h"
