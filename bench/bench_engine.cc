@@ -1,7 +1,7 @@
 // Engine throughput on a checkpoint of the exact Qwen2.5-0.5B shape (random
 // weights): prefill, embedding and decode tokens/s. Prints JSON; not a test.
 //   bench_engine [--model DIR | --checkpoint-dtype bf16|f32] [--threads N] [--repeats N] [--device
-//   cpu|cuda[:N]] [--dtype D] [--weights bf16|q8|q4]
+//   cpu|cuda[:N]] [--dtype D] [--weights bf16|q8|q4] [--only prefill,embed,decode_1,...]
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +11,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "bench_util.h"
@@ -119,7 +120,15 @@ int main(int argc, char** argv) {
   bench::ModelOptions model_options;
   model_options.Add(app);
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
+  std::vector<std::string> only;
+  app.add_option("--only", only,
+                 "measurements to run (prefill, embed, decode_1, decode_1_sampled, decode_8); "
+                 "default all")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
+  auto runs = [&only](const std::string& name) {
+    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+  };
   ConfigureAllocatorForInference();
   spdlog::set_level(spdlog::level::warn);
 
@@ -136,11 +145,11 @@ int main(int argc, char** argv) {
   out["weights"] = eo.weights;
   out["parameters"] = front.config().NumParameters();
   out["loaded_resident_bytes"] = bench::ResidentBytes();
-  MeasurePrefill(front, runner, repeats, out);
-  MeasureEmbed(front, runner, repeats, out);
-  MeasureDecodeOne(front, runner, repeats, /*sampled=*/false, out);
-  MeasureDecodeOne(front, runner, repeats, /*sampled=*/true, out);
-  MeasureDecodeEight(front, runner, repeats, out);
+  if (runs("prefill")) MeasurePrefill(front, runner, repeats, out);
+  if (runs("embed")) MeasureEmbed(front, runner, repeats, out);
+  if (runs("decode_1")) MeasureDecodeOne(front, runner, repeats, /*sampled=*/false, out);
+  if (runs("decode_1_sampled")) MeasureDecodeOne(front, runner, repeats, /*sampled=*/true, out);
+  if (runs("decode_8")) MeasureDecodeEight(front, runner, repeats, out);
   out["peak_resident_bytes"] = bench::PeakResidentBytes();
   std::cout << out.dump(2) << "\n";
   return 0;

@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "gritserve/cache/kv_cache.h"
-#include "gritserve/model/checkpoint_writer.h"
 #include "gritserve/kernels/small_gemm.h"
+#include "gritserve/model/checkpoint_writer.h"
 #include "tensor_json.h"
 #include "test_util.h"
 
@@ -586,6 +586,148 @@ TEST_F(DecoderTest, RotatingCachedKeysEqualsComputingThemAtTheNewPositions) {
     EXPECT_GT(MaxDiff(at0.keys(l), at_delta.keys(l)), 1e-3);      // rotation matters
     EXPECT_LT(MaxDiff(at0.values(l), at_delta.values(l)), 1e-5);  // values carry no position
   }
+}
+
+// RoPE's cos and sin come from a table built at load for positions within the
+// context; past its end they are computed per pass. A long greedy generation,
+// one token a step and past the cache's reserved room (its buffers move
+// twice), gives the same logits bit for bit as a decoder whose table is empty,
+// and the last step's equal one full forward over the whole sequence.
+TEST_F(DecoderTest, TabulatedRopeDecodeEqualsComputedAnglesAndTheFullForward) {
+  ModelConfig untabulated = *config_;
+  untabulated.max_position_embeddings = 1;  // only position 0 in the table
+  Decoder computed(untabulated, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+  KvCache a = decoder_->NewCache(1), b = computed.NewCache(1);
+  a.Reserve(40);
+  b.Reserve(40);
+  std::vector<int64_t> feed = {9707, 1879, 11, 1246, 525, 498, 3351, 30}, all = feed;
+  at::Tensor logits;  // [1, V] of the last step
+  for (int step = 0; step < 100; ++step) {
+    ForwardInput in;
+    in.ids = Ids(feed);
+    in.positions = Positions(a.length(), static_cast<int64_t>(feed.size()));
+    in.attention = AttentionSpec::Causal();
+    in.last_position_only = true;
+    logits = decoder_->Logits(decoder_->Forward(in, &a)[0]);
+    ASSERT_TRUE(at::equal(logits, computed.Logits(computed.Forward(in, &b)[0]))) << "step " << step;
+    feed = {logits.argmax().item<int64_t>()};
+    all.push_back(feed[0]);
+  }
+  EXPECT_EQ(a.length(), 107);
+  EXPECT_EQ(a.capacity(), 160);
+  all.pop_back();                                             // the last token was sampled, not fed
+  const at::Tensor full = Run(all, AttentionSpec::Causal());  // [T, H]
+  EXPECT_LT(MaxDiff(decoder_->Logits(full.narrow(0, full.size(0) - 1, 1)), logits), 1e-4);
+}
+
+// A decode step's mask comes straight from the stored validity flags and the
+// window's start. With a window of 5 on the second layer, one-token steps
+// equal the full forward (whose masks come from per-token key intervals),
+// and the window does change the answer.
+TEST_F(DecoderTest, WindowedDecodeStepsEqualTheFullForward) {
+  ModelConfig windowed = *config_;
+  windowed.sliding_window = 5;
+  windowed.window_from_layer = 1;
+  Decoder d(windowed, LoadWeights(dir_, *config_, at::kFloat, at::kCPU));
+  const std::vector<int64_t> ids = {9707, 1879, 11, 1246, 525, 498, 3351, 30, 358, 1079, 1661, 13};
+  const int64_t n = static_cast<int64_t>(ids.size()), prefill = 3;
+  ForwardInput whole;
+  whole.ids = Ids(ids);
+  whole.positions = Positions(0, n);
+  whole.attention = AttentionSpec::Causal();
+  const at::Tensor full = d.Forward(whole, nullptr)[0];  // [T, H]
+  EXPECT_GT(MaxDiff(full, Run(ids, AttentionSpec::Causal())), 1e-3);
+  KvCache cache = d.NewCache(1);
+  for (int64_t i = 0; i < n; i += i == 0 ? prefill : 1) {
+    const int64_t t = i == 0 ? prefill : 1;
+    ForwardInput in;
+    in.ids = Ids(std::vector<int64_t>(ids.begin() + i, ids.begin() + i + t));
+    in.positions = Positions(i, t);
+    in.attention = AttentionSpec::Causal();
+    const at::Tensor rows = d.Forward(in, &cache)[0];  // [t, H]
+    EXPECT_LT(MaxDiff(rows, full.narrow(0, i, t)), 1e-4) << "token " << i;
+  }
+}
+
+// Decode steps of a padded batch: each row's step sees its own valid keys
+// only, and equals that row run alone without padding.
+TEST_F(DecoderTest, DecodeStepsOfAPaddedBatchEqualEachRowAlone) {
+  const std::vector<std::vector<int64_t>> prompts = {{9707, 1879, 11, 1246, 525}, {40, 1079}};
+  const std::vector<std::vector<int64_t>> steps = {{498, 3351, 30}, {358, 1661, 13}};
+  at::Tensor ids = at::full({2, 5}, 151643, at::kLong);  // [B, T], padding masked out below
+  at::Tensor valid = at::zeros({2, 5}, at::kBool);
+  for (int64_t r = 0; r < 2; ++r) {
+    for (size_t j = 0; j < prompts[r].size(); ++j) {
+      ids[r][j] = prompts[r][j];
+      valid[r][j] = true;
+    }
+  }
+  KvCache cache = decoder_->NewCache(2);
+  ForwardInput in;
+  in.ids = ids;
+  in.positions = at::arange(5, at::kLong).repeat({2, 1});
+  in.valid = valid;
+  in.attention = AttentionSpec::Causal();
+  decoder_->Forward(in, &cache);
+  for (size_t k = 0; k < steps[0].size(); ++k) {
+    const auto s = static_cast<int64_t>(k);
+    ForwardInput step;
+    step.ids = at::tensor({steps[0][k], steps[1][k]}, at::kLong).view({2, 1});  // [B, 1]
+    step.positions = at::tensor({5 + s, 2 + s}, at::kLong).view({2, 1});        // [B, 1]
+    step.attention = AttentionSpec::Causal();
+    const at::Tensor h = decoder_->Forward(step, &cache);  // [B, 1, H]
+    for (int64_t r = 0; r < 2; ++r) {
+      std::vector<int64_t> alone = prompts[r];
+      alone.insert(alone.end(), steps[r].begin(), steps[r].begin() + s + 1);
+      const at::Tensor expected = Run(alone, AttentionSpec::Causal());  // [T, H]
+      EXPECT_LT(MaxDiff(h[r], expected.narrow(0, expected.size(0) - 1, 1)), 1e-4)
+          << "row " << r << " step " << k;
+    }
+  }
+}
+
+// A generation reserves its final length once: exactly that room, appends
+// within it never move the buffers, and past it the room doubles with the
+// stored keys and values carried over.
+TEST(KvCacheTest, ReserveHoldsExactlyTheRoomAskedForAndAppendsWithinItNeverCopy) {
+  c10::InferenceMode guard;
+  KvCache cache(/*num_layers=*/2, /*batch=*/1, /*num_kv_heads=*/2, /*head_dim=*/4, at::kFloat,
+                at::kCPU);
+  cache.Reserve(40);
+  EXPECT_EQ(cache.capacity(), 40);
+  const void* keys = nullptr;
+  for (int64_t i = 0; i <= 40; ++i) {
+    const at::Tensor k = at::full({1, 2, 1, 4}, static_cast<float>(i));  // [B, Hkv, 1, D]
+    for (int64_t l = 0; l < 2; ++l) cache.Append(l, k, k + 100);
+    cache.Advance(at::ones({1, 1}, at::kBool));
+    if (i == 0) keys = cache.keys(0).data_ptr();
+    if (i < 40) {
+      EXPECT_EQ(cache.keys(0).data_ptr(), keys) << "token " << i;
+    }
+  }
+  EXPECT_EQ(cache.capacity(), 80);
+  EXPECT_NE(cache.keys(0).data_ptr(), keys);
+  const at::Tensor stored = at::arange(41, at::kFloat);  // token i's keys are all i
+  EXPECT_TRUE(at::equal(cache.keys(1)[0][1].select(1, 3), stored));
+  EXPECT_TRUE(at::equal(cache.values(0)[0][0].select(1, 0), stored + 100));
+}
+
+// The validity flags a forward pass sees are the stored ones with the new
+// tokens' written after them: a view, no concatenation.
+TEST(KvCacheTest, KeyValidWithRecordsTheNewFlagsAfterTheStoredOnes) {
+  c10::InferenceMode guard;
+  KvCache cache(/*num_layers=*/1, /*batch=*/2, /*num_kv_heads=*/1, /*head_dim=*/4, at::kFloat,
+                at::kCPU);
+  const at::Tensor v0 = at::tensor({1, 1, 1, 0}, at::kLong).to(at::kBool).view({2, 2});  // [B, 2]
+  EXPECT_TRUE(at::equal(cache.KeyValidWith(v0), v0));
+  const at::Tensor kv = at::zeros({2, 1, 2, 4});  // [B, Hkv, 2, D]
+  cache.Append(0, kv, kv);
+  cache.Advance(v0);
+  const at::Tensor v1 = at::tensor({0, 1}, at::kLong).to(at::kBool).view({2, 1});  // [B, 1]
+  const at::Tensor seen = cache.KeyValidWith(v1);                                  // [B, 3]
+  EXPECT_TRUE(at::equal(seen, at::cat({v0, v1}, 1)));
+  EXPECT_EQ(cache.length(), 2);
+  EXPECT_EQ(seen.data_ptr(), cache.key_valid().data_ptr());
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -118,6 +119,34 @@ TEST(CpuKernels, MaskedSoftmaxMatchesAtenOverTheWholeExponentRange) {
     return ((p.to(at::kDouble) - ref).abs() / ref).max().item<double>();
   };
   EXPECT_LT(rel(soft), 2 * rel(at::softmax(mild, -1)) + 1e-7);
+}
+
+// A decode step's attention in one pass per KV head equals the float64
+// softmax(q k^T + mask) v over strided cache views, for odd key counts and
+// head sizes, masked (padding) keys and a fully masked row.
+TEST(CpuKernels, DecodeAttentionMatchesFloat64OverStridedCacheViews) {
+  at::manual_seed(6);
+  for (const auto& [g, s, d] :
+       std::vector<std::array<int64_t, 3>>{{7, 1, 64}, {7, 49, 64}, {4, 300, 128}, {3, 37, 20}}) {
+    const int64_t b = 2, hkv = 2, capacity = s + 5;
+    const at::Tensor q = at::randn({b, hkv, g, d}) / std::sqrt(static_cast<double>(d));
+    const at::Tensor k = at::randn({b, hkv, capacity, d}).narrow(2, 0, s);  // cache views
+    const at::Tensor v = at::randn({b, hkv, capacity, d}).narrow(2, 0, s);
+    at::Tensor mask = at::zeros({b, 1, s});
+    if (s > 3) mask[0][0].narrow(0, 1, 2).fill_(-1e30);  // padding inside the sequence
+    mask[1][0].fill_(-1e30);                             // a fully masked row: uniform
+    const at::Tensor got = cpu_kernels::DecodeAttention(q, k, v, mask);  // [B, Hkv G D]
+    const at::Tensor scores = at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(2, 3));
+    const at::Tensor probs = at::softmax(scores + mask.to(at::kDouble).unsqueeze(1), -1);
+    const at::Tensor expected = at::matmul(probs, v.to(at::kDouble)).reshape({b, hkv * g * d});
+    EXPECT_LT(MaxDiff(got.to(at::kDouble), expected), 1e-5)
+        << "g " << g << " s " << s << " d " << d;
+  }
+  const at::Tensor q = at::randn({1, 2, 7, 64});
+  EXPECT_THROW(
+      cpu_kernels::DecodeAttention(q, at::randn({1, 2, 9, 64}).transpose(2, 3).contiguous(),
+                                   at::randn({1, 2, 9, 64}), at::zeros({1, 1, 9})),
+      std::exception);
 }
 
 TEST(CpuKernels, PlaceKvRotatesKeysAndCopiesValuesIntoStridedSlots) {

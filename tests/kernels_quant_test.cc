@@ -129,6 +129,36 @@ TEST(Quant, ProductsMatchFloat64WithinTheQuantizationBoundOnEveryPath) {
   }
 }
 
+// Activation rows are quantized per block with ties rounded to even (as
+// std::nearbyint): with the block's largest magnitude 127 each value is its
+// own code, so values halfway between integers give exactly the product of
+// the even integers next to them, on every path that quantizes activations.
+TEST(Quant, ActivationCodesRoundHalfwayValuesToEven) {
+  at::manual_seed(9);
+  const int64_t n = 8, k = 40;  // a whole block and a short one
+  const at::Tensor w = at::randn({n, k}) * 0.05;
+  const std::vector<float> halfway = {127, 2.5f, -2.5f, 3.5f, 0.5f, -0.5f, -1.5f, 126.5f};
+  const std::vector<float> even = {127, 2, -2, 4, 0, 0, -2, 126};
+  at::Tensor a_half = at::zeros({1, k}), a_even = at::zeros({1, k});
+  for (int64_t b : {0, 32}) {
+    for (size_t i = 0; i < halfway.size(); ++i) {
+      a_half[0][b + static_cast<int64_t>(i)] = halfway[i];
+      a_even[0][b + static_cast<int64_t>(i)] = even[i];
+    }
+  }
+  for (Format f : {Format::kQ8, Format::kQ4}) {
+    const quant::Matrix q = quant::Matrix::Quantize(w.data_ptr<float>(), n, k, f);
+    for (Isa isa : AvailableIsas()) {
+      at::Tensor c_half = at::empty({1, n}), c_even = at::empty({1, n});
+      quant::Multiply(q, a_half.data_ptr<float>(), 1, nullptr, c_half.data_ptr<float>(), isa,
+                      Path::kInt8Rows);
+      quant::Multiply(q, a_even.data_ptr<float>(), 1, nullptr, c_even.data_ptr<float>(), isa,
+                      Path::kInt8Rows);
+      EXPECT_TRUE(at::equal(c_half, c_even)) << Name(f, isa, Path::kInt8Rows);
+    }
+  }
+}
+
 TEST(Quant, EdgeBlocksAndBfloat16Source) {
   UseSeveralThreads();
   // Zero rows, constant blocks (q4 scale 0), one large value among tiny ones,

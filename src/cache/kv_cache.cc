@@ -17,9 +17,15 @@ KvCache::KvCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_
       values_(num_layers) {}
 
 void KvCache::Reserve(int64_t capacity) {
-  if (capacity <= capacity_) return;
-  // Grow geometrically so that token-by-token decoding copies O(n) in total.
-  int64_t new_cap = std::max<int64_t>({capacity, capacity_ * 2, 64});
+  if (capacity > capacity_) Resize(capacity);
+}
+
+void KvCache::Grow(int64_t needed) {
+  // Geometrically, so that token-by-token decoding copies O(n) in total.
+  if (needed > capacity_) Resize(std::max<int64_t>({needed, capacity_ * 2, 64}));
+}
+
+void KvCache::Resize(int64_t new_cap) {
   auto opts = at::TensorOptions().dtype(dtype_).device(device_);
   for (size_t l = 0; l < keys_.size(); ++l) {
     at::Tensor k = at::empty({batch_, num_kv_heads_, new_cap, head_dim_}, opts);  // [B,Hkv,C,D]
@@ -43,7 +49,7 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
     throw Error(ErrorKind::kInternal, "KvCache::Append: layer out of range");
   }
   const int64_t t = k.size(2);
-  Reserve(length_ + t);
+  Grow(length_ + t);
   keys_[layer].narrow(2, length_, t).copy_(k);
   values_[layer].narrow(2, length_, t).copy_(v);
   return {keys_[layer].narrow(2, 0, length_ + t), values_[layer].narrow(2, 0, length_ + t)};
@@ -51,13 +57,13 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
 
 void KvCache::Advance(const at::Tensor& valid) {
   const int64_t t = valid.size(1);
-  Reserve(length_ + t);
+  Grow(length_ + t);
   valid_.narrow(1, length_, t).copy_(valid);
   length_ += t;
 }
 
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> KvCache::Slots(int64_t t) {
-  Reserve(length_ + t);
+  Grow(length_ + t);
   std::vector<at::Tensor> k, v;
   for (int64_t l = 0; l < num_layers(); ++l) {
     k.push_back(keys_[l].narrow(2, length_, t));
@@ -78,6 +84,13 @@ void KvCache::AppendAll(const std::vector<at::Tensor>& k, const std::vector<at::
 at::Tensor KvCache::key_valid() const {
   if (capacity_ == 0) return at::zeros({batch_, 0}, at::TensorOptions().dtype(at::kBool));
   return valid_.narrow(1, 0, length_);
+}
+
+at::Tensor KvCache::KeyValidWith(const at::Tensor& valid) {
+  const int64_t t = valid.size(1);
+  Grow(length_ + t);
+  valid_.narrow(1, length_, t).copy_(valid);
+  return valid_.narrow(1, 0, length_ + t);
 }
 
 at::Tensor KvCache::keys(int64_t layer) const { return keys_.at(layer).narrow(2, 0, length_); }

@@ -148,6 +148,10 @@ at::Tensor Attention(const AttentionBackend& backend, const at::Tensor& qg, cons
   if (mask.batch() != b || mask.rows() != t || mask.keys() != s) {
     throw Error(ErrorKind::kInternal, "attention mask does not match its operands");
   }
+  // A decode step: one pass per KV head, no scores tensor.
+  if (backend.fused && t == 1 && scale == 1.0 && k.stride(3) == 1 && v.stride(3) == 1) {
+    return cpu_kernels::DecodeAttention(qg.contiguous(), k, v, mask.Rows(0, 1));
+  }
   if (backend.one_pass && rows >= kPromptRows && scale == 1.0 &&
       cpu_attention::Suits(qg, k, v, g)) {
     return cpu_attention::Attend(

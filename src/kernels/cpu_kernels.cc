@@ -195,6 +195,49 @@ void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, i
   }
 }
 
+// One KV head of a decode step: its G query rows against S keys (rows
+// `k_row` and `v_row` floats apart), the scores in `p` [G, S] (scratch), then
+// out [G, D] = softmax(p + mask) v. Keys and values are read once for all G
+// rows while they sit in L1.
+GRITSERVE_ISA_CLONES
+void DecodeHead(const float* q, const float* k, const float* v, int64_t k_row, int64_t v_row,
+                const float* mask, int64_t g, int64_t s, int64_t d, float* p, float* out) {
+  for (int64_t j = 0; j < s; ++j) {
+    const float* __restrict kj = k + j * k_row;
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const float* __restrict qi = q + gi * d;
+      float dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t e = 0; e < d; ++e) dot += qi[e] * kj[e];
+      p[gi * s + j] = dot + mask[j];
+    }
+  }
+  for (int64_t gi = 0; gi < g; ++gi) {
+    float* __restrict row = p + gi * s;
+    float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) row[j] = Exp(row[j] - mx);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < s; ++j) sum += row[j];
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) row[j] *= inv;
+  }
+  std::fill(out, out + g * d, 0.0f);
+  for (int64_t j = 0; j < s; ++j) {
+    const float* __restrict vj = v + j * v_row;
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const float w = p[gi * s + j];
+      float* __restrict o = out + gi * d;
+#pragma omp simd
+      for (int64_t e = 0; e < d; ++e) o[e] += w * vj[e];
+    }
+  }
+}
+
 GRITSERVE_ISA_CLONES
 void GemvRows(const float* w, const float* x, float* y, int64_t begin, int64_t end, int64_t in) {
   int64_t r = begin;
@@ -435,6 +478,38 @@ void MaskedSoftmax(const at::Tensor& scores, const at::Tensor& mask) {
   at::parallel_for(0, b * heads * t, RowGrain(s), [&](int64_t begin, int64_t end) {
     SoftmaxRows(sp, mp, begin, end, heads, t, s);
   });
+}
+
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& mask) {
+  Require(Applies(q) && q.dim() == 4 && q.is_contiguous(), "DecodeAttention: q");
+  const int64_t b = q.size(0), hkv = q.size(1), g = q.size(2), d = q.size(3), s = k.size(2);
+  auto kv_ok = [&](const at::Tensor& t) {
+    return Applies(t) && t.dim() == 4 && t.size(0) == b && t.size(1) == hkv && t.size(2) == s &&
+           t.size(3) == d && t.stride(3) == 1;
+  };
+  Require(kv_ok(k) && kv_ok(v), "DecodeAttention: k, v");
+  Require(Applies(mask) && mask.is_contiguous() && mask.numel() == b * s, "DecodeAttention: mask");
+  at::Tensor out = at::empty({b, hkv * g * d}, q.options());  // [B, Hkv G D]
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* mp = mask.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  // Heads split over threads only when each gets enough work to pay for the
+  // fork and join (short contexts run on the calling thread).
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(g * s * d, 1));
+  at::parallel_for(0, b * hkv, grain, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;  // [G, S], kept between steps
+    scores.resize(static_cast<size_t>(std::max<int64_t>(g * s, 1)));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bi = i / hkv, h = i % hkv;
+      DecodeHead(qp + i * g * d, kp + bi * k.stride(0) + h * k.stride(1),
+                 vp + bi * v.stride(0) + h * v.stride(1), k.stride(2), v.stride(2), mp + bi * s, g,
+                 s, d, scores.data(), op + i * g * d);
+    }
+  });
+  return out;
 }
 
 void PlaceKv(const std::vector<at::Tensor>& k_dst, const std::vector<at::Tensor>& k_src,

@@ -34,6 +34,11 @@ constexpr int64_t kMlpRows = 2048;
 constexpr int64_t kChunkedLayersFrom = 8192;
 constexpr int64_t kLayerChunkRows = 512;
 
+// RoPE's cos and sin are tabulated at load for positions below this (and the
+// model's context), so a step only looks its rows up: 32,768 x D/2 of each,
+// 8 MB for head_dim 64. Positions past the table are computed per pass.
+constexpr int64_t kRopeTablePositions = 32768;
+
 at::Tensor Take(WeightMap& w, const std::string& name) {
   auto it = w.find(name);
   if (it == w.end()) throw LoadError("missing tensor '" + name + "'");
@@ -139,6 +144,12 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
   }
   head = at::Tensor();  // a float32 table no one holds now is freed before the layers pack
   inv_freq_ = InverseFrequencies(config).to(device_);
+  const int64_t table = std::min(config.max_position_embeddings, kRopeTablePositions);
+  auto [cos, sin] = RopeAngles(at::arange(table, at::TensorOptions().dtype(at::kLong))
+                                   .view({1, table})
+                                   .to(device_));  // [1, P, D/2]
+  rope_cos_ = cos[0];                              // [P, D/2]
+  rope_sin_ = sin[0];
 
   // [out, in] weight and [out] (or no) bias -> a packed or quantized layer.
   auto linear = [&](const at::Tensor& w, at::Tensor b) {
@@ -235,9 +246,24 @@ at::Tensor Decoder::AddRmsNorm(at::Tensor& x, const at::Tensor& delta,
   return weight * y.to(x.scalar_type());
 }
 
-std::pair<at::Tensor, at::Tensor> Decoder::RopeTables(const at::Tensor& positions) const {
+std::pair<at::Tensor, at::Tensor> Decoder::RopeAngles(const at::Tensor& positions) const {
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B, T, D/2]
   return {freqs.cos().to(dtype_), freqs.sin().to(dtype_)};
+}
+
+std::pair<at::Tensor, at::Tensor> Decoder::RopeTables(const at::Tensor& positions) const {
+  const at::Tensor p = positions.to(at::kCPU).to(at::kLong).contiguous();  // [B, T]
+  const int64_t* pos = p.data_ptr<int64_t>();
+  const int64_t n = p.numel(), rows = rope_cos_.size(0);
+  if (!std::all_of(pos, pos + n, [rows](int64_t q) { return q >= 0 && q < rows; })) {
+    return RopeAngles(positions.to(device_));
+  }
+  const std::vector<int64_t> shape = {p.size(0), p.size(1), rope_cos_.size(1)};  // [B, T, D/2]
+  if (n == 1) {  // a decode step: views of one row, nothing computed
+    return {rope_cos_.narrow(0, pos[0], 1).view(shape), rope_sin_.narrow(0, pos[0], 1).view(shape)};
+  }
+  const at::Tensor idx = p.view({n}).to(device_);  // [B T]
+  return {rope_cos_.index_select(0, idx).view(shape), rope_sin_.index_select(0, idx).view(shape)};
 }
 
 at::Tensor Decoder::RotateKeys(const at::Tensor& keys, int64_t delta) const {
@@ -299,6 +325,16 @@ Decoder::Segment Decoder::MakeSegment(const ForwardInput& in, int64_t past,
 kernels::AttentionMask Decoder::BuildMask(const ForwardInput& in, int64_t past,
                                           const at::Tensor& key_valid, bool window) const {
   const int64_t t = in.ids.size(1), s = past + t;
+  if (t == 1 && in.attention.mode == AttentionMode::kCausal) {
+    // A decode step sees every stored valid key (from the window's start):
+    // the additive mask is the validity flags, with no index arithmetic.
+    const float masked = MaskedValue(dtype_);
+    at::Tensor mask = at::zeros({key_valid.size(0), 1, s}, key_valid.options().dtype(dtype_))
+                          .masked_fill_(key_valid.logical_not().unsqueeze(1), masked);  // [B, 1, S]
+    const int64_t lo = window ? std::max<int64_t>(0, s - *config_.sliding_window) : 0;
+    if (lo > 0) mask.narrow(2, 0, lo).fill_(masked);
+    return kernels::AttentionMask::Dense(mask);
+  }
   // Keys [lo, hi) of each new token (at sequence index past + i).
   std::vector<int64_t> lo(t, 0), hi(t, s);
   switch (in.attention.mode) {
@@ -495,8 +531,8 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
   at::Tensor valid = in.valid.defined()
                          ? in.valid.to(device_)
                          : at::ones({b, t}, at::TensorOptions().dtype(at::kBool).device(device_));
-  at::Tensor key_valid = past > 0 ? at::cat({cache->key_valid(), valid}, 1) : valid;  // [B, S]
-  auto [cos, sin] = RopeTables(in.positions.to(device_));                             // [B, T, D/2]
+  at::Tensor key_valid = cache != nullptr ? cache->KeyValidWith(valid) : valid;  // [B, S]
+  auto [cos, sin] = RopeTables(in.positions);                                    // [B, T, D/2]
 
   at::Tensor x = Embed(ids).view({b * t, h});  // [B*T, H]
   at::Tensor out = Layers(x, cos, sin, {MakeSegment(in, past, key_valid, cache)}, n_layers,
@@ -551,7 +587,7 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
     }
     const int64_t t = in.ids.size(1);
     valid.push_back(at::ones({1, t}, at::TensorOptions().dtype(at::kBool).device(device_)));
-    at::Tensor key_valid = at::cat({cache->key_valid().to(device_), valid.back()}, 1);  // [1, S]
+    at::Tensor key_valid = cache->KeyValidWith(valid.back());  // [1, S]
     segments.push_back(MakeSegment(in, cache->length(), key_valid, cache));
     ids.push_back(in.ids.to(device_));
     positions.push_back(in.positions.to(device_));

@@ -32,12 +32,22 @@ class KvCache {
 
   // [B, length] bool: which stored keys are real tokens.
   at::Tensor key_valid() const;
+  // Records which of the T tokens a forward pass is about to append are real
+  // (Advance records them again), and returns which of all the keys that
+  // pass sees are: a view of the stored flags, nothing concatenated.
+  //   valid: [B, T] bool -> [B, length + T] bool
+  at::Tensor KeyValidWith(const at::Tensor& valid);
   // Layer views of the stored part: [B, Hkv, length, D].
   at::Tensor keys(int64_t layer) const;
   at::Tensor values(int64_t layer) const;
 
-  // Makes room for `capacity` tokens in total without further copies.
+  // Makes room for exactly `capacity` tokens in total (when it holds fewer),
+  // so that appends up to there never copy: a generation reserves its final
+  // length (prompt and every answer token) once. Appends past the room
+  // grow it geometrically.
   void Reserve(int64_t capacity);
+  // Tokens the buffers hold before they must grow.
+  int64_t capacity() const { return capacity_; }
 
   // Writable views of the next T token slots of every layer, for callers that
   // write keys and values in place; Advance(valid) then commits them.
@@ -50,6 +60,11 @@ class KvCache {
                  const at::Tensor& valid);
 
  private:
+  // Room for `needed` tokens, at least doubling when it must grow.
+  void Grow(int64_t needed);
+  // Buffers of `capacity` tokens, the stored ones copied over.
+  void Resize(int64_t capacity);
+
   int64_t batch_ = 0, num_kv_heads_ = 0, head_dim_ = 0;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::kCPU;

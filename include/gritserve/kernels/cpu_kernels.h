@@ -54,6 +54,17 @@ at::Tensor SiluMul(const at::Tensor& gu);
 //   scores: [B, heads, T, S] contiguous; mask: [B, T, S] contiguous
 void MaskedSoftmax(const at::Tensor& scores, const at::Tensor& mask);
 
+// Attention of one query token per batch row (a decode step), in one pass
+// per KV head: the G query heads' scores, masked softmax and product with V
+// over keys read once, where LibTorch's two batched products, softmax and
+// layout copies cost two dozen dispatched ops in every layer.
+//   q: [B, Hkv, G, D] contiguous, already scaled; row gi of q[b, h] is query
+//      head h G + gi
+//   k, v: [B, Hkv, S, D], unit stride along D (KV cache views)
+//   mask: [B, 1, S] contiguous, additive -> [B, Hkv G D]
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& mask);
+
 // Copies a block of stored keys and values into KV cache slots, rotating the
 // keys by a fixed angle per frequency (cos, sin: [D/2]) on the way: moves a
 // cached document's keys to its place in a prompt in one parallel pass over

@@ -183,7 +183,10 @@ class Decoder {
   // causal attention keeps to the sliding window when `window`.
   kernels::AttentionMask BuildMask(const ForwardInput& input, int64_t past,
                                    const at::Tensor& key_valid, bool window) const;
-  // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once)
+  // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once),
+  // computed from the angles.
+  std::pair<at::Tensor, at::Tensor> RopeAngles(const at::Tensor& positions) const;
+  // The same, looked up in rope_cos_/rope_sin_ (computed past their end).
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
 
   ModelConfig config_;
@@ -192,12 +195,13 @@ class Decoder {
   at::Device device_;
   std::optional<quant::Format> weights_;
   kernels::AttentionBackend attention_;
-  bool fused_cpu_ = false;   // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
-  at::Tensor embed_tokens_;  // [V, H] (bfloat16 when it is lm_head_bf16_)
-  at::Tensor norm_;          // [H]
-  Linear lm_head_;           // H -> V (the embedding matrix when tied)
-  at::Tensor lm_head_bf16_;  // [V, H] instead of lm_head_, for bfloat16-valued heads
-  at::Tensor inv_freq_;      // [D / 2] float32
+  bool fused_cpu_ = false;          // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
+  at::Tensor embed_tokens_;         // [V, H] (bfloat16 when it is lm_head_bf16_)
+  at::Tensor norm_;                 // [H]
+  Linear lm_head_;                  // H -> V (the embedding matrix when tied)
+  at::Tensor lm_head_bf16_;         // [V, H] instead of lm_head_, for bfloat16-valued heads
+  at::Tensor inv_freq_;             // [D / 2] float32
+  at::Tensor rope_cos_, rope_sin_;  // [P, D / 2] in dtype_: RopeAngles of positions [0, P)
   std::vector<Layer> layers_;
 };
 
