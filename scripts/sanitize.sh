@@ -2,9 +2,10 @@
 # Sanitizer and fuzz builds with clang (README, "Tests"):
 #   scripts/sanitize.sh build  configure and build build-asan: clang, ASan+UBSan,
 #                              libFuzzer targets, no benchmarks
-#   scripts/sanitize.sh test   the whole CTest suite in build-asan
+#   scripts/sanitize.sh test   the CTest suite in build-asan (all but one glibc-heap test)
 #   scripts/sanitize.sh fuzz   each libFuzzer target for FUZZ_SECONDS (60) from its
-#                              corpus in tests/fuzz/NAME; crashes go to build-asan/fuzz-crashes
+#                              corpus in tests/fuzz/NAME, JOBS (nproc) at a time;
+#                              crashes go to build-asan/fuzz-crashes
 # Sanitizer options (suppressions in tests/sanitizers) are set here for every
 # process the tests start, the server binary included.
 set -euo pipefail
@@ -36,26 +37,44 @@ case "${1:-}" in
     cmake --build build-asan -j "$jobs"
     ;;
   test)
-    ctest --test-dir build-asan --output-on-failure -j "$jobs" ${CTEST_ARGS:-}
+    # Every test but one: EngineMemory.FreedMemoryIsHandedBack measures glibc's
+    # heap (mallinfo2, malloc_trim), which ASan replaces with its own allocator,
+    # so there is nothing of ours for it to see here; the normal suite runs it.
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" \
+      -E '^EngineMemory\.FreedMemoryIsHandedBack$' ${CTEST_ARGS:-}
     ;;
   fuzz)
+    # Targets run JOBS at a time (each is one process on one core).
     seconds=${FUZZ_SECONDS:-60}
     mkdir -p build-asan/fuzz-crashes
-    status=0
-    for target in build-asan/tests/fuzz/*_fuzz; do
+    fuzz_one() {  # fuzz_one TARGET: prints its summary; status 1 on a finding
+      local target=$1 name scratch rc=0
       name=$(basename "$target" _fuzz)
       # New inputs go to a scratch folder; the repository's corpus is only read.
       scratch=$(mktemp -d)
-      echo "fuzz: ${name} for ${seconds} s"
-      if ! "$target" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
+      "$target" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
         -artifact_prefix="build-asan/fuzz-crashes/${name}-" "$scratch" "tests/fuzz/${name}" \
-        2>"build-asan/fuzz-crashes/${name}.log"; then
-        tail -60 "build-asan/fuzz-crashes/${name}.log"
-        status=1
-      fi
-      grep -E "^stat::number_of_executed_units|^#[0-9]+.*DONE" "build-asan/fuzz-crashes/${name}.log" || true
+        >"build-asan/fuzz-crashes/${name}.log" 2>&1 || rc=1
       rm -rf "$scratch"
+      {
+        echo "fuzz: ${name} for ${seconds} s: $([ $rc = 0 ] && echo ok || echo FAILED)"
+        if [ $rc != 0 ]; then tail -60 "build-asan/fuzz-crashes/${name}.log"; fi
+        grep -E "^stat::number_of_executed_units|^#[0-9]+.*DONE" "build-asan/fuzz-crashes/${name}.log" || true
+      }
+      return $rc
+    }
+    status=0
+    pids=()
+    for target in build-asan/tests/fuzz/*_fuzz; do
+      fuzz_one "$target" > "build-asan/fuzz-crashes/$(basename "$target").summary" &
+      pids+=($!)
+      if [ "${#pids[@]}" -ge "$jobs" ]; then
+        wait "${pids[0]}" || status=1
+        pids=("${pids[@]:1}")
+      fi
     done
+    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    cat build-asan/fuzz-crashes/*.summary
     exit $status
     ;;
   *)

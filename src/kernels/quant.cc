@@ -94,14 +94,17 @@ constexpr float kMaxWeight = 65504.0f;
 template <typename T>
 bool QuantizeRow(const T* w, int64_t cols, Format format, int64_t pairs, uint8_t* codes,
                  uint16_t* scales, uint16_t* mins) {
-  bool ok = true;
   for (int64_t b = 0; b < 2 * pairs; ++b) {
     float v[kBlock];
+    bool ok = true;
     for (int e = 0; e < kBlock; ++e) {
       const int64_t k = b * kBlock + e;
       v[e] = k < cols ? ToFloat(w[k]) : 0.0f;  // padding quantizes as zero
       ok = ok && std::isfinite(v[e]) && std::fabs(v[e]) <= kMaxWeight;
     }
+    // The caller refuses the matrix; a NaN or infinity must not even reach the
+    // float-to-code conversion, which is undefined for them.
+    if (!ok) return false;
     const int n = static_cast<int>(std::clamp<int64_t>(cols - b * kBlock, 1, kBlock));
     const BlockCodes q = QuantizeBlock(v, n, format);
     const int64_t i = b / 2;
@@ -117,7 +120,7 @@ bool QuantizeRow(const T* w, int64_t cols, Format format, int64_t pairs, uint8_t
     scales[b] = q.scale;
     if (mins != nullptr) mins[b] = q.min;
   }
-  return ok;
+  return true;
 }
 
 // x rounded to the nearest integer, ties to even, as std::nearbyint in the
