@@ -170,6 +170,22 @@ void SiluMulRows(const float* gu, float* out, int64_t begin, int64_t end, int64_
   }
 }
 
+// row = softmax(row) over s entries, in place. Always inlined, so each ISA
+// clone of a caller vectorises it for that clone's target.
+__attribute__((always_inline)) inline void SoftmaxInPlace(float* __restrict row, int64_t s) {
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
+#pragma omp simd
+  for (int64_t j = 0; j < s; ++j) row[j] = Exp(row[j] - mx);
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < s; ++j) sum += row[j];
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < s; ++j) row[j] *= inv;
+}
+
 GRITSERVE_ISA_CLONES
 void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, int64_t heads,
                  int64_t t, int64_t s) {
@@ -181,17 +197,7 @@ void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, i
     // does not vectorize.
 #pragma omp simd
     for (int64_t j = 0; j < s; ++j) row[j] += m[j];
-    float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
-#pragma omp simd
-    for (int64_t j = 0; j < s; ++j) row[j] = Exp(row[j] - mx);
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < s; ++j) sum += row[j];
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < s; ++j) row[j] *= inv;
+    SoftmaxInPlace(row, s);
   }
 }
 
@@ -212,20 +218,7 @@ void DecodeHead(const float* q, const float* k, const float* v, int64_t k_row, i
       p[gi * s + j] = dot + mask[j];
     }
   }
-  for (int64_t gi = 0; gi < g; ++gi) {
-    float* __restrict row = p + gi * s;
-    float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
-#pragma omp simd
-    for (int64_t j = 0; j < s; ++j) row[j] = Exp(row[j] - mx);
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < s; ++j) sum += row[j];
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < s; ++j) row[j] *= inv;
-  }
+  for (int64_t gi = 0; gi < g; ++gi) SoftmaxInPlace(p + gi * s, s);
   std::fill(out, out + g * d, 0.0f);
   for (int64_t j = 0; j < s; ++j) {
     const float* __restrict vj = v + j * v_row;
