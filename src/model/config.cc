@@ -157,7 +157,7 @@ json ParseJsonObject(const std::string& text, const std::string& what) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number overflow
     throw LoadError(what + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw LoadError(what + ": expected a JSON object");

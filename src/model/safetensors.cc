@@ -112,7 +112,7 @@ json ParseHeader(const std::string& path, const uint8_t* bytes, uint64_t file_si
   json header;
   try {
     header = json::parse(header_begin, header_begin + *header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number overflow
     throw FileError(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) throw FileError(path, "header is not a JSON object");

@@ -40,7 +40,7 @@ std::vector<std::string> ShardsFromIndex(const fs::path& dir) {
   json index;
   try {
     index = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number overflow
     throw LoadError(index_path + ": not valid JSON: " + e.what());
   }
   const json* weight_map = JsonFields::File(index, index_path).Find("weight_map");
