@@ -151,16 +151,18 @@ std::unique_ptr<Decoder> LoadDecoder(const EngineOptions& options, const ModelCo
                                      const at::Device& device, const Precision& p) {
   c10::InferenceMode guard;
   const std::optional<quant::Format> quantize = ParseWeights(options.weights);
-  return std::make_unique<Decoder>(
-      config,
-      // bfloat16 products: the matrices load as bfloat16, never whole in float32
-      // (GritLM-7B would need 29 GB on the way). Likewise a bfloat16
-      // checkpoint computed in float32 where its matrices become bfloat16 panels.
-      LoadWeights(options.model_dir, config, p.dtype, device,
-                  p.cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined,
-                  /*keep_bfloat16_matrices=*/device.is_cpu() && p.dtype == at::kFloat &&
-                      (Linear::Bfloat16PanelsAvailable() || quantize.has_value())),
-      p.cpu_bf16_matmul ? at::kBFloat16 : p.dtype, quantize);
+  // bfloat16 products: the matrices load as bfloat16, never whole in float32
+  // (GritLM-7B would need 29 GB on the way). Likewise a bfloat16 checkpoint
+  // computed in float32 where its matrices become bfloat16 panels or are
+  // quantized. The decoder takes them a layer at a time (WeightSource).
+  WeightSource weights(options.model_dir, config, p.dtype, device,
+                       p.cpu_bf16_matmul ? at::kBFloat16 : at::ScalarType::Undefined,
+                       /*keep_bfloat16_matrices=*/device.is_cpu() && p.dtype == at::kFloat &&
+                           (Linear::Bfloat16PanelsAvailable() || quantize.has_value()));
+  auto decoder = std::make_unique<Decoder>(config, weights,
+                                           p.cpu_bf16_matmul ? at::kBFloat16 : p.dtype, quantize);
+  spdlog::info("loaded and packed {}", weights.Summary());
+  return decoder;
 }
 
 void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
@@ -182,6 +184,10 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
     spdlog::info(
         "LM head held in bfloat16: its float32 values are all bfloat16 numbers "
         "(exact; half the bytes per generated token)");
+  }
+  if (decoder.embeddings_in_bfloat16() && !decoder.lm_head_in_bfloat16()) {
+    spdlog::info(
+        "embedding table held in bfloat16: its float32 values are all bfloat16 numbers (exact)");
   }
   if (const auto [held, all] = decoder.layer_matrices_in_bfloat16(); held > 0) {
     spdlog::info(

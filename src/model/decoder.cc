@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "gritserve/cache/kv_cache.h"
 #include "gritserve/common/error.h"
@@ -39,16 +40,10 @@ constexpr int64_t kLayerChunkRows = 512;
 // 8 MB for head_dim 64. Positions past the table are computed per pass.
 constexpr int64_t kRopeTablePositions = 32768;
 
-at::Tensor Take(WeightMap& w, const std::string& name) {
-  auto it = w.find(name);
-  if (it == w.end()) throw LoadError("missing tensor '" + name + "'");
-  at::Tensor t = std::move(it->second);
-  w.erase(it);
-  return t;
-}
+at::Tensor Take(WeightSource& w, const std::string& name) { return w.Take(name); }
 
-at::Tensor TakeOptional(WeightMap& w, const std::string& name, bool present) {
-  return present ? Take(w, name) : at::Tensor();
+at::Tensor TakeOptional(WeightSource& w, const std::string& name, bool present) {
+  return present ? w.Take(name) : at::Tensor();
 }
 
 at::Tensor CatOptional(const std::vector<at::Tensor>& parts) {
@@ -97,7 +92,14 @@ at::Tensor InverseFrequencies(const ModelConfig& c) {
 
 }  // namespace
 
+// The source lives until this delegation completes (a temporary of the
+// initializer's full-expression).
 Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype,
+                 std::optional<quant::Format> quantize)
+    : Decoder(config, *std::make_unique<WeightSource>(std::move(weights)), matmul_dtype, quantize) {
+}
+
+Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarType matmul_dtype,
                  std::optional<quant::Format> quantize)
     : config_(config), dtype_(at::kFloat), device_(at::kCPU), weights_(quantize) {
   namespace tn = tensor_names;
@@ -141,6 +143,12 @@ Decoder::Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType ma
     // reads it every step.
     lm_head_ = Linear(head, Linear::Layout::kOutIn, at::Tensor(),
                       /*pack=*/bf16 || !config.tie_word_embeddings, packed);
+  }
+  if (fused_cpu_ && !config.tie_word_embeddings && embed_tokens_.scalar_type() == at::kFloat &&
+      cpu_kernels::HoldsBfloat16Values(embed_tokens_)) {
+    // An untied table of bfloat16 numbers (a bfloat16 checkpoint) likewise:
+    // rows widen exactly on lookup, and the table takes half the memory.
+    embed_tokens_ = StreamedWeightCopy(embed_tokens_, at::kBFloat16);
   }
   head = at::Tensor();  // a float32 table no one holds now is freed before the layers pack
   inv_freq_ = InverseFrequencies(config).to(device_);

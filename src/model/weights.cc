@@ -187,56 +187,99 @@ struct TargetTypes {
 struct CopyTotals {
   uint64_t file_bytes = 0;
   int64_t params = 0;
+  int64_t tensors = 0;
   int64_t kept = 0;  // BF16 matrices kept in bfloat16
 };
 
-WeightMap CopyTensors(const std::vector<TensorSpec>& specs, const MappedTensors& m,
-                      const TargetTypes& types, const at::Device& device, CopyTotals* totals) {
-  WeightMap weights;
-  weights.reserve(specs.size());
-  for (const TensorSpec& spec : specs) {
-    const TensorView& view = *m.views.at(spec.name);
+}  // namespace
+
+struct WeightSource::Impl {
+  // Mapped checkpoint (first constructor) ...
+  std::string dir;
+  MappedTensors mapped;
+  TargetTypes types{at::kFloat, at::kFloat, false};
+  at::Device device{at::kCPU};
+  std::set<std::string> expected;  // names not yet taken
+  // ... or tensors in memory (second).
+  WeightMap in_memory;
+  CopyTotals totals;
+  std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
+
+  at::Tensor Copy(const std::string& name) {
+    const TensorView& view = *mapped.views.at(name);
     at::ScalarType to = types.dtype;
-    if (IsMatrixWeight(spec.name)) {
+    if (IsMatrixWeight(name)) {
       const bool keep = types.keep_bfloat16_matrices && view.dtype == DType::kBF16;
       to = keep ? at::kBFloat16 : types.matrix_dtype;
-      totals->kept += keep ? 1 : 0;
+      totals.kept += keep ? 1 : 0;
     }
-    weights.emplace(spec.name, Materialize(view, to, device));
+    at::Tensor t = Materialize(view, to, device);
     ReleaseMappedPages(view);
-    totals->file_bytes += view.nbytes;
-    totals->params += view.numel();
+    totals.file_bytes += view.nbytes;
+    totals.params += view.numel();
+    totals.tensors += 1;
+    return t;
   }
-  return weights;
+};
+
+WeightSource::WeightSource(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
+                           const at::Device& device, at::ScalarType matrix_dtype,
+                           bool keep_bfloat16_matrices)
+    : impl_(std::make_unique<Impl>()) {
+  if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
+  impl_->dir = dir;
+  impl_->mapped = MapTensors(dir);
+  const std::vector<TensorSpec> specs = ExpectedTensors(config);
+  CheckExpectedPresent(specs, impl_->mapped, dir);
+  CheckNoneUnexpected(specs, impl_->mapped, config);
+  for (const TensorSpec& spec : specs) impl_->expected.insert(spec.name);
+  impl_->types = {dtype, matrix_dtype, keep_bfloat16_matrices};
+  impl_->device = device;
 }
 
-}  // namespace
+WeightSource::WeightSource(WeightMap tensors) : impl_(std::make_unique<Impl>()) {
+  impl_->in_memory = std::move(tensors);
+}
+
+WeightSource::WeightSource(WeightSource&&) noexcept = default;
+WeightSource& WeightSource::operator=(WeightSource&&) noexcept = default;
+WeightSource::~WeightSource() = default;
+
+at::Tensor WeightSource::Take(const std::string& name) {
+  Impl& m = *impl_;
+  if (m.expected.erase(name) == 1) return m.Copy(name);
+  auto it = m.in_memory.find(name);
+  if (it == m.in_memory.end()) throw LoadError("missing tensor '" + name + "'");
+  at::Tensor t = std::move(it->second);
+  m.in_memory.erase(it);
+  return t;
+}
+
+std::string WeightSource::Summary() const {
+  const Impl& m = *impl_;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - m.opened).count();
+  const TargetTypes& t = m.types;
+  const std::string types =
+      m.totals.kept > 0 ? " (" + std::to_string(m.totals.kept) + " BF16 matrices kept in bfloat16)"
+      : t.matrix_dtype == t.dtype
+          ? ""
+          : std::string(" (matrices ") + c10::toString(t.matrix_dtype) + ")";
+  return fmt::format(
+      "{} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {}{} on {} in {:.2f} s",
+      m.totals.tensors, m.totals.params, m.totals.file_bytes / 1e6, m.mapped.files.size(), m.dir,
+      c10::toString(t.dtype), types, m.device.str(), seconds);
+}
 
 WeightMap LoadWeights(const std::string& dir, const ModelConfig& config, at::ScalarType dtype,
                       const at::Device& device, at::ScalarType matrix_dtype,
                       bool keep_bfloat16_matrices) {
-  if (matrix_dtype == at::ScalarType::Undefined) matrix_dtype = dtype;
-  const auto start = std::chrono::steady_clock::now();
-
-  MappedTensors mapped = MapTensors(dir);
-  const std::vector<TensorSpec> specs = ExpectedTensors(config);
-  CheckExpectedPresent(specs, mapped, dir);
-  CheckNoneUnexpected(specs, mapped, config);
-  CopyTotals totals;
-  WeightMap weights =
-      CopyTensors(specs, mapped, {dtype, matrix_dtype, keep_bfloat16_matrices}, device, &totals);
-
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info(
-      "loaded {} tensors ({} parameters, {:.1f} MB in {} file(s)) from {} as {}{} on {} "
-      "in {:.2f} s",
-      weights.size(), totals.params, totals.file_bytes / 1e6, mapped.files.size(), dir,
-      c10::toString(dtype),
-      totals.kept > 0 ? " (" + std::to_string(totals.kept) + " BF16 matrices kept in bfloat16)"
-      : matrix_dtype == dtype ? ""
-                              : std::string(" (matrices ") + c10::toString(matrix_dtype) + ")",
-      device.str(), seconds);
+  WeightSource source(dir, config, dtype, device, matrix_dtype, keep_bfloat16_matrices);
+  WeightMap weights;
+  for (const TensorSpec& spec : ExpectedTensors(config)) {
+    weights.emplace(spec.name, source.Take(spec.name));
+  }
+  spdlog::info("loaded {}", source.Summary());
   return weights;
 }
 

@@ -44,6 +44,12 @@ class Decoder {
   // With `quantize` (CPU float32 only; --weights q8|q4) every linear layer and
   // the LM head are quantized in blocks instead (see quant.h); embeddings and
   // norms stay unquantized.
+  // The weights are taken from `weights` one layer at a time and packed or
+  // quantized as they come, so a checkpoint read through a mapped
+  // WeightSource is never held whole in its own precision.
+  Decoder(const ModelConfig& config, WeightSource& weights,
+          at::ScalarType matmul_dtype = at::kFloat,
+          std::optional<quant::Format> quantize = std::nullopt);
   Decoder(const ModelConfig& config, WeightMap weights, at::ScalarType matmul_dtype = at::kFloat,
           std::optional<quant::Format> quantize = std::nullopt);
 
@@ -75,6 +81,9 @@ class Decoder {
   // Whether the LM head (and a tied embedding table) is held in bfloat16
   // because its float32 values are all bfloat16 numbers: exact, half the bytes.
   bool lm_head_in_bfloat16() const { return lm_head_bf16_.defined(); }
+  // Whether the embedding table is held in bfloat16 (its float32 values all
+  // being bfloat16 numbers; rows widen exactly on lookup), tied or not.
+  bool embeddings_in_bfloat16() const { return embed_tokens_.scalar_type() == at::kBFloat16; }
 
   // How many of the layers' weight matrices are held as bfloat16 panels for
   // float32 products, their values being bfloat16 numbers (see Linear), of
@@ -196,7 +205,7 @@ class Decoder {
   std::optional<quant::Format> weights_;
   kernels::AttentionBackend attention_;
   bool fused_cpu_ = false;          // norm, RoPE, SiLU, softmax as fused CPU float32 kernels
-  at::Tensor embed_tokens_;         // [V, H] (bfloat16 when it is lm_head_bf16_)
+  at::Tensor embed_tokens_;         // [V, H] (bfloat16 when its values are bfloat16 numbers)
   at::Tensor norm_;                 // [H]
   Linear lm_head_;                  // H -> V (the embedding matrix when tied)
   at::Tensor lm_head_bf16_;         // [V, H] instead of lm_head_, for bfloat16-valued heads
