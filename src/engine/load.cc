@@ -102,7 +102,8 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
   const std::optional<int64_t> available =
       device.is_cpu() ? AvailableMemoryBytes() : std::optional<int64_t>();
   std::string dtype_name = options.dtype;
-  if (ParseWeights(options.weights)) {
+  const std::optional<quant::Format> quantize = ParseWeights(options.weights);
+  if (quantize) {
     // Quantized layers take and give float32; no other precision is offered.
     if (!device.is_cpu()) throw LoadError("--weights " + options.weights + " runs on CPU only");
     if (dtype_name != "auto" && ParseDtype(dtype_name, device) != at::kFloat) {
@@ -121,11 +122,17 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
   Precision p;
   p.requested = ParseDtype(dtype_name, device);
   // Say so with the numbers before the kernel's OOM killer does it silently.
-  const int64_t weight_bytes = params * (p.requested == at::kFloat ? 4 : 2);
+  // Quantized: 8.5 or 5 bits per weight (quant.h), the embeddings aside.
+  const int64_t weight_bytes = !quantize ? params * (p.requested == at::kFloat ? 4 : 2)
+                               : *quantize == quant::Format::kQ8 ? params * 17 / 16
+                                                                 : params * 5 / 8;
   if (available && weight_bytes > *available) {
-    spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
-                 Gb(weight_bytes), c10::toString(p.requested), Gb(*available),
-                 p.requested == at::kFloat ? " (--dtype bfloat16 halves it)" : "");
+    spdlog::warn(
+        "the model's {} parameters need {} as {} and {} is available{}", params, Gb(weight_bytes),
+        quantize ? quant::FormatName(*quantize) : c10::toString(p.requested), Gb(*available),
+        quantize                    ? ""
+        : p.requested == at::kFloat ? " (--dtype bfloat16 halves it, --weights q8 quarters it)"
+                                    : "");
   }
   p.cpu_bf16_matmul = device.is_cpu() && p.requested == at::kBFloat16 && Linear::CpuBf16Available();
   p.dtype = p.cpu_bf16_matmul ? at::kFloat : p.requested;

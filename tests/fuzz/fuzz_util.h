@@ -27,7 +27,7 @@ inline void Check(bool ok, const char* what) {
   }
 }
 
-// A private directory for this process's scratch files.
+// A private directory for this process's scratch files, removed at exit.
 std::string ScratchDir(const std::string& name);
 
 }  // namespace gritserve::fuzz
