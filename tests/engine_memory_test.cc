@@ -5,9 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 
 #include "gritserve/common/allocator.h"
@@ -18,26 +16,8 @@
 namespace gritserve {
 namespace {
 
-// A field of /proc/self/status in bytes (e.g. "VmHWM:", the peak resident set).
-int64_t StatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream words(line);
-    std::string k;
-    int64_t kib = 0;
-    if (words >> k >> kib && k == key) return kib * 1024;
-  }
-  return -1;
-}
-
-// Resets VmHWM to the current resident set (Linux: "5" to clear_refs).
-bool ResetPeak() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
+using testing::ProcStatusBytes;
+using testing::ResetPeakResident;
 
 std::unique_ptr<Engine> LoadTiny(int64_t max_job_bytes = 0) {
   EngineOptions o;
@@ -62,11 +42,11 @@ TEST(EngineMemory, LongEmbeddingRaisesPeakMemoryLinearly) {
   auto engine = LoadTiny();
   EmbedOptions options;
   engine->runner().Embed({RandomIds(engine->front(), 64)}, options);  // warm up
-  ASSERT_TRUE(ResetPeak());
-  const int64_t before = StatusBytes("VmHWM:");
+  ASSERT_TRUE(ResetPeakResident());
+  const int64_t before = ProcStatusBytes("VmHWM:");
   ASSERT_GT(before, 0);
   const auto out = engine->runner().Embed({RandomIds(engine->front(), 16384)}, options);
-  const int64_t growth = StatusBytes("VmHWM:") - before;
+  const int64_t growth = ProcStatusBytes("VmHWM:") - before;
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].size(), 64u);
   EXPECT_LT(growth, int64_t{512} << 20) << "peak grew by " << (growth >> 20) << " MiB";
@@ -124,10 +104,10 @@ TEST(EngineMemory, FreedMemoryIsHandedBack) {
   }
   void* keep = malloc(64);  // above them, so the heap's top cannot shrink on its own
   for (void* p : blocks) free(p);
-  const int64_t resident = StatusBytes("VmRSS:");
+  const int64_t resident = ProcStatusBytes("VmRSS:");
   EXPECT_GE(FreeHeapBytes(), int64_t{150} << 20);
   EXPECT_GE(ReleaseFreedMemory(), int64_t{150} << 20);
-  EXPECT_LT(StatusBytes("VmRSS:"), resident - (int64_t{100} << 20));
+  EXPECT_LT(ProcStatusBytes("VmRSS:"), resident - (int64_t{100} << 20));
   free(keep);
 }
 

@@ -11,13 +11,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "server_harness.h"
+#include "test_util.h"
 
 namespace gritserve::testing {
 namespace {
@@ -388,13 +388,7 @@ TEST_F(BadInputTest, GarbageRequestLineGetsAJsonError) {
 }
 
 // Peak resident memory of a process, from /proc: bytes.
-int64_t PeakRss(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // kB
-  }
-  return -1;
-}
+int64_t PeakRss(pid_t pid) { return ProcStatusBytes("VmHWM:", pid); }
 
 // A chunked body that never ends: the server must stop reading it soon after
 // the limit (4 MiB, plus at most 64 MiB read and dropped) and never buffer it.

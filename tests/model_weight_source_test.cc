@@ -2,13 +2,10 @@
 // that a quantized (or repacked) model never holds the whole checkpoint in its
 // own precision on the way to its final size.
 #include <gtest/gtest.h>
-#include <malloc.h>
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "gritserve/common/error.h"
@@ -20,29 +17,8 @@
 namespace gritserve {
 namespace {
 
-// A field of /proc/self/status in bytes (e.g. "VmHWM:", the peak resident set).
-int64_t StatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream words(line);
-    std::string k;
-    int64_t kib = 0;
-    if (words >> k >> kib && k == key) return kib * 1024;
-  }
-  return -1;
-}
-
-// Resets VmHWM to the current resident set (Linux: "5" to clear_refs), after
-// handing the heap's free pages back, so that memory freed by an earlier
-// measurement is not reused unseen by the next.
-bool ResetPeak() {
-  malloc_trim(0);
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
+using testing::ProcStatusBytes;
+using testing::ResetPeakResident;
 
 // Wide enough that the matrices dwarf everything else: 24 layers of about
 // 7.6 MB in bfloat16, about 183 MB of checkpoint.
@@ -141,23 +117,23 @@ TEST_F(WeightSourceTest, QuantizedLoadPeaksNearTheQuantizedSizeNotTheCheckpoints
   const ModelConfig config = WideConfig();
   const double matrices = static_cast<double>(CheckpointMatrixBytes());
   ASSERT_GT(matrices, 100e6);
-  ASSERT_TRUE(ResetPeak());
-  int64_t before = StatusBytes("VmHWM:");
+  ASSERT_TRUE(ResetPeakResident());
+  int64_t before = ProcStatusBytes("VmHWM:");
   ASSERT_GT(before, 0);
   double streamed_peak = 0;
   {
     WeightSource source = Open();
     const Decoder d(config, source, at::kFloat, quant::Format::kQ8);
-    streamed_peak = static_cast<double>(StatusBytes("VmHWM:") - before);
+    streamed_peak = static_cast<double>(ProcStatusBytes("VmHWM:") - before);
   }
-  ASSERT_TRUE(ResetPeak());
-  before = StatusBytes("VmHWM:");
+  ASSERT_TRUE(ResetPeakResident());
+  before = ProcStatusBytes("VmHWM:");
   double loaded_peak = 0;
   {
     const Decoder d(
         config, LoadWeights(*dir_, config, at::kFloat, at::kCPU, at::ScalarType::Undefined, true),
         at::kFloat, quant::Format::kQ8);
-    loaded_peak = static_cast<double>(StatusBytes("VmHWM:") - before);
+    loaded_peak = static_cast<double>(ProcStatusBytes("VmHWM:") - before);
   }
   std::printf("bfloat16 matrices %.1f MB; load peak: streamed %.1f MB, all first %.1f MB\n",
               matrices / 1e6, streamed_peak / 1e6, loaded_peak / 1e6);

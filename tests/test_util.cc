@@ -1,5 +1,6 @@
 #include "test_util.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -36,6 +37,26 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+int64_t ProcStatusBytes(const std::string& key, pid_t pid) {
+  std::ifstream in("/proc/" + (pid == 0 ? std::string("self") : std::to_string(pid)) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string k;
+    int64_t kib = 0;
+    if (words >> k >> kib && k == key) return kib * 1024;
+  }
+  return -1;
+}
+
+bool ResetPeakResident() {
+  ::malloc_trim(0);
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
 }
 
 }  // namespace gritserve::testing
