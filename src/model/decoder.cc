@@ -40,8 +40,6 @@ constexpr int64_t kLayerChunkRows = 512;
 // 8 MB for head_dim 64. Positions past the table are computed per pass.
 constexpr int64_t kRopeTablePositions = 32768;
 
-at::Tensor Take(WeightSource& w, const std::string& name) { return w.Take(name); }
-
 at::Tensor TakeOptional(WeightSource& w, const std::string& name, bool present) {
   return present ? w.Take(name) : at::Tensor();
 }
@@ -103,7 +101,7 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
                  std::optional<quant::Format> quantize)
     : config_(config), dtype_(at::kFloat), device_(at::kCPU), weights_(quantize) {
   namespace tn = tensor_names;
-  embed_tokens_ = Take(weights, tn::kEmbedTokens);
+  embed_tokens_ = weights.Take(tn::kEmbedTokens);
   dtype_ = embed_tokens_.scalar_type();
   const bool bf16 = matmul_dtype == at::kBFloat16 && dtype_ == at::kFloat;
   matmul_dtype_ = bf16 ? at::kBFloat16 : dtype_;
@@ -111,8 +109,8 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
   device_ = embed_tokens_.device();
   attention_ = kernels::AttentionBackend::For(device_, dtype_);
   fused_cpu_ = device_.is_cpu() && dtype_ == at::kFloat && kernels::Dispatch::Current().fused;
-  norm_ = Take(weights, tn::kFinalNorm);
-  at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : Take(weights, tn::kLmHead);
+  norm_ = weights.Take(tn::kFinalNorm);
+  at::Tensor head = config.tie_word_embeddings ? embed_tokens_ : weights.Take(tn::kLmHead);
   if (weights_ && !fused_cpu_) {
     throw LoadError(std::string("--weights ") + quant::FormatName(*weights_) +
                     " runs on CPU in float32 only (not with --device cuda, --dtype bfloat16/"
@@ -168,24 +166,24 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     const tn::LayerNames names(i);
     Layer& l = layers_[i];
-    l.input_layernorm = Take(weights, names.Weight(tn::kInputLayernorm));
-    l.post_attention_layernorm = Take(weights, names.Weight(tn::kPostAttentionLayernorm));
+    l.input_layernorm = weights.Take(names.Weight(tn::kInputLayernorm));
+    l.post_attention_layernorm = weights.Take(names.Weight(tn::kPostAttentionLayernorm));
     l.qkv_proj = linear(
-        at::cat({Take(weights, names.Weight(tn::kQProj)), Take(weights, names.Weight(tn::kKProj)),
-                 Take(weights, names.Weight(tn::kVProj))},
+        at::cat({weights.Take(names.Weight(tn::kQProj)), weights.Take(names.Weight(tn::kKProj)),
+                 weights.Take(names.Weight(tn::kVProj))},
                 0),
         CatOptional({TakeOptional(weights, names.Bias(tn::kQProj), config.qkv_bias),
                      TakeOptional(weights, names.Bias(tn::kKProj), config.qkv_bias),
                      TakeOptional(weights, names.Bias(tn::kVProj), config.qkv_bias)}));
-    l.o_proj = linear(Take(weights, names.Weight(tn::kOProj)),
+    l.o_proj = linear(weights.Take(names.Weight(tn::kOProj)),
                       TakeOptional(weights, names.Bias(tn::kOProj), config.o_bias));
     l.gate_up_proj = linear(
         at::cat(
-            {Take(weights, names.Weight(tn::kGateProj)), Take(weights, names.Weight(tn::kUpProj))},
+            {weights.Take(names.Weight(tn::kGateProj)), weights.Take(names.Weight(tn::kUpProj))},
             0),
         CatOptional({TakeOptional(weights, names.Bias(tn::kGateProj), config.mlp_bias),
                      TakeOptional(weights, names.Bias(tn::kUpProj), config.mlp_bias)}));
-    l.down_proj = linear(Take(weights, names.Weight(tn::kDownProj)),
+    l.down_proj = linear(weights.Take(names.Weight(tn::kDownProj)),
                          TakeOptional(weights, names.Bias(tn::kDownProj), config.mlp_bias));
   }
 }
