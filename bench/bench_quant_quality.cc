@@ -1,7 +1,8 @@
-// Quality of --weights q8 and q4 against the float32 model: max |dlogit|,
-// greedy top-1 agreement and embedding cosine (quant_quality.h), on the
-// Qwen2.5-0.5B shape (random weights, bfloat16 as published) unless --model
-// names another checkpoint. Prints JSON; not a test.
+// Quality of --weights q8 and q4, and of bfloat16 matrix products (--dtype
+// bfloat16 on a CPU with native bfloat16), against the float32 model: max
+// |dlogit|, greedy top-1 agreement and embedding cosine (quant_quality.h), on
+// the Qwen2.5-0.5B shape (random weights, bfloat16 as published) unless
+// --model names another checkpoint. Prints JSON; not a test.
 //   bench_quant_quality [--model DIR] [--prompts N] [--steps N]
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -13,6 +14,7 @@
 #include <optional>
 
 #include "bench_util.h"
+#include "gritserve/kernels/linear.h"
 #include "gritserve/model/config.h"
 #include "gritserve/model/weights.h"
 #include "quant_quality.h"
@@ -28,6 +30,20 @@ std::unique_ptr<Decoder> Load(const std::string& dir, std::optional<quant::Forma
       LoadWeights(dir, config, at::kFloat, at::kCPU, at::ScalarType::Undefined,
                   /*keep_bfloat16_matrices=*/true),
       at::kFloat, format);
+}
+
+// What --dtype bfloat16 loads on a CPU with native bfloat16 products.
+std::unique_ptr<Decoder> LoadBf16Products(const std::string& dir) {
+  const ModelConfig config = ModelConfig::FromDirectory(dir);
+  return std::make_unique<Decoder>(config,
+                                   LoadWeights(dir, config, at::kFloat, at::kCPU, at::kBFloat16),
+                                   at::kBFloat16, std::nullopt);
+}
+
+nlohmann::json ToJson(const quant_quality::Report& r) {
+  return {{"max_abs_dlogit", r.max_abs_dlogit},     {"max_abs_logit", r.max_abs_logit},
+          {"top1_agreement", r.top1_agreement},     {"greedy_steps", r.steps},
+          {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine}};
 }
 
 }  // namespace
@@ -54,12 +70,14 @@ int main(int argc, char** argv) {
   out["model"] = model;
   for (quant::Format f : {quant::Format::kQ8, quant::Format::kQ4}) {
     const auto q = Load(model, f);
-    const quant_quality::Report r = quant_quality::Compare(*ref, *q, ids, steps);
-    out[quant::FormatName(f)] = {
-        {"max_abs_dlogit", r.max_abs_dlogit},     {"max_abs_logit", r.max_abs_logit},
-        {"top1_agreement", r.top1_agreement},     {"greedy_steps", r.steps},
-        {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine},
-        {"quantized_bytes", q->quantized_bytes()}};
+    out[quant::FormatName(f)] = ToJson(quant_quality::Compare(*ref, *q, ids, steps));
+    out[quant::FormatName(f)]["quantized_bytes"] = q->quantized_bytes();
+  }
+  if (Linear::CpuBf16Available()) {
+    out["bf16_products"] =
+        ToJson(quant_quality::Compare(*ref, *LoadBf16Products(model), ids, steps));
+  } else {
+    out["bf16_products"] = "not measured: this CPU has no native bfloat16 products";
   }
   std::cout << out.dump(2) << "\n";
   return 0;

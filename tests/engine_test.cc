@@ -31,6 +31,7 @@ Loaded LoadPreset(const std::string& preset) {
   EngineOptions o;
   o.model_dir = l.dir;
   o.threads = 2;
+  o.dtype = "float32";  // compared with the float32 decoder below
   l.engine = Engine::Load(o);
   ModelConfig c = ModelConfig::FromDirectory(l.dir);
   l.decoder = std::make_unique<Decoder>(c, LoadWeights(l.dir, c, at::kFloat, at::kCPU));
@@ -415,16 +416,19 @@ TEST(MemoryInfo, AvailableIsMemAvailableCappedByTheCgroupLimit) {
   EXPECT_GT(*AvailableMemoryBytes(), 0);
 }
 
-// `auto` on a CPU: float32 while it fits (Qwen2.5-0.5B), bfloat16 products for
-// what does not (GritLM-7B on a 24 GB machine) where the CPU has them.
-TEST(AutoCpuDtype, Float32WhenItFitsElseBfloat16Products) {
-  const int64_t small = 494032768, large = 7241732096, gb = 1000000000;
-  EXPECT_EQ(AutoCpuDtype(small, 20 * gb, true), "float32");
-  EXPECT_EQ(AutoCpuDtype(large, 20 * gb, true), "bfloat16");
-  EXPECT_EQ(AutoCpuDtype(large, 20 * gb, false), "float32");  // nothing better to offer
-  EXPECT_EQ(AutoCpuDtype(large, 40 * gb, true), "float32");
-  EXPECT_EQ(AutoCpuDtype(large, std::nullopt, true), "float32");
-  EXPECT_EQ(AutoCpuDtype(small, 2 * gb, true), "bfloat16");  // headroom counts too
+// `auto` on a CPU: bfloat16 products where the CPU has them natively (their
+// quality: QuantQuality.Bfloat16ProductsHoldQ8sBoundsOnTheTinyModel), float32
+// where it does not; and the engine loads what the rule says for this CPU.
+TEST_F(EngineTest, AutoDtypeIsBfloat16ProductsWhereNativeElseFloat32) {
+  EXPECT_EQ(AutoCpuDtype(true), "bfloat16");
+  EXPECT_EQ(AutoCpuDtype(false), "float32");
+  EngineOptions o;
+  o.model_dir = tiny_->dir;
+  o.threads = 1;
+  ASSERT_EQ(o.dtype, "auto");
+  const auto e = Engine::Load(o);
+  EXPECT_EQ(e->front().dtype_name(),
+            Linear::CpuBf16Available() ? "BFloat16 matmul, Float" : "Float");
 }
 
 TEST_F(EngineTest, CpuBfloat16StaysCloseToFloat32AndSaysWhatItRuns) {

@@ -432,6 +432,10 @@ TEST_F(HttpApiTest, InfoModelsHealth) {
   EXPECT_EQ(info["num_hidden_layers"], 2);
   EXPECT_TRUE(info["model_id"].is_string());
   EXPECT_GT(info["max_context"].get<int>(), 0);
+  // What was asked for and what it resolved to (which, on this CPU:
+  // EngineTest.AutoDtypeIsBfloat16ProductsWhereNativeElseFloat32).
+  EXPECT_EQ(info["dtype_requested"], "auto");
+  EXPECT_TRUE(info["dtype"] == "BFloat16 matmul, Float" || info["dtype"] == "Float") << info;
   for (const char* k : {"max_body_bytes", "max_inputs", "max_input_tokens", "max_tokens",
                         "max_concurrent_requests"}) {
     EXPECT_TRUE(info["limits"][k].is_number_integer()) << k;

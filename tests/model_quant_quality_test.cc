@@ -75,6 +75,26 @@ TEST(QuantQuality, Q4StaysNearFloat32OnTheTinyModel) {
   Check(quant::Format::kQ4, {0.6, 0.4, 0.97});
 }
 
+// --dtype bfloat16 on CPU: weights and the products' inputs rounded to
+// bfloat16 (8 significant bits, float32 accumulation). It must hold q8's
+// bounds, since `auto` picks it on CPUs with native bfloat16 (AutoCpuDtype).
+TEST(QuantQuality, Bfloat16ProductsHoldQ8sBoundsOnTheTinyModel) {
+  c10::InferenceMode guard;
+  const ModelConfig config = ModelConfig::FromDirectory(Dir());
+  const auto ref = Load(std::nullopt);
+  const Decoder bf16(config, LoadWeights(Dir(), config, at::kFloat, at::kCPU, at::kBFloat16),
+                     at::kBFloat16, std::nullopt);
+  ASSERT_EQ(bf16.matmul_dtype(), at::kBFloat16);
+  const quant_quality::Report r = quant_quality::Compare(*ref, bf16, Prompts(), 24);
+  std::cout << "bfloat16 products: max |dlogit| " << r.max_abs_dlogit << " (max |logit| "
+            << r.max_abs_logit << "), top-1 agreement " << r.top1_agreement << " over " << r.steps
+            << " steps, embedding cosine min " << r.min_embed_cosine << "\n";
+  EXPECT_LE(r.max_abs_dlogit, 0.1 * r.max_abs_logit);
+  EXPECT_GE(r.top1_agreement, 0.9);
+  EXPECT_GE(r.min_embed_cosine, 0.999);
+  EXPECT_GT(r.max_abs_dlogit, 0.0);
+}
+
 TEST(QuantQuality, QuantizedWeightsNeedCpuFloat32) {
   const ModelConfig config = ModelConfig::FromDirectory(Dir());
   c10::InferenceMode guard;

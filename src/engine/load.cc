@@ -65,12 +65,6 @@ std::string PrecisionName(const Decoder& d) {
   return std::string(c10::toString(d.matmul_dtype())) + " matmul, " + c10::toString(d.dtype());
 }
 
-// Weights plus what serving needs beside them (activations, KV caches, the
-// tokenizer, the document store's default budget).
-int64_t ServingBytes(int64_t parameters, int64_t bytes_per_parameter) {
-  return parameters * bytes_per_parameter * 11 / 10 + (int64_t{1} << 30);
-}
-
 std::string Gb(int64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f GB", static_cast<double>(bytes) / 1e9);
@@ -79,11 +73,7 @@ std::string Gb(int64_t bytes) {
 
 }  // namespace
 
-std::string AutoCpuDtype(int64_t parameters, std::optional<int64_t> available_bytes,
-                         bool bf16_products) {
-  const bool fits = !available_bytes || ServingBytes(parameters, 4) <= *available_bytes;
-  return fits || !bf16_products ? "float32" : "bfloat16";
-}
+std::string AutoCpuDtype(bool bf16_products) { return bf16_products ? "bfloat16" : "float32"; }
 
 namespace {
 
@@ -98,9 +88,25 @@ struct Precision {
   bool cpu_bf16_matmul;
 };
 
+// Says so with the numbers before the kernel's OOM killer does it silently.
+// Quantized: 8.5 or 5 bits per weight (quant.h), the embeddings aside.
+void WarnIfWeightsExceedMemory(int64_t params, at::ScalarType dtype,
+                               std::optional<quant::Format> quantize) {
+  const std::optional<int64_t> available = AvailableMemoryBytes();
+  if (!available) return;
+  const int64_t weight_bytes = !quantize ? params * (dtype == at::kFloat ? 4 : 2)
+                               : *quantize == quant::Format::kQ8 ? params * 17 / 16
+                                                                 : params * 5 / 8;
+  if (weight_bytes <= *available) return;
+  spdlog::warn("the model's {} parameters need {} as {} and {} is available{}", params,
+               Gb(weight_bytes), quantize ? quant::FormatName(*quantize) : c10::toString(dtype),
+               Gb(*available),
+               quantize              ? ""
+               : dtype == at::kFloat ? " (--dtype bfloat16 halves it, --weights q8 quarters it)"
+                                     : "");
+}
+
 Precision ChoosePrecision(const EngineOptions& options, const at::Device& device, int64_t params) {
-  const std::optional<int64_t> available =
-      device.is_cpu() ? AvailableMemoryBytes() : std::optional<int64_t>();
   std::string dtype_name = options.dtype;
   const std::optional<quant::Format> quantize = ParseWeights(options.weights);
   if (quantize) {
@@ -113,27 +119,17 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
     dtype_name = "float32";
   }
   if (device.is_cpu() && dtype_name == "auto") {
-    dtype_name = AutoCpuDtype(params, available, Linear::CpuBf16Available());
-    if (dtype_name != "float32") {
-      spdlog::info("float32 weights would need {} with {} available: {} matrix products",
-                   Gb(ServingBytes(params, 4)), Gb(*available), dtype_name);
-    }
+    dtype_name = AutoCpuDtype(Linear::CpuBf16Available());
+    spdlog::info("dtype auto: {}",
+                 dtype_name == "float32"
+                     ? "float32 (this CPU has no native bfloat16 products)"
+                     : "bfloat16 matrix products, float32 elsewhere: this CPU multiplies "
+                       "bfloat16 natively, and the results stay within q8's bounds of "
+                       "float32 (README); --dtype float32 computes in float32 throughout");
   }
   Precision p;
   p.requested = ParseDtype(dtype_name, device);
-  // Say so with the numbers before the kernel's OOM killer does it silently.
-  // Quantized: 8.5 or 5 bits per weight (quant.h), the embeddings aside.
-  const int64_t weight_bytes = !quantize ? params * (p.requested == at::kFloat ? 4 : 2)
-                               : *quantize == quant::Format::kQ8 ? params * 17 / 16
-                                                                 : params * 5 / 8;
-  if (available && weight_bytes > *available) {
-    spdlog::warn(
-        "the model's {} parameters need {} as {} and {} is available{}", params, Gb(weight_bytes),
-        quantize ? quant::FormatName(*quantize) : c10::toString(p.requested), Gb(*available),
-        quantize                    ? ""
-        : p.requested == at::kFloat ? " (--dtype bfloat16 halves it, --weights q8 quarters it)"
-                                    : "");
-  }
+  if (device.is_cpu()) WarnIfWeightsExceedMemory(params, p.requested, quantize);
   p.cpu_bf16_matmul = device.is_cpu() && p.requested == at::kBFloat16 && Linear::CpuBf16Available();
   p.dtype = p.cpu_bf16_matmul ? at::kFloat : p.requested;
   if (device.is_cpu() && p.dtype != at::kFloat) {

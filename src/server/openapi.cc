@@ -546,8 +546,8 @@ void AddTokenizerSchemas(json& s) {
 void AddInfoSchemas(json& s) {
   s["Info"] = Object(
       Props(
-          {Typed("string", {"model_id", "model_dir", "architecture", "device", "dtype", "weights",
-                            "tokenizer", "template", "version"}),
+          {Typed("string", {"model_id", "model_dir", "architecture", "device", "dtype",
+                            "dtype_requested", "weights", "tokenizer", "template", "version"}),
            Typed("integer",
                  {"parameters", "hidden_size", "num_hidden_layers", "vocab_size", "max_context"}),
            {{"limits", Object(Typed("integer", {"max_body_bytes", "max_inputs", "max_input_tokens",

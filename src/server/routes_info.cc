@@ -122,6 +122,7 @@ void HandleInfo(const ServerContext& ctx, http::Response& res) {
                        {"max_context", ctx.front().max_context()},
                        {"device", ctx.front().device_name()},
                        {"dtype", ctx.front().dtype_name()},
+                       {"dtype_requested", o.engine.dtype},
                        {"weights", o.engine.weights},
                        {"tokenizer", ctx.front().tokenizer().Kind()},
                        {"template", ctx.front().prompt_template().name},

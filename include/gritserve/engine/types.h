@@ -17,8 +17,8 @@ struct EngineOptions {
   std::string template_path;   // empty: the built-in default for the tokenizer
   int threads = 0;             // 0: all cores
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
-  // auto: float32 on CPU when its weights fit in memory (else bfloat16 matrix
-  // products; see AutoCpuDtype), bfloat16 on CUDA; or float32|bfloat16|float16.
+  // auto: on CPU bfloat16 matrix products where the CPU has them natively, else
+  // float32 (AutoCpuDtype); bfloat16 on CUDA. Or float32|bfloat16|float16.
   std::string dtype = "auto";
   // bf16: the weights as the checkpoint and dtype give them (a bfloat16
   // checkpoint's matrices kept in bfloat16, exact); q8, q4: linear layers and
