@@ -125,12 +125,14 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
     if (config.tie_word_embeddings && bf16_valued && head.scalar_type() != at::kBFloat16) {
       embed_tokens_ = StreamedWeightCopy(head, at::kBFloat16);
     }
-  } else if (fused_cpu_ && !bf16 && bf16_valued) {
-    // A bfloat16 checkpoint computed in float32: the head's values are
-    // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
-    // bytes that every generated token streams (and, tied, the embedding
-    // table shares it: rows widen exactly on lookup). An untied head may
-    // arrive in bfloat16 already (LoadWeights' keep_bfloat16_matrices).
+  } else if (fused_cpu_ && bf16_valued) {
+    // A bfloat16 checkpoint computed in float32, or with bfloat16 products:
+    // the head's values are bfloat16 numbers, so a bfloat16 copy holds them
+    // exactly at half the bytes that every generated token streams (and,
+    // tied, the embedding table shares it: rows widen exactly on lookup, where
+    // a packed head beside a float32 table would hold the matrix 1.5 times).
+    // An untied head may arrive in bfloat16 already (LoadWeights'
+    // keep_bfloat16_matrices).
     lm_head_bf16_ =
         head.scalar_type() == at::kBFloat16 ? head : StreamedWeightCopy(head, at::kBFloat16);
     if (config.tie_word_embeddings) embed_tokens_ = lm_head_bf16_;
