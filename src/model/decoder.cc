@@ -125,14 +125,14 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
     if (config.tie_word_embeddings && bf16_valued && head.scalar_type() != at::kBFloat16) {
       embed_tokens_ = StreamedWeightCopy(head, at::kBFloat16);
     }
-  } else if (fused_cpu_ && bf16_valued) {
-    // A bfloat16 checkpoint computed in float32, or with bfloat16 products:
-    // the head's values are bfloat16 numbers, so a bfloat16 copy holds them
-    // exactly at half the bytes that every generated token streams (and,
-    // tied, the embedding table shares it: rows widen exactly on lookup, where
-    // a packed head beside a float32 table would hold the matrix 1.5 times).
-    // An untied head may arrive in bfloat16 already (LoadWeights'
-    // keep_bfloat16_matrices).
+  } else if (fused_cpu_ && !bf16 && bf16_valued) {
+    // A bfloat16 checkpoint computed in float32: the head's values are
+    // bfloat16 numbers, so a bfloat16 copy holds them exactly at half the
+    // bytes that every generated token streams (and, tied, the embedding
+    // table shares it: rows widen exactly on lookup). An untied head may
+    // arrive in bfloat16 already (LoadWeights' keep_bfloat16_matrices).
+    // With bfloat16 products the head is packed for oneDNN below instead:
+    // its native bfloat16 products decode faster than this float32 stream.
     lm_head_bf16_ =
         head.scalar_type() == at::kBFloat16 ? head : StreamedWeightCopy(head, at::kBFloat16);
     if (config.tie_word_embeddings) embed_tokens_ = lm_head_bf16_;
@@ -144,10 +144,11 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
     lm_head_ = Linear(head, Linear::Layout::kOutIn, at::Tensor(),
                       /*pack=*/bf16 || !config.tie_word_embeddings, packed);
   }
-  if (fused_cpu_ && !config.tie_word_embeddings && embed_tokens_.scalar_type() == at::kFloat &&
+  if (fused_cpu_ && embed_tokens_.scalar_type() == at::kFloat &&
       cpu_kernels::HoldsBfloat16Values(embed_tokens_)) {
-    // An untied table of bfloat16 numbers (a bfloat16 checkpoint) likewise:
-    // rows widen exactly on lookup, and the table takes half the memory.
+    // A table of bfloat16 numbers (a bfloat16 checkpoint) not yet held in
+    // bfloat16 (untied, or tied beside a packed head) likewise: rows widen
+    // exactly on lookup, and the table takes half the memory.
     embed_tokens_ = StreamedWeightCopy(embed_tokens_, at::kBFloat16);
   }
   head = at::Tensor();  // a float32 table no one holds now is freed before the layers pack
