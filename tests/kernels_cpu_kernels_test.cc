@@ -1,15 +1,19 @@
 // The fused CPU kernels against the ATen formulations they replace, on shapes
 // with vector tails (odd widths), padding rows, extreme scores and strided
-// destinations.
+// destinations; each test on every compiled copy of the loops this CPU runs
+// (the suffix of its name says which: baseline, avx2, avx512).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <array>
 #include <cmath>
+#include <iostream>
+#include <optional>
 #include <vector>
 
 #include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
 
 namespace gritserve {
 namespace {
@@ -26,9 +30,48 @@ at::Tensor RopeReference(const at::Tensor& x, const at::Tensor& cos, const at::T
   return x * c + rotated * s;
 }
 
+using cpu_kernels::Isa;
+
+class CpuKernels : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override { isa_.emplace(GetParam()); }
+  void TearDown() override { isa_.reset(); }
+
+ private:
+  std::optional<cpu_kernels::ScopedIsa> isa_;
+};
+
+std::vector<Isa> IsasThisCpuRuns() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
+    if (cpu_kernels::IsaAvailable(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, CpuKernels, ::testing::ValuesIn(IsasThisCpuRuns()),
+                         [](const ::testing::TestParamInfo<Isa>& info) {
+                           return std::string(cpu_kernels::IsaName(info.param));
+                         });
+
+TEST(CpuKernelsIsa, ScopedIsaSelectsAndRestores) {
+  const Isa before = cpu_kernels::ActiveIsa();
+  EXPECT_EQ(before, kernels::Dispatch::Current().avx512 ? Isa::kAvx512
+                    : kernels::CpuHasAvx2()             ? Isa::kAvx2
+                                                        : Isa::kBaseline);
+  {
+    cpu_kernels::ScopedIsa scoped(Isa::kBaseline);
+    EXPECT_EQ(cpu_kernels::ActiveIsa(), Isa::kBaseline);
+  }
+  EXPECT_EQ(cpu_kernels::ActiveIsa(), before);
+  std::cout << "CPU kernel copies run by this suite:";
+  for (Isa isa : IsasThisCpuRuns()) std::cout << " " << cpu_kernels::IsaName(isa);
+  std::cout << "\n";
+}
+
 // at::parallel_for runs serially in any file built without OpenMP; the
 // kernels' file must not be one (it silently was once, halving their speed).
-TEST(CpuKernels, SplitRowsOverLibTorchsThreads) {
+TEST(CpuKernelsThreads, SplitRowsOverLibTorchsThreads) {
   const int before = at::get_num_threads();
   at::set_num_threads(2);
   EXPECT_EQ(cpu_kernels::Threads(), 2);
@@ -37,7 +80,7 @@ TEST(CpuKernels, SplitRowsOverLibTorchsThreads) {
   at::set_num_threads(before);
 }
 
-TEST(CpuKernels, AddRmsNormAddsInPlaceAndNormalizes) {
+TEST_P(CpuKernels, AddRmsNormAddsInPlaceAndNormalizes) {
   at::manual_seed(1);
   for (int64_t h : {1, 7, 67, 896}) {
     at::Tensor x = at::randn({5, h}) * 3, delta = at::randn({5, h}), w = at::randn({h});
@@ -55,7 +98,7 @@ TEST(CpuKernels, AddRmsNormAddsInPlaceAndNormalizes) {
   }
 }
 
-TEST(CpuKernels, RopeQkRotatesKeysInPlaceAndReturnsScaledQueriesPerHead) {
+TEST_P(CpuKernels, RopeQkRotatesKeysInPlaceAndReturnsScaledQueriesPerHead) {
   at::manual_seed(2);
   const int64_t b = 2, t = 5, hq = 4, hkv = 2, d = 10;  // D/2 = 5: a vector tail
   at::Tensor qkv = at::randn({b * t, (hq + 2 * hkv) * d});
@@ -79,7 +122,7 @@ TEST(CpuKernels, RopeQkRotatesKeysInPlaceAndReturnsScaledQueriesPerHead) {
   EXPECT_TRUE(at::equal(qkv.narrow(1, (hq + hkv) * d, hkv * d), v_before));
 }
 
-TEST(CpuKernels, SiluMulMatchesAtenIncludingSaturatedInputs) {
+TEST_P(CpuKernels, SiluMulMatchesAtenIncludingSaturatedInputs) {
   at::manual_seed(3);
   for (int64_t inter : {1, 13, 4864}) {
     at::Tensor gu = at::randn({3, 2 * inter}) * 4;
@@ -94,7 +137,7 @@ TEST(CpuKernels, SiluMulMatchesAtenIncludingSaturatedInputs) {
   }
 }
 
-TEST(CpuKernels, MaskedSoftmaxMatchesAtenOverTheWholeExponentRange) {
+TEST_P(CpuKernels, MaskedSoftmaxMatchesAtenOverTheWholeExponentRange) {
   at::manual_seed(4);
   const int64_t b = 2, heads = 3, t = 4, s = 37;
   at::Tensor scores = at::randn({b, heads, t, s}) * 30;  // differences far beyond e^±87
@@ -124,7 +167,7 @@ TEST(CpuKernels, MaskedSoftmaxMatchesAtenOverTheWholeExponentRange) {
 // A decode step's attention in one pass per KV head equals the float64
 // softmax(q k^T + mask) v over strided cache views, for odd key counts and
 // head sizes, masked (padding) keys and a fully masked row.
-TEST(CpuKernels, DecodeAttentionMatchesFloat64OverStridedCacheViews) {
+TEST_P(CpuKernels, DecodeAttentionMatchesFloat64OverStridedCacheViews) {
   at::manual_seed(6);
   for (const auto& [g, s, d] :
        std::vector<std::array<int64_t, 3>>{{7, 1, 64}, {7, 49, 64}, {4, 300, 128}, {3, 37, 20}}) {
@@ -149,7 +192,7 @@ TEST(CpuKernels, DecodeAttentionMatchesFloat64OverStridedCacheViews) {
       std::exception);
 }
 
-TEST(CpuKernels, PlaceKvRotatesKeysAndCopiesValuesIntoStridedSlots) {
+TEST_P(CpuKernels, PlaceKvRotatesKeysAndCopiesValuesIntoStridedSlots) {
   at::manual_seed(5);
   const int64_t layers = 3, h = 2, t = 7, d = 6, capacity = 16, at_token = 5;
   const float delta = 300;
@@ -180,7 +223,7 @@ TEST(CpuKernels, PlaceKvRotatesKeysAndCopiesValuesIntoStridedSlots) {
   EXPECT_TRUE(at::equal(k_copy[0], k_src[0]));
 }
 
-TEST(CpuKernels, GemvMatchesFloat64Product) {
+TEST_P(CpuKernels, GemvMatchesFloat64Product) {
   at::manual_seed(6);
   for (auto [out, in] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 33}, {4099, 896}}) {
     at::Tensor w = at::randn({out, in}), x = at::randn({in});
@@ -189,7 +232,7 @@ TEST(CpuKernels, GemvMatchesFloat64Product) {
   }
 }
 
-TEST(CpuKernels, Bfloat16WeightsEqualTheirFloat32ValuesInTheProduct) {
+TEST_P(CpuKernels, Bfloat16WeightsEqualTheirFloat32ValuesInTheProduct) {
   at::manual_seed(7);
   // Odd and even depths: one row at an even depth takes the AVX-512 path that
   // splits x into even and odd elements, with a partial last vector at 30.
@@ -207,7 +250,7 @@ TEST(CpuKernels, Bfloat16WeightsEqualTheirFloat32ValuesInTheProduct) {
                std::exception);  // float32 weights belong elsewhere
 }
 
-TEST(CpuKernels, RejectWhatTheyCannotRead) {
+TEST_P(CpuKernels, RejectWhatTheyCannotRead) {
   at::Tensor half = at::randn({4, 8}).to(at::kHalf);
   EXPECT_FALSE(cpu_kernels::Applies(half));
   EXPECT_TRUE(cpu_kernels::Applies(at::randn({4, 8})));

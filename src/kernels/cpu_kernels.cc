@@ -25,17 +25,91 @@
 #include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/work_steal.h"
 
-// One copy of each hot loop per ISA level, picked once at load time by the
-// dynamic linker (an ifunc): the binary stays portable to any x86-64 while
-// AVX-512 machines get 16-wide loops.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GRITSERVE_ISA_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Each hot loop below is written once, as an always-inlined body, and
+// compiled three times by GRITSERVE_ISA_VARIANTS: for AVX-512, for AVX2 with
+// FMA, and for baseline x86-64, each copy vectorized at its own width. Every
+// call picks one through ActiveIsa(), so GRITSERVE_CPU_ISA=avx2 switches these
+// loops as it does the other kernels, and tests run each copy (ScopedIsa).
+// Inside a body, only always-inlined helpers (no std::min and the like):
+// GCC does not inline an ordinary function into a caller of another target,
+// and a call left in a loop keeps it scalar.
+#define GRITSERVE_LOOP __attribute__((always_inline)) inline
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GRITSERVE_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")))
+#define GRITSERVE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
-#define GRITSERVE_ISA_CLONES
+#define GRITSERVE_TARGET_AVX512
+#define GRITSERVE_TARGET_AVX2
 #endif
+// NAME(PARAMS) calls NAME##Body(ARGS) compiled for the active ISA.
+#define GRITSERVE_ISA_VARIANTS(NAME, PARAMS, ARGS)                      \
+  GRITSERVE_TARGET_AVX512 void NAME##Avx512 PARAMS { NAME##Body ARGS; } \
+  GRITSERVE_TARGET_AVX2 void NAME##Avx2 PARAMS { NAME##Body ARGS; }     \
+  void NAME##Baseline PARAMS { NAME##Body ARGS; }                       \
+  void NAME PARAMS {                                                    \
+    switch (ActiveIsa()) {                                              \
+      case Isa::kAvx512:                                                \
+        return NAME##Avx512 ARGS;                                       \
+      case Isa::kAvx2:                                                  \
+        return NAME##Avx2 ARGS;                                         \
+      case Isa::kBaseline:                                              \
+        break;                                                          \
+    }                                                                   \
+    NAME##Baseline ARGS;                                                \
+  }
 
 namespace gritserve::cpu_kernels {
+namespace {
+
+// -1: none forced (ScopedIsa), else an Isa.
+std::atomic<int> forced_isa{-1};
+
+}  // namespace
+
+bool IsaAvailable(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return kernels::CpuHasAvx512();
+    case Isa::kAvx2:
+      return kernels::CpuHasAvx2();
+    case Isa::kBaseline:
+      return true;
+  }
+  return false;
+}
+
+Isa ActiveIsa() {
+  const int forced = forced_isa.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  // GRITSERVE_CPU_ISA is read once per process here.
+  static const Isa chosen = kernels::Dispatch::Current().avx512 ? Isa::kAvx512
+                            : kernels::CpuHasAvx2()             ? Isa::kAvx2
+                                                                : Isa::kBaseline;
+  return chosen;
+}
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kBaseline:
+      return "baseline";
+  }
+  return "?";
+}
+
+ScopedIsa::ScopedIsa(Isa isa) : previous_(forced_isa.load()) {
+  if (!IsaAvailable(isa)) {
+    throw Error(ErrorKind::kInternal, std::string("cpu kernels: this CPU has no ") + IsaName(isa));
+  }
+  forced_isa.store(static_cast<int>(isa));
+}
+
+ScopedIsa::~ScopedIsa() { forced_isa.store(previous_); }
+
 namespace {
 
 // Rows per parallel task such that each task touches at least ~32K floats:
@@ -56,13 +130,13 @@ void StreamRows(int64_t rows, int64_t row_bytes, const Fn& fn) {
   });
 }
 
-float BitsToFloat(int32_t bits) {
+GRITSERVE_LOOP float BitsToFloat(int32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-int32_t FloatToBits(float f) {
+GRITSERVE_LOOP int32_t FloatToBits(float f) {
   int32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
   return bits;
@@ -72,8 +146,8 @@ int32_t FloatToBits(float f) {
 // does not). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Cephes'
 // degree-6 polynomial for e^r, then n added to the exponent bits. Below -87
 // (where e^x is a float denormal) it returns 0, as masked softmax entries need.
-inline float Exp(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+GRITSERVE_LOOP float Exp(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   // Round to nearest by the 1.5 * 2^23 trick: no libm call, vectorizes everywhere.
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
@@ -89,9 +163,8 @@ inline float Exp(float x) {
   return x < -87.0f ? 0.0f : scaled;
 }
 
-GRITSERVE_ISA_CLONES
-void AddRmsNormRows(float* x, const float* delta, const float* w, float* y, int64_t begin,
-                    int64_t end, int64_t h, float eps) {
+GRITSERVE_LOOP void AddRmsNormRowsBody(float* x, const float* delta, const float* w, float* y,
+                                       int64_t begin, int64_t end, int64_t h, float eps) {
   for (int64_t r = begin; r < end; ++r) {
     float* xr = x + r * h;
     float* yr = y + r * h;
@@ -108,11 +181,15 @@ void AddRmsNormRows(float* x, const float* delta, const float* w, float* y, int6
     for (int64_t j = 0; j < h; ++j) yr[j] = (xr[j] * inv) * w[j];
   }
 }
+GRITSERVE_ISA_VARIANTS(AddRmsNormRows,
+                       (float* x, const float* delta, const float* w, float* y, int64_t begin,
+                        int64_t end, int64_t h, float eps),
+                       (x, delta, w, y, begin, end, h, eps))
 
 // out[i] = x[i] cos[i] - x[i + half] sin[i];  out[i + half] = x[i + half] cos[i] + x[i] sin[i]
 // (HF's x * cos + rotate_half(x) * sin with the duplicated halves of cos/sin), times scale.
-inline void RotatePair(const float* x, float* out, const float* c, const float* s, int64_t half,
-                       float scale) {
+GRITSERVE_LOOP void RotatePair(const float* x, float* out, const float* c, const float* s,
+                               int64_t half, float scale) {
 #pragma omp simd
   for (int64_t i = 0; i < half; ++i) {
     const float x1 = x[i], x2 = x[i + half];
@@ -121,9 +198,9 @@ inline void RotatePair(const float* x, float* out, const float* c, const float* 
   }
 }
 
-GRITSERVE_ISA_CLONES
-void RopeRows(float* qkv, float* q, const float* cos, const float* sin, int64_t begin, int64_t end,
-              int64_t t, int64_t hq, int64_t hkv, int64_t d, float q_scale) {
+GRITSERVE_LOOP void RopeRowsBody(float* qkv, float* q, const float* cos, const float* sin,
+                                 int64_t begin, int64_t end, int64_t t, int64_t hq, int64_t hkv,
+                                 int64_t d, float q_scale) {
   const int64_t half = d / 2, width = (hq + 2 * hkv) * d;
   for (int64_t n = begin; n < end; ++n) {
     const int64_t bi = n / t, ti = n % t;
@@ -140,6 +217,10 @@ void RopeRows(float* qkv, float* q, const float* cos, const float* sin, int64_t 
     }
   }
 }
+GRITSERVE_ISA_VARIANTS(RopeRows,
+                       (float* qkv, float* q, const float* cos, const float* sin, int64_t begin,
+                        int64_t end, int64_t t, int64_t hq, int64_t hkv, int64_t d, float q_scale),
+                       (qkv, q, cos, sin, begin, end, t, hq, hkv, d, q_scale))
 
 // Rows are (layer, head, token), each D floats.
 struct KvBlock {
@@ -148,8 +229,8 @@ struct KvBlock {
   int64_t heads = 0, tokens = 0, d = 0, head_stride = 0;
 };
 
-GRITSERVE_ISA_CLONES
-void PlaceRows(const KvBlock& blk, const float* cos, const float* sin, int64_t begin, int64_t end) {
+GRITSERVE_LOOP void PlaceRowsBody(const KvBlock& blk, const float* cos, const float* sin,
+                                  int64_t begin, int64_t end) {
   const int64_t h = blk.heads, t = blk.tokens, d = blk.d;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t l = r / (h * t), hi = (r / t) % h, ti = r % t;
@@ -158,9 +239,13 @@ void PlaceRows(const KvBlock& blk, const float* cos, const float* sin, int64_t b
     std::memcpy(blk.v_dst[l] + dst, blk.v_src[l] + src, d * sizeof(float));
   }
 }
+GRITSERVE_ISA_VARIANTS(PlaceRows,
+                       (const KvBlock& blk, const float* cos, const float* sin, int64_t begin,
+                        int64_t end),
+                       (blk, cos, sin, begin, end))
 
-GRITSERVE_ISA_CLONES
-void SiluMulRows(const float* gu, float* out, int64_t begin, int64_t end, int64_t inter) {
+GRITSERVE_LOOP void SiluMulRowsBody(const float* gu, float* out, int64_t begin, int64_t end,
+                                    int64_t inter) {
   for (int64_t r = begin; r < end; ++r) {
     const float* g = gu + r * 2 * inter;
     const float* u = g + inter;
@@ -169,10 +254,12 @@ void SiluMulRows(const float* gu, float* out, int64_t begin, int64_t end, int64_
     for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + Exp(-g[j])) * u[j];
   }
 }
+GRITSERVE_ISA_VARIANTS(SiluMulRows,
+                       (const float* gu, float* out, int64_t begin, int64_t end, int64_t inter),
+                       (gu, out, begin, end, inter))
 
-// row = softmax(row) over s entries, in place. Always inlined, so each ISA
-// clone of a caller vectorises it for that clone's target.
-__attribute__((always_inline)) inline void SoftmaxInPlace(float* __restrict row, int64_t s) {
+// row = softmax(row) over s entries, in place.
+GRITSERVE_LOOP void SoftmaxInPlace(float* __restrict row, int64_t s) {
   float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < s; ++j) mx = row[j] > mx ? row[j] : mx;
@@ -186,9 +273,8 @@ __attribute__((always_inline)) inline void SoftmaxInPlace(float* __restrict row,
   for (int64_t j = 0; j < s; ++j) row[j] *= inv;
 }
 
-GRITSERVE_ISA_CLONES
-void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, int64_t heads,
-                 int64_t t, int64_t s) {
+GRITSERVE_LOOP void SoftmaxRowsBody(float* scores, const float* mask, int64_t begin, int64_t end,
+                                    int64_t heads, int64_t t, int64_t s) {
   for (int64_t r = begin; r < end; ++r) {
     float* __restrict row = scores + r * s;
     const int64_t bi = r / (heads * t), ti = r % t;
@@ -200,14 +286,18 @@ void SoftmaxRows(float* scores, const float* mask, int64_t begin, int64_t end, i
     SoftmaxInPlace(row, s);
   }
 }
+GRITSERVE_ISA_VARIANTS(SoftmaxRows,
+                       (float* scores, const float* mask, int64_t begin, int64_t end, int64_t heads,
+                        int64_t t, int64_t s),
+                       (scores, mask, begin, end, heads, t, s))
 
 // One KV head of a decode step: its G query rows against S keys (rows
 // `k_row` and `v_row` floats apart), the scores in `p` [G, S] (scratch), then
 // out [G, D] = softmax(p + mask) v. Keys and values are read once for all G
 // rows while they sit in L1.
-GRITSERVE_ISA_CLONES
-void DecodeHead(const float* q, const float* k, const float* v, int64_t k_row, int64_t v_row,
-                const float* mask, int64_t g, int64_t s, int64_t d, float* p, float* out) {
+GRITSERVE_LOOP void DecodeHeadBody(const float* q, const float* k, const float* v, int64_t k_row,
+                                   int64_t v_row, const float* mask, int64_t g, int64_t s,
+                                   int64_t d, float* p, float* out) {
   for (int64_t j = 0; j < s; ++j) {
     const float* __restrict kj = k + j * k_row;
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -230,9 +320,14 @@ void DecodeHead(const float* q, const float* k, const float* v, int64_t k_row, i
     }
   }
 }
+GRITSERVE_ISA_VARIANTS(DecodeHead,
+                       (const float* q, const float* k, const float* v, int64_t k_row,
+                        int64_t v_row, const float* mask, int64_t g, int64_t s, int64_t d, float* p,
+                        float* out),
+                       (q, k, v, k_row, v_row, mask, g, s, d, p, out))
 
-GRITSERVE_ISA_CLONES
-void GemvRows(const float* w, const float* x, float* y, int64_t begin, int64_t end, int64_t in) {
+GRITSERVE_LOOP void GemvRowsBody(const float* w, const float* x, float* y, int64_t begin,
+                                 int64_t end, int64_t in) {
   int64_t r = begin;
   // Four rows per pass share each load of x.
   for (; r + 4 <= end; r += 4) {
@@ -258,16 +353,19 @@ void GemvRows(const float* w, const float* x, float* y, int64_t begin, int64_t e
     y[r] = a;
   }
 }
+GRITSERVE_ISA_VARIANTS(GemvRows,
+                       (const float* w, const float* x, float* y, int64_t begin, int64_t end,
+                        int64_t in),
+                       (w, x, y, begin, end, in))
 
-inline float Bf16ToFloat(uint16_t v) {
+GRITSERVE_LOOP float Bf16ToFloat(uint16_t v) {
   return BitsToFloat(static_cast<int32_t>(uint32_t{v} << 16));
 }
 
 // Rows [begin, end) of W against up to four rows of x at once: each pass over
 // W serves all of them.
-GRITSERVE_ISA_CLONES
-void Bf16WeightRows(const uint16_t* w, const float* x, float* y, int64_t begin, int64_t end,
-                    int64_t in, int64_t out, int64_t m) {
+GRITSERVE_LOOP void Bf16WeightRowsBody(const uint16_t* w, const float* x, float* y, int64_t begin,
+                                       int64_t end, int64_t in, int64_t out, int64_t m) {
   if (m == 1) {  // one row of x (decode, time to first token): four rows of W per pass
     int64_t r = begin;
     for (; r + 4 <= end; r += 4) {
@@ -316,6 +414,10 @@ void Bf16WeightRows(const uint16_t* w, const float* x, float* y, int64_t begin, 
     }
   }
 }
+GRITSERVE_ISA_VARIANTS(Bf16WeightRows,
+                       (const uint16_t* w, const float* x, float* y, int64_t begin, int64_t end,
+                        int64_t in, int64_t out, int64_t m),
+                       (w, x, y, begin, end, in, out, m))
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define GRITSERVE_BF16_GEMV_AVX512 1
@@ -564,9 +666,8 @@ at::Tensor MatmulBf16Weights(const at::Tensor& x, const at::Tensor& w) {
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
 #ifdef GRITSERVE_BF16_GEMV_AVX512
-  // Read at the first product (during load): GRITSERVE_CPU_ISA applies per process here.
-  static const bool avx512 = kernels::Dispatch::Current().avx512;
-  if (m == 1 && in % 2 == 0 && avx512) {  // time to first token, decode: the one-row stream
+  if (m == 1 && in % 2 == 0 &&
+      ActiveIsa() == Isa::kAvx512) {  // time to first token, decode: the one-row stream
     std::vector<float> split(static_cast<size_t>(in));  // [even elements | odd elements]
     for (int64_t i = 0; i < in / 2; ++i) {
       split[i] = xp[2 * i];

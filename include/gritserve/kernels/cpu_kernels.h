@@ -7,8 +7,9 @@
 // pass over memory. Inputs must be CPU float32 and contiguous where stated;
 // Applies() says whether a tensor qualifies, and callers keep the ATen
 // formulation for everything else (CUDA, half precision). Loops are written
-// for auto-vectorization and cloned per ISA (AVX-512, AVX2, baseline) so one
-// binary runs everywhere and uses the widest vectors the CPU has.
+// for auto-vectorization and compiled once per ISA (AVX-512, AVX2 with FMA,
+// baseline x86-64), so one binary runs everywhere and uses the widest vectors
+// the CPU has and GRITSERVE_CPU_ISA allows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +17,27 @@
 #include <vector>
 
 namespace gritserve::cpu_kernels {
+
+// Which compiled copy of the loops runs.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+// The widest the CPU has and GRITSERVE_CPU_ISA (read once) allows, unless a
+// ScopedIsa is alive.
+Isa ActiveIsa();
+bool IsaAvailable(Isa isa);  // whether this CPU can run it
+const char* IsaName(Isa isa);
+
+// For tests, process-wide: the kernels run `isa` while this lives. Throws if
+// the CPU lacks it.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa);
+  ~ScopedIsa();
+  ScopedIsa(const ScopedIsa&) = delete;
+  ScopedIsa& operator=(const ScopedIsa&) = delete;
+
+ private:
+  int previous_;
+};
 
 // How many threads the kernels split their rows over: LibTorch's intra-op
 // thread count when this file was built with OpenMP, 1 when it was not (then
