@@ -37,11 +37,17 @@ case "${1:-}" in
     cmake --build build-asan -j "$jobs"
     ;;
   test)
-    # Every test but one: EngineMemory.FreedMemoryIsHandedBack measures glibc's
-    # heap (mallinfo2, malloc_trim), which ASan replaces with its own allocator,
-    # so there is nothing of ours for it to see here; the normal suite runs it.
+    # Every test but two that measure the allocator rather than our code, which
+    # ASan replaces with its own; the normal suite runs both.
+    # EngineMemory.FreedMemoryIsHandedBack reads glibc's heap (mallinfo2,
+    # malloc_trim). WeightSourceTest.QuantizedLoadPeaks... bounds the peak
+    # resident memory of a streamed load, which ASan's quarantine (freed
+    # memory held back, 256 MB by default) raises to its margin: it failed
+    # there once at 149 MB against a 146 MB bound. The same streamed load
+    # runs under ASan in WeightSourceTest's other tests.
     ctest --test-dir build-asan --output-on-failure -j "$jobs" \
-      -E '^EngineMemory\.FreedMemoryIsHandedBack$' ${CTEST_ARGS:-}
+      -E '^(EngineMemory\.FreedMemoryIsHandedBack|WeightSourceTest\.QuantizedLoadPeaksNearTheQuantizedSizeNotTheCheckpoints)$' \
+      ${CTEST_ARGS:-}
     ;;
   fuzz)
     # Targets run JOBS at a time (each is one process on one core).
