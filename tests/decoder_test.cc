@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "gritserve/cache/kv_cache.h"
+#include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/small_gemm.h"
 #include "gritserve/model/checkpoint_writer.h"
 #include "tensor_json.h"
@@ -399,7 +400,7 @@ TEST_F(DecoderTest, Bfloat16ValuedHeadIsHeldInBfloat16Exactly) {
   EXPECT_FALSE(plain.lm_head_in_bfloat16());
   const int64_t matrices = 4 * config_->num_hidden_layers;
   EXPECT_EQ(held.layer_matrices_in_bfloat16(),
-            std::make_pair(small_gemm::Available() ? matrices : 0, matrices));
+            std::make_pair(Linear::Bfloat16PanelsAvailable() ? matrices : 0, matrices));
   EXPECT_EQ(plain.layer_matrices_in_bfloat16().first, 0);
   ForwardInput in;
   in.ids = Ids({9707, 1879, 11, 1246, 525, 151643});
@@ -434,22 +435,33 @@ TEST_F(DecoderTest, Bfloat16ProductsHoldABfloat16ValuedTableInBfloat16) {
 }
 
 // The fixture's matrices loaded as stored (bfloat16), as the engine does for a
-// float32 model on an AVX-512 CPU: the same model as loading them widened.
+// float32 model on an AVX-512 or AVX2 CPU: the same model as loading them widened.
 TEST_F(DecoderTest, Bfloat16LoadedMatricesGiveTheFloat32LoadedModel) {
-  Decoder kept(*config_, LoadWeights(dir_, *config_, at::kFloat, at::kCPU,
-                                     at::ScalarType::Undefined, /*keep_bfloat16_matrices=*/true));
-  if (small_gemm::Available()) {
-    EXPECT_EQ(kept.layer_matrices_in_bfloat16().first, 4 * config_->num_hidden_layers);
-  }
+  auto kept_weights = [&] {
+    return LoadWeights(dir_, *config_, at::kFloat, at::kCPU, at::ScalarType::Undefined,
+                       /*keep_bfloat16_matrices=*/true);
+  };
+  const int64_t matrices = 4 * config_->num_hidden_layers;
+  // The default kernels, and the AVX2 panels (their sibling) where the CPU has both.
+  const auto kept = BuiltWith("GRITSERVE_CPU_ISA", "", kept_weights());
+  const auto kept_avx2 = BuiltWith("GRITSERVE_CPU_ISA", "avx2", kept_weights());
+  EXPECT_EQ(kept->layer_matrices_in_bfloat16().first,
+            Linear::Bfloat16PanelsAvailable() ? matrices : 0);
+  EXPECT_EQ(kept_avx2->layer_matrices_in_bfloat16().first, kernels::CpuHasAvx2() ? matrices : 0);
   const auto plain_decoder = BuiltWith("GRITSERVE_CPU_KERNELS", "aten");
   ForwardInput in;
   in.ids = Ids({9707, 1879, 11, 1246, 525, 151643, 30, 4});
   in.positions = Positions(0, 8);
   for (AttentionMode mode : {AttentionMode::kCausal, AttentionMode::kBidirectional}) {
     in.attention.mode = mode;
-    at::Tensor a = kept.Forward(in, nullptr)[0], b = plain_decoder->Forward(in, nullptr)[0];
-    EXPECT_LT(MaxDiff(a, b), 1e-4);
-    EXPECT_LT(MaxDiff(kept.Logits(a), plain_decoder->Logits(b)), 1e-4);
+    const at::Tensor b = plain_decoder->Forward(in, nullptr)[0];
+    for (const Decoder* d : {kept.get(), kept_avx2.get()}) {
+      const at::Tensor a = d->Forward(in, nullptr)[0];
+      EXPECT_LT(MaxDiff(a, b), 1e-4);
+      EXPECT_LT(MaxDiff(d->Logits(a), plain_decoder->Logits(b)), 1e-4);
+      EXPECT_LT(MaxDiff(d->Logits(a.narrow(0, 7, 1)), plain_decoder->Logits(b.narrow(0, 7, 1))),
+                1e-4);  // one row: the decode-step tile
+    }
   }
 }
 

@@ -66,7 +66,10 @@ TEST(KernelDispatch, EachSwitchIsRead) {
     EXPECT_FALSE(kernels::Dispatch::Current().avx512);
     EXPECT_FALSE(small_gemm::Available());
     EXPECT_FALSE(cpu_attention::Available());
-    EXPECT_FALSE(Linear::Bfloat16PanelsAvailable());
+    // The bfloat16 panels have an AVX2 sibling.
+    EXPECT_EQ(Linear::Bfloat16PanelsAvailable(), kernels::CpuHasAvx2());
+    EXPECT_EQ(small_gemm::Bf16PanelIsa(),
+              kernels::CpuHasAvx2() ? small_gemm::PanelIsa::kAvx2 : small_gemm::PanelIsa::kNone);
     const auto backend = kernels::AttentionBackend::For(at::Device(at::kCPU), at::kFloat);
     EXPECT_TRUE(backend.fused);
     EXPECT_FALSE(backend.one_pass);
@@ -87,6 +90,17 @@ TEST(KernelDispatch, Avx2PathsComputeTheSameProducts) {
     ScopedEnv env("GRITSERVE_CPU_ISA", isa);
     Linear lin(w.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
     EXPECT_LT((lin(x).to(at::kDouble) - ref).abs().max().item<double>(), 1e-4) << isa;
+    // bfloat16-valued weights: held as panels on either ISA, one row and many.
+    const at::Tensor wb = w.to(at::kBFloat16).to(at::kFloat);
+    Linear panels(wb.clone(), Linear::Layout::kOutIn, b, /*pack=*/true);
+    EXPECT_EQ(panels.bfloat16_values(), Linear::Bfloat16PanelsAvailable()) << isa;
+    for (int64_t m : {1, 3, 40}) {
+      const at::Tensor xm = x.narrow(0, 0, m);
+      const at::Tensor want =
+          at::matmul(xm.to(at::kDouble), wb.to(at::kDouble).t()) + b.to(at::kDouble);
+      EXPECT_LT((panels(xm).to(at::kDouble) - want).abs().max().item<double>(), 1e-4)
+          << isa << " rows " << m;
+    }
 
     // Attention: q [B, Hkv, G T, D], k/v [B, Hkv, S, D], mask [B, T, S].
     const int64_t g = 2, t = 12, s = 20, d = 64;

@@ -66,7 +66,7 @@ TEST_P(LinearTest, MatchesFloat64ProductForEveryRowCount) {
     at::Tensor w = at::randn({c.out, c.in}) * 0.1;  // [out, in]
     if (bf16_values) w = w.to(at::kBFloat16).to(at::kFloat);
     at::Tensor b = c.bias ? at::randn({c.out}) : at::Tensor();  // [out]
-    CheckEveryRowCount(c, w, b, bf16_values && c.pack && small_gemm::Available());
+    CheckEveryRowCount(c, w, b, bf16_values && c.pack && Linear::Bfloat16PanelsAvailable());
   }
 }
 
@@ -138,7 +138,7 @@ TEST(LinearBackend, Bfloat16ValuedWeightsKeepFloat32ArithmeticFromBfloat16Panels
   for (Linear::Layout layout : {Linear::Layout::kOutIn, Linear::Layout::kInOut}) {
     const at::Tensor src = layout == Linear::Layout::kOutIn ? w.clone() : w.t().contiguous();
     Linear lin(src, layout, b, /*pack=*/true);
-    EXPECT_EQ(lin.bfloat16_values(), small_gemm::Available());
+    EXPECT_EQ(lin.bfloat16_values(), Linear::Bfloat16PanelsAvailable());
     EXPECT_TRUE(lin.packed() || !Linear::CpuOneDnn());
     for (int64_t m : {1, 3, 17, 32, 64, 130, 300}) {
       at::Tensor x = at::randn({m, 200});  // [M, in]
@@ -151,7 +151,7 @@ TEST(LinearBackend, Bfloat16ValuedWeightsKeepFloat32ArithmeticFromBfloat16Panels
   // Handed over in bfloat16 (as the engine loads a bfloat16 checkpoint): the
   // same layer, and widened to float32 where the panels are switched off.
   Linear from_bf16(w.to(at::kBFloat16), Linear::Layout::kOutIn, b, /*pack=*/true);
-  EXPECT_EQ(from_bf16.bfloat16_values(), small_gemm::Available());
+  EXPECT_EQ(from_bf16.bfloat16_values(), Linear::Bfloat16PanelsAvailable());
   const at::Tensor probe = at::randn({7, 200});
   EXPECT_TRUE(
       at::equal(from_bf16(probe), Linear(w.clone(), Linear::Layout::kOutIn, b, true)(probe)));

@@ -52,7 +52,7 @@ Dequantized Dequantize(const quant::Matrix& q, bool bf16_panels) {
       // Half a step; q4's minimum rounded to half precision may leave the
       // block's smallest value up to 2^-11 |m| below it.
       double e = 0.5 * d + (q.format() == Format::kQ4 ? std::ldexp(std::fabs(m), -10) : 0.0);
-      // The float32 panels on AVX-512 multiply a bfloat16 copy of w'.
+      // The float panels on AVX-512 and AVX2 multiply a bfloat16 copy of w'.
       if (bf16_panels) e += std::ldexp(std::fabs(wp[r * k + i]), -8);
       ep[r * k + i] = e;
     }
@@ -76,7 +76,7 @@ at::Tensor ActivationError(const at::Tensor& a) {
 void CheckProduct(const quant::Matrix& q, const at::Tensor& w_orig, const at::Tensor& a,
                   const at::Tensor& bias, Isa isa, Path path, const std::string& what) {
   const int64_t m = a.size(0), n = q.rows();
-  const bool bf16 = path == Path::kFloatPanels && isa == Isa::kAvx512Vnni;
+  const bool bf16 = path == Path::kFloatPanels && isa != Isa::kScalar;
   const Dequantized dq = Dequantize(q, bf16);
   at::Tensor c = at::full({m, n}, std::numeric_limits<float>::quiet_NaN());  // all written?
   quant::Multiply(q, a.data_ptr<float>(), m, bias.defined() ? bias.data_ptr<float>() : nullptr,

@@ -5,6 +5,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "gritserve/kernels/small_gemm.h"
@@ -55,47 +58,71 @@ at::Tensor Bf16Valued(at::IntArrayRef shape) {
   return (at::randn(shape) * 0.1).to(at::kBFloat16).to(at::kFloat);
 }
 
-TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCount) {
-  if (!small_gemm::Available()) {
-    EXPECT_ANY_THROW(small_gemm::RunBf16(nullptr, 1, 1, nullptr, 1, nullptr, nullptr));
-    return;
-  }
-  struct Shape {
-    int64_t k, n;
-  };
-  // Depths below, at and across the 128 and 256 blocks; columns ending
-  // mid-vector, mid-half and mid-panel.
-  for (const Shape s :
-       {Shape{896, 1152}, Shape{300, 200}, Shape{17, 64}, Shape{1, 5}, Shape{513, 33}}) {
-    at::manual_seed(s.k * 11 + s.n);
-    const at::Tensor w = Bf16Valued({s.n, s.k});  // [N, K]: HF's [out, in]
-    const at::Tensor bias = at::randn({s.n});
-    for (bool out_in : {true, false}) {
-      const at::Tensor src = out_in ? w : w.t().contiguous();
-      at::Tensor packed = at::full({small_gemm::Bf16PanelElements(s.k, s.n)}, 7, at::kShort);
-      small_gemm::PackBf16(src.data_ptr<float>(), out_in, s.k, s.n,
-                           reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>()));
-      // Packing the bfloat16 bits themselves gives the same panels.
-      const at::Tensor src_bf16 = src.to(at::kBFloat16);
-      at::Tensor packed2 = at::zeros_like(packed);
-      small_gemm::PackBf16(reinterpret_cast<const uint16_t*>(src_bf16.data_ptr()), out_in, s.k, s.n,
-                           reinterpret_cast<uint16_t*>(packed2.data_ptr<int16_t>()));
-      EXPECT_TRUE(at::equal(packed, packed2));
-      for (int64_t m : {1, 2, 6, 7, 32, 64, 65, 97, 200}) {
-        const at::Tensor a = at::randn({m, s.k});
-        for (bool with_bias : {false, true}) {
-          at::Tensor c = at::full({m, s.n}, 123.0f);  // [M, N]: every element must be written
-          small_gemm::RunBf16(a.data_ptr<float>(), m, s.k,
-                              reinterpret_cast<const uint16_t*>(packed.data_ptr<int16_t>()), s.n,
-                              with_bias ? bias.data_ptr<float>() : nullptr, c.data_ptr<float>());
-          at::Tensor ref = at::matmul(a.to(at::kDouble), w.to(at::kDouble).t());
-          if (with_bias) ref = ref + bias.to(at::kDouble);
-          EXPECT_LT((c.to(at::kDouble) - ref).abs().max().item<double>(), 1e-4)
-              << "k " << s.k << " n " << s.n << " rows " << m << " bias " << with_bias << " out_in "
-              << out_in;
+// Every panel ISA this CPU has (AVX-512 and the AVX2 sibling on an AVX-512
+// machine); one it lacks must refuse, never compute.
+TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCountOnEveryIsa) {
+  std::string covered;
+  for (const small_gemm::PanelIsa isa :
+       {small_gemm::PanelIsa::kAvx512, small_gemm::PanelIsa::kAvx2}) {
+    if (!small_gemm::PanelIsaAvailable(isa)) {
+      EXPECT_ANY_THROW(small_gemm::RunBf16(nullptr, 1, 1, nullptr, 1, nullptr, nullptr, isa));
+      continue;
+    }
+    covered += std::string(covered.empty() ? "" : ", ") + small_gemm::PanelIsaName(isa);
+    struct Shape {
+      int64_t k, n;
+    };
+    // Depths below, at and across the 128 and 256 blocks; columns ending
+    // mid-vector, mid-half and mid-panel.
+    for (const Shape s :
+         {Shape{896, 1152}, Shape{300, 200}, Shape{17, 64}, Shape{1, 5}, Shape{513, 33}}) {
+      at::manual_seed(s.k * 11 + s.n);
+      const at::Tensor w = Bf16Valued({s.n, s.k});  // [N, K]: HF's [out, in]
+      const at::Tensor bias = at::randn({s.n});
+      for (bool out_in : {true, false}) {
+        const at::Tensor src = out_in ? w : w.t().contiguous();
+        at::Tensor packed = at::full({small_gemm::Bf16PanelElements(s.k, s.n)}, 7, at::kShort);
+        small_gemm::PackBf16(src.data_ptr<float>(), out_in, s.k, s.n,
+                             reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>()));
+        // Packing the bfloat16 bits themselves gives the same panels.
+        const at::Tensor src_bf16 = src.to(at::kBFloat16);
+        at::Tensor packed2 = at::zeros_like(packed);
+        small_gemm::PackBf16(reinterpret_cast<const uint16_t*>(src_bf16.data_ptr()), out_in, s.k,
+                             s.n, reinterpret_cast<uint16_t*>(packed2.data_ptr<int16_t>()));
+        EXPECT_TRUE(at::equal(packed, packed2));
+        for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 32, 64, 65, 97, 200}) {
+          const at::Tensor a = at::randn({m, s.k});
+          for (bool with_bias : {false, true}) {
+            at::Tensor c = at::full({m, s.n}, 123.0f);  // [M, N]: every element must be written
+            small_gemm::RunBf16(a.data_ptr<float>(), m, s.k,
+                                reinterpret_cast<const uint16_t*>(packed.data_ptr<int16_t>()), s.n,
+                                with_bias ? bias.data_ptr<float>() : nullptr, c.data_ptr<float>(),
+                                isa);
+            at::Tensor ref = at::matmul(a.to(at::kDouble), w.to(at::kDouble).t());
+            if (with_bias) ref = ref + bias.to(at::kDouble);
+            EXPECT_LT((c.to(at::kDouble) - ref).abs().max().item<double>(), 1e-4)
+                << small_gemm::PanelIsaName(isa) << " k " << s.k << " n " << s.n << " rows " << m
+                << " bias " << with_bias << " out_in " << out_in;
+          }
         }
       }
     }
+  }
+  std::printf("bfloat16 panel kernels covered: %s\n", covered.empty() ? "none" : covered.c_str());
+  ::testing::Test::RecordProperty("covered", covered);
+}
+
+TEST(SmallGemm, PanelIsaFollowsTheCpuAndTheAvx2Switch) {
+  const small_gemm::PanelIsa widest = small_gemm::Bf16PanelIsa();
+  if (small_gemm::PanelIsaAvailable(small_gemm::PanelIsa::kAvx512)) {
+    EXPECT_EQ(widest, small_gemm::PanelIsa::kAvx512);
+    ASSERT_EQ(::setenv("GRITSERVE_CPU_ISA", "avx2", 1), 0);
+    EXPECT_EQ(small_gemm::Bf16PanelIsa(), small_gemm::PanelIsa::kAvx2);
+    ASSERT_EQ(::unsetenv("GRITSERVE_CPU_ISA"), 0);
+  } else if (small_gemm::PanelIsaAvailable(small_gemm::PanelIsa::kAvx2)) {
+    EXPECT_EQ(widest, small_gemm::PanelIsa::kAvx2);
+  } else {
+    EXPECT_EQ(widest, small_gemm::PanelIsa::kNone);
   }
 }
 

@@ -19,6 +19,7 @@
 #include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/linear.h"
 #include "gritserve/kernels/quant.h"
+#include "gritserve/kernels/small_gemm.h"
 #include "gritserve/model/weights.h"
 
 namespace gritserve {
@@ -196,8 +197,8 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
     spdlog::info(
         "{} of {} layer weight matrices held as bfloat16 panels: their values are bfloat16 "
         "numbers, widened exactly for float32 products (half the weight memory and bytes "
-        "streamed)",
-        held, all);
+        "streamed), {} kernel",
+        held, all, small_gemm::PanelIsaName(small_gemm::Bf16PanelIsa()));
   }
 }
 

@@ -116,6 +116,7 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
       Bfloat16PanelsAvailable() &&
       (weight.scalar_type() == at::kBFloat16 || cpu_kernels::HoldsBfloat16Values(weight))) {
     weight = weight.contiguous();
+    panel_isa_ = small_gemm::Bf16PanelIsa();
     bf16_panels_ = StreamedWeightEmpty({small_gemm::Bf16PanelElements(in_, out_)}, at::kBFloat16);
     auto* dst = static_cast<uint16_t*>(bf16_panels_.data_ptr());
     if (weight.scalar_type() == at::kBFloat16) {
@@ -214,9 +215,9 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     at::Tensor out = at::empty({m, out_}, x.options());  // [N, out]
     if (m == 0) return out;
     const at::Tensor a = x.contiguous();
-    small_gemm::RunBf16(a.data_ptr<float>(), m, in_,
-                        static_cast<const uint16_t*>(bf16_panels_.data_ptr()), out_,
-                        bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>());
+    small_gemm::RunBf16(
+        a.data_ptr<float>(), m, in_, static_cast<const uint16_t*>(bf16_panels_.data_ptr()), out_,
+        bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>(), panel_isa_);
     return out;
   }
   if (gemv_weight_.defined() && x.size(0) == 1 && cpu_kernels::Applies(x)) {
@@ -270,7 +271,8 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
 }
 
 bool Linear::Bfloat16PanelsAvailable() {
-  return small_gemm::Available() && kernels::Dispatch::Current().fused &&
+  return small_gemm::Bf16PanelIsa() != small_gemm::PanelIsa::kNone &&
+         kernels::Dispatch::Current().fused &&
          kernels::Dispatch::Current().gemm == kernels::Gemm::kAuto;
 }
 
@@ -299,7 +301,8 @@ std::string Linear::CpuBackend() {
     return "oneDNN brgemm (ISA " + onednn::EffectiveIsa() +
            "), weights packed at load; 24-64 rows on the prefetching AVX-512 kernel";
   }
-  if (OneDnnFast()) return "oneDNN brgemm (ISA " + onednn::EffectiveIsa() + "), weights packed at load";
+  if (OneDnnFast())
+    return "oneDNN brgemm (ISA " + onednn::EffectiveIsa() + "), weights packed at load";
   return "LibTorch BLAS (oneDNN has no fast kernels for this CPU)";
 #else
   return "LibTorch BLAS (built without oneDNN)";

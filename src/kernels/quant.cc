@@ -223,8 +223,8 @@ int64_t ChunkRows(const Matrix& w) {
 }
 
 // Rows [n0, n0 + nc) of W as small_gemm's bfloat16 panels (columns past nc
-// zero). Called on AVX-512 VNNI CPUs only.
-void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst) {
+// zero). Called on AVX-512 VNNI or AVX2 CPUs only, per `isa`.
+void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst, Isa isa) {
   const int64_t k = w.cols(), panels = (nc + 63) / 64;
   work_steal::ParallelFor(panels, [&](int64_t p, int64_t) {
     thread_local std::vector<float> row;
@@ -236,7 +236,11 @@ void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst
       const int64_t r = p * 64 + j;
       if (r < nc) {
 #ifdef GRITSERVE_QUANT_X86
-        detail::DequantizeRowAvx512(w, n0 + r, row.data());
+        if (isa == Isa::kAvx512Vnni) {
+          detail::DequantizeRowAvx512(w, n0 + r, row.data());
+        } else {
+          w.DequantizeRow(n0 + r, row.data());
+        }
 #else
         w.DequantizeRow(n0 + r, row.data());
 #endif
@@ -254,8 +258,12 @@ void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst
 void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float* bias, float* c,
                          Isa isa) {
   const int64_t n = w.rows(), k = w.cols(), chunk = ChunkRows(w);
-  const bool panels = isa == Isa::kAvx512Vnni && IsaAvailable(isa);
-  if (isa == Isa::kAvx512Vnni && !panels) RowsFor(isa);  // throws: not on this CPU
+  // small_gemm's bfloat16 panels on either vector ISA; the portable path
+  // multiplies a float32 copy with LibTorch.
+  const bool panels = isa != Isa::kScalar;
+  if (panels && !IsaAvailable(isa)) RowsFor(isa);  // throws: not on this CPU
+  const small_gemm::PanelIsa panel_isa =
+      isa == Isa::kAvx512Vnni ? small_gemm::PanelIsa::kAvx512 : small_gemm::PanelIsa::kAvx2;
   thread_local std::vector<uint16_t> bf16;
   thread_local std::vector<float> f32;
   std::vector<float> out;  // [m, nc] when W comes in several chunks
@@ -265,8 +273,8 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
     const float* b = bias == nullptr ? nullptr : bias + n0;
     if (panels) {
       bf16.resize(static_cast<size_t>(small_gemm::Bf16PanelElements(k, nc)));
-      DequantizeBf16Panels(w, n0, nc, bf16.data());
-      small_gemm::RunBf16(a, m, k, bf16.data(), nc, b, dst);
+      DequantizeBf16Panels(w, n0, nc, bf16.data(), isa);
+      small_gemm::RunBf16(a, m, k, bf16.data(), nc, b, dst, panel_isa);
     } else {
       f32.resize(static_cast<size_t>(nc * k));
       float* deq = f32.data();  // taken here: the workers have thread_locals of their own

@@ -4,13 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "gritserve/common/error.h"
 #include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/work_steal.h"
+#include "small_gemm_internal.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define GRITSERVE_SMALL_GEMM 1
+#ifdef GRITSERVE_SMALL_GEMM
 // GCC 12 flags the _mm512_undefined_* pass-through operands inside its own
 // AVX-512 headers once they are inlined (here: the bfloat16 widening shifts).
 #ifndef __clang__  // a GCC-only warning
@@ -23,9 +24,8 @@
 
 namespace gritserve::small_gemm {
 
-namespace {
-constexpr int64_t kPanel = 64;  // columns per packed panel (the layouts' 64b)
-}  // namespace
+using detail::kMaxBf16Rows;
+using detail::kPanel;
 
 #ifdef GRITSERVE_SMALL_GEMM
 namespace {
@@ -33,9 +33,7 @@ namespace {
 static_assert(kPanel == avx512_tile::kCols, "a panel is one register tile wide");
 constexpr int64_t kKBlock = 128;  // rows of a panel multiplied per pass: 32 KB of float32 weights
 constexpr int64_t kMaxRows = 64;
-// Rows per item of the bfloat16-panel product: 16 tiles of 6, and 96 rows of
-// A by 256 deep (96 KB) stay in L2 while a thread walks the panels.
-constexpr int64_t kMaxBf16Rows = 96;
+// A bfloat16-panel item's kMaxBf16Rows rows are 16 tiles of 6.
 static_assert(kMaxBf16Rows >= kMaxRows, "PanelRows' buffer serves both products");
 constexpr int64_t kLineBytes = avx512_tile::kLineBytes;
 
@@ -106,17 +104,31 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
   });
 }
 
+bool PanelIsaAvailable(PanelIsa isa) {
+  switch (isa) {
+    case PanelIsa::kAvx512:
+      return kernels::CpuHasAvx512();
+    case PanelIsa::kAvx2:
+      return kernels::CpuHasAvx2();
+    case PanelIsa::kNone:
+      break;
+  }
+  return false;
+}
+
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
-             float* c) {
-  if (m < 1 || k < 1 || n < 1 || !kernels::CpuHasAvx512()) {
-    throw Error(ErrorKind::kInternal,
-                "small_gemm::RunBf16 called with an empty shape or off AVX-512");
+             float* c, PanelIsa isa) {
+  if (m < 1 || k < 1 || n < 1 || isa == PanelIsa::kNone || !PanelIsaAvailable(isa)) {
+    throw Error(ErrorKind::kInternal, std::string("small_gemm::RunBf16 called with an empty "
+                                                  "shape or off its ISA (") +
+                                          PanelIsaName(isa) + ")");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
   // Items are (row block, panel), panel fastest: a thread's share walks the
   // weights in memory order against one block of rows held in L2.
   const int64_t blocks = (m + kMaxBf16Rows - 1) / kMaxBf16Rows;
   auto first_row = [&](int64_t b) { return m * b / blocks; };  // even split
+  const bool avx512 = isa == PanelIsa::kAvx512;
   work_steal::ParallelFor(blocks * panels, [&](int64_t item, int64_t next) {
     const int64_t b = item / panels, p = item % panels;
     const uint16_t* next_panel = next < 0 ? nullptr : w + (next % panels) * k * kPanel;
@@ -125,7 +137,12 @@ void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n,
     // product, and deeper blocks cost fewer accumulator reloads (256 beat 128
     // by 3-6% at 1312 rows, and lost at 32).
     const int64_t kblock = rows > kMaxRows ? 2 * kKBlock : kKBlock;
-    PanelRows(a, first_row(b), rows, k, w + p * k * kPanel, next_panel, kblock, n, bias, c, p);
+    if (avx512) {
+      PanelRows(a, first_row(b), rows, k, w + p * k * kPanel, next_panel, kblock, n, bias, c, p);
+    } else {
+      detail::PanelRowsAvx2(a, first_row(b), rows, k, w + p * k * kPanel, next_panel, kblock, n,
+                            bias, c, p);
+    }
   });
 }
 
@@ -137,13 +154,33 @@ void Run(const float*, int64_t, int64_t, const float*, int64_t, const float*, fl
   throw Error(ErrorKind::kInternal, "small_gemm is not built for this CPU");
 }
 
-void RunBf16(const float*, int64_t, int64_t, const uint16_t*, int64_t, const float*, float*) {
+bool PanelIsaAvailable(PanelIsa) { return false; }
+
+void RunBf16(const float*, int64_t, int64_t, const uint16_t*, int64_t, const float*, float*,
+             PanelIsa) {
   throw Error(ErrorKind::kInternal, "small_gemm is not built for this CPU");
 }
 
 #endif
 
 bool Suits(int64_t rows) { return rows >= 24 && rows <= 64; }
+
+const char* PanelIsaName(PanelIsa isa) {
+  switch (isa) {
+    case PanelIsa::kAvx512:
+      return "avx512";
+    case PanelIsa::kAvx2:
+      return "avx2";
+    case PanelIsa::kNone:
+      break;
+  }
+  return "none";
+}
+
+PanelIsa Bf16PanelIsa() {
+  if (Available()) return PanelIsa::kAvx512;  // kernels::Dispatch: AVX-512 and allowed
+  return PanelIsaAvailable(PanelIsa::kAvx2) ? PanelIsa::kAvx2 : PanelIsa::kNone;
+}
 
 int64_t Bf16PanelElements(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * kPanel * k; }
 

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "gritserve/kernels/quant.h"
+#include "gritserve/kernels/small_gemm.h"
 
 namespace gritserve {
 
@@ -71,7 +72,7 @@ class Linear {
   // GRITSERVE_CPU_GEMM permitting); read when a layer or decoder is built.
   static bool CpuOneDnn();
   // Whether float32 layers hold bfloat16-valued (or bfloat16) weights as
-  // bfloat16 panels here: an AVX-512 CPU, and neither GRITSERVE_CPU_KERNELS=aten
+  // bfloat16 panels here: an AVX-512 or AVX2 + FMA CPU, and neither GRITSERVE_CPU_KERNELS=aten
   // nor an explicit GRITSERVE_CPU_GEMM (blas, onednn), which keep their float32
   // paths for comparisons. Read when a layer is built.
   static bool Bfloat16PanelsAvailable();
@@ -90,6 +91,7 @@ class Linear {
   std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
   at::Tensor gemv_weight_;                // [out, in] float32 CPU, read in place for one-row inputs
   at::Tensor bf16_panels_;  // [Bf16PanelElements(in, out)] bfloat16, small_gemm::PackBf16's layout
+  small_gemm::PanelIsa panel_isa_ = small_gemm::PanelIsa::kNone;  // chosen with bf16_panels_
   std::shared_ptr<const quant::Matrix> quant_;  // [out, in] in blocks, when quantized
   quant::Isa quant_isa_ = quant::Isa::kScalar;
 };

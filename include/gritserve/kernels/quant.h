@@ -24,8 +24,9 @@
 //    portable path); the weights stream once at their packed size.
 //  - many rows (prompts, embedding batches): blocks of the weights are
 //    dequantized into the panel layout of the float32 product kernel
-//    (small_gemm's bfloat16 panels on AVX-512, plain float32 for LibTorch's
-//    product elsewhere) and the activations stay in float32.
+//    (small_gemm's bfloat16 panels on AVX-512 and AVX2, plain float32 for
+//    LibTorch's product in the portable path) and the activations stay in
+//    float32.
 #pragma once
 
 #include <cstdint>

@@ -38,7 +38,16 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
 // registers: half the memory and half the bytes streamed per product, with
 // the float32 result unchanged up to summation order. Any row count: the
 // kernel also stands in for oneDNN on long prompts, since keeping a float32
-// copy for oneDNN would cost the memory saved.
+// copy for oneDNN would cost the memory saved. On AVX-512F, and on AVX2 + FMA
+// (its own, narrower register tiles over the same panels).
+
+enum class PanelIsa { kNone, kAvx2, kAvx512 };
+const char* PanelIsaName(PanelIsa isa);  // "avx512", "avx2", "none"
+// The widest the CPU and build run, within what GRITSERVE_CPU_ISA allows
+// (kernels::Dispatch); read at load by the layers that hold panels.
+PanelIsa Bf16PanelIsa();
+// Whether this CPU and build can run `isa` (GRITSERVE_CPU_ISA aside).
+bool PanelIsaAvailable(PanelIsa isa);
 
 // Elements of the packed form of a [k, n] matrix.
 int64_t Bf16PanelElements(int64_t k, int64_t n);
@@ -51,9 +60,10 @@ int64_t Bf16PanelElements(int64_t k, int64_t n);
 void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
 void PackBf16(const uint16_t* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
 
-// c = a w + bias. a: [m, k] row-major float32; w: PackBf16's output;
-// bias: [n] or null; c: [m, n] row-major. Needs m, k, n >= 1.
+// c = a w + bias on `isa` (which must be available; not kNone).
+// a: [m, k] row-major float32; w: PackBf16's output; bias: [n] or null;
+// c: [m, n] row-major. Needs m, k, n >= 1.
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
-             float* c);
+             float* c, PanelIsa isa);
 
 }  // namespace gritserve::small_gemm
