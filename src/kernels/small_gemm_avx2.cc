@@ -79,6 +79,87 @@ using TileFn = void (*)(const float*, int64_t, const uint16_t*, int64_t, float*,
                         int64_t);
 constexpr TileFn kHalfTiles[4] = {nullptr, &Tile<1, 1>, &Tile<2, 1>, &Tile<3, 1>};
 
+// Weight rows per widened chunk: 128 x 32 floats (16 KB) stay in L1 beside
+// the tiles' rows of a.
+constexpr int64_t kWideRows = 128;
+
+// out[kn][32] = half h of block[kn][64] widened to float32, each row in the
+// order a tile's accumulators take it (kColumn), prefetching `npf` lines
+// from pf into L2 along the way.
+GRITSERVE_AVX2 void WidenHalf(const uint16_t* block, int64_t h, int64_t kn, float* out,
+                              const char* pf, int64_t npf) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  for (int64_t k = 0; k < kn; ++k) {
+    if (k < npf) _mm_prefetch(pf + kLineBytes * k, _MM_HINT_T1);
+    for (int q = 0; q < 2; ++q) {
+      const __m256i x =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + k * kPanel + 32 * h + 16 * q));
+      _mm256_store_ps(out + 32 * k + 16 * q, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+      _mm256_store_ps(out + 32 * k + 16 * q + 8, _mm256_castsi256_ps(_mm256_and_si256(x, high)));
+    }
+  }
+  for (int64_t k = kn; k < npf; ++k) _mm_prefetch(pf + kLineBytes * k, _MM_HINT_T1);
+}
+
+// c[MR][32 columns, kColumn order] (+)= a[MR][kn] w[kn][32], w widened by
+// WidenHalf: four loads, MR broadcasts and 4 MR FMAs a step, no widening.
+template <int MR>
+GRITSERVE_AVX2 void WideTile(const float* a, int64_t lda, const float* w, int64_t kn, float* c,
+                             bool accumulate) {
+  __m256 acc[MR][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      float* dst = c + r * kPanel + kColumn[v];
+      acc[r][v] = accumulate ? _mm256_loadu_ps(dst) : _mm256_setzero_ps();
+    }
+  }
+  for (int64_t k = 0; k < kn; ++k, w += 32) {
+    const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8);
+    const __m256 w2 = _mm256_load_ps(w + 16), w3 = _mm256_load_ps(w + 24);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+      acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(av, w2, acc[r][2]);
+      acc[r][3] = _mm256_fmadd_ps(av, w3, acc[r][3]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(c + r * kPanel + kColumn[v], acc[r][v]);
+  }
+}
+
+using WideTileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
+constexpr WideTileFn kWideTiles[4] = {nullptr, &WideTile<1>, &WideTile<2>, &WideTile<3>};
+
+// Many rows: each half of each chunk of weight rows is widened once and then
+// read, as float32, by every 3-row tile, where Tile widens it again for each.
+GRITSERVE_AVX2 void WideRows(int64_t rows, const float* a, int64_t lda, const uint16_t* block,
+                             int64_t kn, float* acc, bool accumulate, const char* pf,
+                             int64_t lines) {
+  alignas(32) float wide[kWideRows * 32];  // [chunk rows][32]
+  const int64_t chunks = (kn + kWideRows - 1) / kWideRows, calls = 2 * chunks;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t k0 = ch * kWideRows, kc = std::min(kWideRows, kn - k0);
+    for (int64_t h = 0; h < 2; ++h) {
+      const int64_t call = 2 * ch + h;
+      const int64_t l0 = lines * call / calls, l1 = lines * (call + 1) / calls;
+      WidenHalf(block + k0 * kPanel, h, kc, wide, pf == nullptr ? nullptr : pf + kLineBytes * l0,
+                l1 - l0);
+      for (int64_t row = 0; row < rows; row += 3) {
+        const int64_t n = std::min<int64_t>(3, rows - row);
+        kWideTiles[n](a + row * lda + k0, lda, wide, kc, acc + row * kPanel + 32 * h,
+                      accumulate || k0 > 0);
+      }
+    }
+  }
+}
+
 // acc[rows][64] (+)= a[rows][kn] block[kn][64], with `lines` cache lines from
 // pf prefetched along the way, shared out over the tiles' steps.
 GRITSERVE_AVX2 void Rows(int64_t rows, const float* a, int64_t lda, const uint16_t* block,
@@ -87,6 +168,7 @@ GRITSERVE_AVX2 void Rows(int64_t rows, const float* a, int64_t lda, const uint16
     Tile<1, 2>(a, lda, block, kn, acc, accumulate, pf, lines);
     return;
   }
+  if (rows > 6) return WideRows(rows, a, lda, block, kn, acc, accumulate, pf, lines);
   const int64_t tiles = (rows + 2) / 3, calls = 2 * tiles;
   int64_t row = 0;
   for (int64_t t = 0; t < tiles; ++t) {
