@@ -22,25 +22,27 @@ struct Report {
   int64_t steps = 0;
 };
 
-// ids: [T] -> next-token logits at every position [T, V]
-inline at::Tensor CausalLogits(const Decoder& d, const at::Tensor& ids) {
+// ids: [T] -> one sequence at positions 0.. with `attention`
+inline ForwardInput Sequence(const at::Tensor& ids, AttentionSpec attention) {
   const int64_t t = ids.size(0);
   ForwardInput in;
   in.ids = ids.view({1, t});
   in.positions = at::arange(t, at::kLong).view({1, t});
-  in.attention = AttentionSpec::Causal();
-  return d.Logits(d.Forward(in, nullptr).view({t, -1}));
+  in.attention = attention;
+  return in;
+}
+
+// ids: [T] -> next-token logits at every position [T, V]
+inline at::Tensor CausalLogits(const Decoder& d, const at::Tensor& ids) {
+  return d.Logits(
+      d.Forward(Sequence(ids, AttentionSpec::Causal()), nullptr).view({ids.size(0), -1}));
 }
 
 // ids: [T] -> the greedy next token after them [1]. Only the last position
 // goes through the LM head: with the real vocabulary it is most of the work
 // of the tiny fixture's forward pass.
 inline at::Tensor GreedyNext(const Decoder& d, const at::Tensor& ids) {
-  const int64_t t = ids.size(0);
-  ForwardInput in;
-  in.ids = ids.view({1, t});
-  in.positions = at::arange(t, at::kLong).view({1, t});
-  in.attention = AttentionSpec::Causal();
+  ForwardInput in = Sequence(ids, AttentionSpec::Causal());
   in.last_position_only = true;
   return d.Logits(d.Forward(in, nullptr).view({1, -1}))[0].argmax().view({1});
 }
@@ -48,10 +50,7 @@ inline at::Tensor GreedyNext(const Decoder& d, const at::Tensor& ids) {
 // ids: [T] -> the L2-normalised mean of the bidirectional final hidden states [H]
 inline at::Tensor Embedding(const Decoder& d, const at::Tensor& ids) {
   const int64_t t = ids.size(0);
-  ForwardInput in;
-  in.ids = ids.view({1, t});
-  in.positions = at::arange(t, at::kLong).view({1, t});
-  in.attention = AttentionSpec::Bidirectional();
+  const ForwardInput in = Sequence(ids, AttentionSpec::Bidirectional());
   const at::Tensor mean = d.Forward(in, nullptr).view({t, -1}).to(at::kDouble).mean(0);
   return mean / mean.norm();
 }

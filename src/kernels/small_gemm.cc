@@ -24,6 +24,9 @@
 
 namespace gritserve::small_gemm {
 
+using detail::BlockAt;
+using detail::KBlock;
+using detail::kLineBytes;
 using detail::kMaxBf16Rows;
 using detail::kPanel;
 
@@ -35,7 +38,7 @@ constexpr int64_t kKBlock = 128;  // rows of a panel multiplied per pass: 32 KB 
 constexpr int64_t kMaxRows = 64;
 // A bfloat16-panel item's kMaxBf16Rows rows are 16 tiles of 6.
 static_assert(kMaxBf16Rows >= kMaxRows, "PanelRows' buffer serves both products");
-constexpr int64_t kLineBytes = avx512_tile::kLineBytes;
+static_assert(kLineBytes == avx512_tile::kLineBytes, "one cache line size");
 
 // c[:, panel p] = acc (+ bias), for the m rows of acc ([m][64]).
 __attribute__((target("avx512f"))) void Store(const float* acc, int64_t m, int64_t n,
@@ -73,16 +76,9 @@ __attribute__((target("avx512f"))) void PanelRows(const float* a, int64_t m0, in
                                                   float* c, int64_t p) {
   alignas(64) float acc[kMaxBf16Rows * kPanel];  // [m][64]: the panel's outputs
   for (int64_t k0 = 0; k0 < k; k0 += kblock) {
-    const int64_t kn = std::min(k, k0 + kblock) - k0;
-    const BT* block = panel + k0 * kPanel;  // [kn][64]
-    const bool last = k0 + kn >= k;
-    const BT* next_block = !last ? block + kn * kPanel : next_panel;
-    const int64_t next_rows = !last ? std::min(k, k0 + kn + kblock) - (k0 + kn) : kblock;
-    const int64_t lines = next_block == nullptr ? 0
-                                                : std::min(k, next_rows) * kPanel *
-                                                      static_cast<int64_t>(sizeof(BT)) / kLineBytes;
-    avx512_tile::Rows(m, a + m0 * k + k0, k, block, kPanel, kn, acc, kPanel, k0 > 0,
-                      reinterpret_cast<const char*>(next_block), lines);
+    const KBlock<BT> b = BlockAt(k0, k, kblock, panel, next_panel);  // block: [kn][64]
+    avx512_tile::Rows(m, a + m0 * k + k0, k, b.block, kPanel, b.kn, acc, kPanel, k0 > 0,
+                      reinterpret_cast<const char*>(b.next), b.lines);
   }
   Store(acc, m, n, bias, c + m0 * n, p);
 }

@@ -21,8 +21,6 @@
 namespace gritserve::small_gemm::detail {
 namespace {
 
-constexpr int64_t kLineBytes = 64;
-
 // acc[4h + q] after a load of half h, quarter q (q = 0: lanes 0-7, 1: 8-15)
 // holds, low values then high, columns 32 h + kColumn[2q] and 32 h + kColumn[2q + 1].
 constexpr int kColumn[4] = {0, 16, 8, 24};
@@ -47,9 +45,9 @@ GRITSERVE_AVX2 void Tile(const float* a, int64_t lda, const uint16_t* b, int64_t
   for (int64_t k = 0; k < kn; ++k, b += kPanel) {
     if (k < npf) _mm_prefetch(pf + kLineBytes * k, _MM_HINT_T1);
     if (k + kn < npf) _mm_prefetch(pf + kLineBytes * (k + kn), _MM_HINT_T1);
-    // Every loop over acc is unrolled so that GCC keeps it in registers:
-    // with an index left a loop variable it keeps acc on the stack and
-    // stores it after every FMA, which halved prompt throughput.
+      // Every loop over acc is unrolled so that GCC keeps it in registers:
+      // with an index left a loop variable it keeps acc on the stack and
+      // stores it after every FMA, which halved prompt throughput.
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
 #pragma GCC unroll 2
@@ -92,8 +90,8 @@ GRITSERVE_AVX2 void WidenHalf(const uint16_t* block, int64_t h, int64_t kn, floa
   for (int64_t k = 0; k < kn; ++k) {
     if (k < npf) _mm_prefetch(pf + kLineBytes * k, _MM_HINT_T1);
     for (int q = 0; q < 2; ++q) {
-      const __m256i x =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + k * kPanel + 32 * h + 16 * q));
+      const __m256i x = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(block + k * kPanel + 32 * h + 16 * q));
       _mm256_store_ps(out + 32 * k + 16 * q, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
       _mm256_store_ps(out + 32 * k + 16 * q + 8, _mm256_castsi256_ps(_mm256_and_si256(x, high)));
     }
@@ -207,15 +205,9 @@ GRITSERVE_AVX2 void PanelRowsAvx2(const float* a, int64_t m0, int64_t m, int64_t
                                   int64_t n, const float* bias, float* c, int64_t p) {
   alignas(32) float acc[kMaxBf16Rows * kPanel];  // [m][64]: the panel's outputs
   for (int64_t k0 = 0; k0 < k; k0 += kblock) {
-    const int64_t kn = std::min(k, k0 + kblock) - k0;
-    const uint16_t* block = panel + k0 * kPanel;  // [kn][64]
-    const bool last = k0 + kn >= k;
-    const uint16_t* next_block = !last ? block + kn * kPanel : next_panel;
-    const int64_t next_rows = !last ? std::min(k, k0 + kn + kblock) - (k0 + kn) : kblock;
-    const int64_t lines =
-        next_block == nullptr ? 0 : std::min(k, next_rows) * kPanel * 2 / kLineBytes;
-    Rows(m, a + m0 * k + k0, k, block, kn, acc, k0 > 0, reinterpret_cast<const char*>(next_block),
-         lines);
+    const KBlock<uint16_t> b = BlockAt(k0, k, kblock, panel, next_panel);  // block: [kn][64]
+    Rows(m, a + m0 * k + k0, k, b.block, b.kn, acc, k0 > 0, reinterpret_cast<const char*>(b.next),
+         b.lines);
   }
   Store(acc, m, n, bias, c + m0 * n, p);
 }
