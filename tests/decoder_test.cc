@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "gritserve/cache/kv_cache.h"
+#include "gritserve/common/error.h"
 #include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/small_gemm.h"
 #include "gritserve/model/checkpoint_writer.h"
@@ -727,7 +728,7 @@ TEST_F(DecoderTest, DecodeStepsOfAPaddedBatchEqualEachRowAlone) {
 TEST(KvCacheTest, ReserveHoldsExactlyTheRoomAskedForAndAppendsWithinItNeverCopy) {
   c10::InferenceMode guard;
   KvCache cache(/*num_layers=*/2, /*batch=*/1, /*num_kv_heads=*/2, /*head_dim=*/4, at::kFloat,
-                at::kCPU);
+                at::kCPU, /*masked=*/-1e30f);
   cache.Reserve(40);
   EXPECT_EQ(cache.capacity(), 40);
   const void* keys = nullptr;
@@ -752,7 +753,7 @@ TEST(KvCacheTest, ReserveHoldsExactlyTheRoomAskedForAndAppendsWithinItNeverCopy)
 TEST(KvCacheTest, KeyValidWithRecordsTheNewFlagsAfterTheStoredOnes) {
   c10::InferenceMode guard;
   KvCache cache(/*num_layers=*/1, /*batch=*/2, /*num_kv_heads=*/1, /*head_dim=*/4, at::kFloat,
-                at::kCPU);
+                at::kCPU, /*masked=*/-1e30f);
   const at::Tensor v0 = at::tensor({1, 1, 1, 0}, at::kLong).to(at::kBool).view({2, 2});  // [B, 2]
   EXPECT_TRUE(at::equal(cache.KeyValidWith(v0), v0));
   const at::Tensor kv = at::zeros({2, 1, 2, 4});  // [B, Hkv, 2, D]
@@ -763,6 +764,47 @@ TEST(KvCacheTest, KeyValidWithRecordsTheNewFlagsAfterTheStoredOnes) {
   EXPECT_TRUE(at::equal(seen, at::cat({v0, v1}, 1)));
   EXPECT_EQ(cache.length(), 2);
   EXPECT_EQ(seen.data_ptr(), cache.key_valid().data_ptr());
+}
+
+// A one-token step's mask is the cache's additive flags, kept beside the
+// boolean ones as tokens come: equal to the mask built from the flags, a view
+// that does not move between steps within the room, carried over when the
+// room grows, and committed only by Commit.
+TEST(KvCacheTest, AdditiveFlagsFollowTheValidityFlagsThroughStepsAndGrowth) {
+  c10::InferenceMode guard;
+  constexpr float kMasked = -1e30f;
+  KvCache cache(/*num_layers=*/1, /*batch=*/2, /*num_kv_heads=*/1, /*head_dim=*/4, at::kFloat,
+                at::kCPU, kMasked);
+  auto expected = [&](const at::Tensor& flags) {  // [B, S] bool -> [B, S] float
+    return at::zeros(flags.sizes()).masked_fill_(flags.logical_not(), kMasked);
+  };
+  // A padded prompt, then steps in which row 1 sometimes holds padding.
+  const at::Tensor prompt = at::tensor({0, 1, 1, 1, 1, 1}, at::kLong).to(at::kBool).view({2, 3});
+  at::Tensor all = prompt;
+  cache.KeyValidWith(prompt);
+  cache.Append(0, at::zeros({2, 1, 3, 4}), at::zeros({2, 1, 3, 4}));
+  cache.Commit(3);
+  const void* before = nullptr;
+  for (int64_t i = 0; i < 70; ++i) {  // past the first room of 64
+    const at::Tensor step =
+        at::tensor({1, i % 3 != 0 ? 1 : 0}, at::kLong).to(at::kBool).view({2, 1});  // [B, 1]
+    all = at::cat({all, step}, 1);
+    const at::Tensor seen = cache.KeyValidWith(step);
+    const at::Tensor additive = cache.AdditiveWith(1);  // [B, S]
+    ASSERT_TRUE(at::equal(seen, all)) << "step " << i;
+    ASSERT_TRUE(at::equal(additive, expected(all))) << "step " << i;
+    if (i == 0) before = additive.data_ptr();
+    if (cache.capacity() == 64) {
+      EXPECT_EQ(additive.data_ptr(), before) << "step " << i;
+    }
+    EXPECT_THROW(cache.AdditiveWith(2), Error);  // only the recorded step's flags
+    cache.Append(0, at::zeros({2, 1, 1, 4}), at::zeros({2, 1, 1, 4}));
+    EXPECT_THROW(cache.Commit(2), Error);
+    cache.Commit(1);
+    EXPECT_EQ(cache.length(), all.size(1));
+  }
+  EXPECT_GT(cache.capacity(), 64);
+  EXPECT_TRUE(at::equal(cache.key_valid(), all));
 }
 
 }  // namespace

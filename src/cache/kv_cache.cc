@@ -7,14 +7,15 @@
 namespace gritserve {
 
 KvCache::KvCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_t head_dim,
-                 at::ScalarType dtype, at::Device device)
+                 at::ScalarType dtype, at::Device device, float masked)
     : batch_(batch),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       dtype_(dtype),
       device_(device),
       keys_(num_layers),
-      values_(num_layers) {}
+      values_(num_layers),
+      masked_(masked) {}
 
 void KvCache::Reserve(int64_t capacity) {
   if (capacity > capacity_) Resize(capacity);
@@ -38,8 +39,14 @@ void KvCache::Resize(int64_t new_cap) {
     values_[l] = v;
   }
   at::Tensor valid = at::zeros({batch_, new_cap}, opts.dtype(at::kBool));  // [B, C]
-  if (length_ > 0) valid.narrow(1, 0, length_).copy_(valid_.narrow(1, 0, length_));
+  at::Tensor additive = at::full({batch_, new_cap}, masked_, opts);        // [B, C]
+  const int64_t flagged = length_ + staged_;
+  if (flagged > 0) {
+    valid.narrow(1, 0, flagged).copy_(valid_.narrow(1, 0, flagged));
+    additive.narrow(1, 0, flagged).copy_(additive_.narrow(1, 0, flagged));
+  }
   valid_ = valid;
+  additive_ = additive;
   capacity_ = new_cap;
 }
 
@@ -56,10 +63,14 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
 }
 
 void KvCache::Advance(const at::Tensor& valid) {
-  const int64_t t = valid.size(1);
-  Grow(length_ + t);
-  valid_.narrow(1, length_, t).copy_(valid);
+  KeyValidWith(valid);
+  Commit(valid.size(1));
+}
+
+void KvCache::Commit(int64_t t) {
+  if (t != staged_) throw Error(ErrorKind::kInternal, "KvCache::Commit: flags not recorded");
   length_ += t;
+  staged_ = 0;
 }
 
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> KvCache::Slots(int64_t t) {
@@ -90,7 +101,20 @@ at::Tensor KvCache::KeyValidWith(const at::Tensor& valid) {
   const int64_t t = valid.size(1);
   Grow(length_ + t);
   valid_.narrow(1, length_, t).copy_(valid);
+  // One token's flag on a real token, the usual decode step, is a fill.
+  at::Tensor additive = additive_.narrow(1, length_, t);  // [B, T]
+  if (t == 1 && batch_ == 1 && valid.device().is_cpu() && valid.scalar_type() == at::kBool) {
+    additive.fill_(*valid.data_ptr<bool>() ? 0.0f : masked_);
+  } else {
+    additive.fill_(0.0f).masked_fill_(valid.logical_not(), masked_);
+  }
+  staged_ = t;
   return valid_.narrow(1, 0, length_ + t);
+}
+
+at::Tensor KvCache::AdditiveWith(int64_t t) const {
+  if (t != staged_) throw Error(ErrorKind::kInternal, "KvCache::AdditiveWith: flags not recorded");
+  return additive_.narrow(1, 0, length_ + t);
 }
 
 at::Tensor KvCache::keys(int64_t layer) const { return keys_.at(layer).narrow(2, 0, length_); }

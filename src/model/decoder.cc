@@ -213,7 +213,7 @@ int64_t Decoder::quantized_bytes() const {
 
 KvCache Decoder::NewCache(int64_t batch) const {
   return KvCache(config_.num_hidden_layers, batch, config_.num_key_value_heads, config_.head_dim,
-                 dtype_, device_);
+                 dtype_, device_, MaskedValue(dtype_));
 }
 
 int64_t Decoder::ForwardBytes(const ModelConfig& c, int64_t batch, int64_t t, int64_t past) {
@@ -324,23 +324,27 @@ Decoder::Segment Decoder::MakeSegment(const ForwardInput& in, int64_t past,
                                       const at::Tensor& key_valid, KvCache* cache) const {
   const bool windowed =
       config_.sliding_window && config_.window_from_layer < config_.num_hidden_layers;
-  Segment seg{in.ids.size(1), BuildMask(in, past, key_valid, windowed), cache};
+  Segment seg{in.ids.size(1), BuildMask(in, past, key_valid, windowed, cache), cache};
   if (windowed && config_.window_from_layer > 0 && in.attention.mode == AttentionMode::kCausal) {
-    seg.full_mask = BuildMask(in, past, key_valid, false);
+    seg.full_mask = BuildMask(in, past, key_valid, false, cache);
   }
   return seg;
 }
 
 kernels::AttentionMask Decoder::BuildMask(const ForwardInput& in, int64_t past,
-                                          const at::Tensor& key_valid, bool window) const {
+                                          const at::Tensor& key_valid, bool window,
+                                          const KvCache* cache) const {
   const int64_t t = in.ids.size(1), s = past + t;
   if (t == 1 && in.attention.mode == AttentionMode::kCausal) {
     // A decode step sees every stored valid key (from the window's start):
     // the additive mask is the validity flags, with no index arithmetic.
+    const int64_t lo = window ? std::max<int64_t>(0, s - *config_.sliding_window) : 0;
+    if (cache != nullptr && lo == 0) {
+      return kernels::AttentionMask::Dense(cache->AdditiveWith(1).unsqueeze(1));  // [B, 1, S]
+    }
     const float masked = MaskedValue(dtype_);
     at::Tensor mask = at::zeros({key_valid.size(0), 1, s}, key_valid.options().dtype(dtype_))
                           .masked_fill_(key_valid.logical_not().unsqueeze(1), masked);  // [B, 1, S]
-    const int64_t lo = window ? std::max<int64_t>(0, s - *config_.sliding_window) : 0;
     if (lo > 0) mask.narrow(2, 0, lo).fill_(masked);
     return kernels::AttentionMask::Dense(mask);
   }
@@ -546,7 +550,7 @@ at::Tensor Decoder::Forward(const ForwardInput& in, KvCache* cache,
   at::Tensor x = Embed(ids).view({b * t, h});  // [B*T, H]
   at::Tensor out = Layers(x, cos, sin, {MakeSegment(in, past, key_valid, cache)}, n_layers,
                           in.apply_final_norm, in.last_position_only, layer_outputs, {b, t, h});
-  if (cache != nullptr) cache->Advance(valid);
+  if (cache != nullptr) cache->Commit(t);
   return out.view({b, in.last_position_only ? 1 : t, h});
 }
 
@@ -607,7 +611,7 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
   at::Tensor x = Embed(all_ids).view({n, h});  // [N, H]
   at::Tensor out = Layers(x, cos, sin, segments, config_.num_hidden_layers, /*final_norm=*/true,
                           last_positions_only, nullptr, {n, h});
-  for (size_t i = 0; i < caches.size(); ++i) caches[i]->Advance(valid[i]);
+  for (size_t i = 0; i < caches.size(); ++i) caches[i]->Commit(inputs[i].ids.size(1));
   return out;  // [N, H]
 }
 

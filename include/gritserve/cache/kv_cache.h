@@ -13,8 +13,9 @@ namespace gritserve {
 class KvCache {
  public:
   KvCache() = default;
+  // masked: the additive mask value of a hidden key, in `dtype`.
   KvCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_t head_dim,
-          at::ScalarType dtype, at::Device device);
+          at::ScalarType dtype, at::Device device, float masked);
 
   int64_t length() const { return length_; }
   int64_t batch() const { return batch_; }
@@ -32,11 +33,18 @@ class KvCache {
 
   // [B, length] bool: which stored keys are real tokens.
   at::Tensor key_valid() const;
-  // Records which of the T tokens a forward pass is about to append are real
-  // (Advance records them again), and returns which of all the keys that
-  // pass sees are: a view of the stored flags, nothing concatenated.
+  // Records which of the T tokens a forward pass is about to append are real,
+  // and returns which of all the keys that pass sees are: a view of the
+  // stored flags, nothing concatenated. Commit(T) then moves the length.
   //   valid: [B, T] bool -> [B, length + T] bool
   at::Tensor KeyValidWith(const at::Tensor& valid);
+  // The same flags as an additive mask (0 where real, `masked` where not),
+  // kept beside them so a one-token step's mask is a view, not a new tensor
+  // per step.  -> [B, length + T] in dtype, after KeyValidWith(valid: [B, T])
+  at::Tensor AdditiveWith(int64_t t) const;
+  // Moves the length past the T tokens KeyValidWith recorded, after all
+  // layers appended theirs.
+  void Commit(int64_t t);
   // Layer views of the stored part: [B, Hkv, length, D].
   at::Tensor keys(int64_t layer) const;
   at::Tensor values(int64_t layer) const;
@@ -72,6 +80,9 @@ class KvCache {
   int64_t capacity_ = 0;
   std::vector<at::Tensor> keys_, values_;  // each [B, Hkv, capacity, D]
   at::Tensor valid_;                       // [B, capacity] bool
+  at::Tensor additive_;                    // [B, capacity] dtype: valid_ as a mask
+  float masked_ = 0;
+  int64_t staged_ = 0;  // tokens past length_ whose flags KeyValidWith recorded
 };
 
 }  // namespace gritserve

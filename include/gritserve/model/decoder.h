@@ -189,9 +189,11 @@ class Decoder {
   // kernel updates x in place; the ATen path rebinds x to a new tensor.
   at::Tensor AddRmsNorm(at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight) const;
   // Which keys T new tokens after `past` stored ones see (B x T x S);
-  // causal attention keeps to the sliding window when `window`.
+  // causal attention keeps to the sliding window when `window`. A one-token
+  // step with a cache reads the cache's additive flags (no mask is built).
   kernels::AttentionMask BuildMask(const ForwardInput& input, int64_t past,
-                                   const at::Tensor& key_valid, bool window) const;
+                                   const at::Tensor& key_valid, bool window,
+                                   const KvCache* cache) const;
   // cos, sin: [B, T, D/2] for positions [B, T] (each frequency once),
   // computed from the angles.
   std::pair<at::Tensor, at::Tensor> RopeAngles(const at::Tensor& positions) const;
