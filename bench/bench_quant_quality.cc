@@ -1,6 +1,7 @@
 // Quality of --weights q8 and q4, and of bfloat16 matrix products (--dtype
 // bfloat16 on a CPU with native bfloat16), against the float32 model: max
-// |dlogit|, greedy top-1 agreement and embedding cosine (quant_quality.h), on
+// |dlogit|, greedy top-1 agreement, embedding cosine and rerank order
+// agreement (quant_quality.h), on
 // the Qwen2.5-0.5B shape (random weights, bfloat16 as published) unless
 // --model names another checkpoint. Prints JSON; not a test.
 //   bench_quant_quality [--model DIR] [--prompts N] [--steps N]
@@ -43,7 +44,10 @@ std::unique_ptr<Decoder> LoadBf16Products(const std::string& dir) {
 nlohmann::json ToJson(const quant_quality::Report& r) {
   return {{"max_abs_dlogit", r.max_abs_dlogit},     {"max_abs_logit", r.max_abs_logit},
           {"top1_agreement", r.top1_agreement},     {"greedy_steps", r.steps},
-          {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine}};
+          {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine},
+          {"rerank_pair_agreement", r.rerank_pair_agreement},
+          {"rerank_top1_agreement", r.rerank_top1_agreement},
+          {"rerank_pairs", r.rerank_pairs}};
 }
 
 }  // namespace
