@@ -18,6 +18,11 @@
 #include "gritserve/common/allocator.h"
 #include "gritserve/engine/checkpoint.h"
 #include "gritserve/engine/engine.h"
+#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/linear.h"
+#include "gritserve/kernels/quant.h"
+#include "gritserve/kernels/small_gemm.h"
 
 using namespace gritserve;
 using bench::RandomIds;
@@ -112,6 +117,19 @@ void MeasureDecodeEight(const FrontEnd& front, Runner& runner, int repeats, nloh
   out["decode_8_concurrent_tokens_per_s"] = best;
 }
 
+// The CPU's features and which kernel paths this run chose among them, so
+// that a result says what it measured (GRITSERVE_CPU_ISA=avx2 included).
+nlohmann::json CpuJson() {
+  return {{"has_avx2", kernels::CpuHasAvx2()},
+          {"has_avx512", kernels::CpuHasAvx512()},
+          {"has_avx512_vnni", kernels::CpuHasAvx512Vnni()},
+          {"bf16_products", Linear::CpuBf16Available()},
+          {"dispatch", kernels::Dispatch::Current().Describe()},
+          {"fused_kernels", cpu_kernels::IsaName(cpu_kernels::ActiveIsa())},
+          {"bf16_panels", small_gemm::PanelIsaName(small_gemm::Bf16PanelIsa())},
+          {"quantized_rows", quant::IsaName(quant::DispatchedIsa())}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,6 +160,7 @@ int main(int argc, char** argv) {
   out["model"] = model;
   out["device"] = front.device_name();
   out["dtype"] = front.dtype_name();
+  out["cpu"] = CpuJson();
   out["weights"] = eo.weights;
   out["parameters"] = front.config().NumParameters();
   out["loaded_resident_bytes"] = bench::ResidentBytes();
