@@ -227,23 +227,21 @@ int64_t ChunkRows(const Matrix& w) {
 void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst, Isa isa) {
   const int64_t k = w.cols(), panels = (nc + 63) / 64;
   work_steal::ParallelFor(panels, [&](int64_t p, int64_t) {
+    uint16_t* panel = dst + p * k * 64;
+    const int64_t rows = std::min<int64_t>(64, nc - p * 64);
+#ifdef GRITSERVE_QUANT_X86
+    if (isa == Isa::kAvx512Vnni) {
+      detail::DequantizePanelAvx512(w, n0 + p * 64, rows, panel);
+      return;
+    }
+#endif
     thread_local std::vector<float> row;
     thread_local std::vector<uint16_t> bits;
     row.resize(static_cast<size_t>(k));
     bits.resize(static_cast<size_t>(k));
-    uint16_t* panel = dst + p * k * 64;
     for (int64_t j = 0; j < 64; ++j) {
-      const int64_t r = p * 64 + j;
-      if (r < nc) {
-#ifdef GRITSERVE_QUANT_X86
-        if (isa == Isa::kAvx512Vnni) {
-          detail::DequantizeRowAvx512(w, n0 + r, row.data());
-        } else {
-          w.DequantizeRow(n0 + r, row.data());
-        }
-#else
-        w.DequantizeRow(n0 + r, row.data());
-#endif
+      if (j < rows) {
+        w.DequantizeRow(n0 + p * 64 + j, row.data());
         for (int64_t kk = 0; kk < k; ++kk) bits[kk] = FloatToBf16(row[kk]);
       } else {
         std::fill(bits.begin(), bits.end(), uint16_t{0});

@@ -149,34 +149,78 @@ GRITSERVE_VNNI inline __m128i Quarter(__m512i v, int q) {
 
 }  // namespace
 
-GRITSERVE_VNNI void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out) {
+namespace {
+
+// Pair i of row r's 64 values (the padding past the last column included).  out: [64]
+GRITSERVE_VNNI inline void DequantizePair(const Matrix& w, int64_t r, int64_t i, float* out) {
   const bool q4 = w.format() == Format::kQ4;
-  const uint8_t* row = w.row(r);
-  const uint16_t* scales = w.scales(r);
-  const int64_t cols = w.cols();
   // Dwords of a pair alternate between its blocks: gather block 0's eight, then block 1's.
   const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  alignas(64) float tail[kPair];
+  const uint8_t* row = w.row(r);
+  const __m512i codes =
+      _mm512_permutexvar_epi32(order, q4 ? Codes<true>(row, i) : Codes<false>(row, i));
+  const __m512 d = PairScales(w.scales(r), i);  // lanes alternate d0, d1
+  __m512 m;
+  if (q4) {
+    int32_t two;
+    std::memcpy(&two, w.mins(r) + 2 * i, sizeof two);
+    m = _mm512_cvtph_ps(_mm256_set1_epi32(two));
+  } else {
+    m = _mm512_mul_ps(d, _mm512_set1_ps(-128.0f));
+  }
+  for (int q = 0; q < 4; ++q) {  // 16 values; the first two quarters are block 0
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(Quarter(codes, q)));
+    const int lane = q / 2;  // block of this quarter: lane 0 holds d0 / m0, lane 1 d1 / m1
+    const __m512 dq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), d);
+    const __m512 mq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), m);
+    _mm512_storeu_ps(out + 16 * q, _mm512_fmadd_ps(v, dq, mq));
+  }
+}
+
+// float32 to bfloat16, rounded to nearest even (finite values), in AVX-512F
+// alone: VNNI CPUs without AVX512_BF16 run this too.
+GRITSERVE_VNNI inline __m256i ToBf16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+}  // namespace
+
+GRITSERVE_VNNI void DequantizePanelAvx512(const Matrix& w, int64_t r0, int64_t rows,
+                                          uint16_t* panel) {
+  // One half (32 rows) of one pair (64 values) at a time, dequantized into
+  // an L1-sized buffer row by row and read back a column (one k) at a time,
+  // so each k's 32 values go out as one contiguous 64-byte store instead of
+  // 32 two-byte stores a cache line apart. A half's slot s holds row s / 2
+  // (s even) or 16 + s / 2 (s odd): small_gemm::PackBf16's interleave.
+  alignas(64) float buf[32 * kPair];  // [32 rows][64 values]
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i stride = _mm512_set1_epi32(static_cast<int32_t>(kPair));
+  const __m512i idx_lo = _mm512_mullo_epi32(lo, stride);
+  const __m512i idx_hi = _mm512_mullo_epi32(_mm512_add_epi32(lo, _mm512_set1_epi32(8)), stride);
+  const int64_t cols = w.cols();
   for (int64_t i = 0; i < w.pairs(); ++i) {
-    const __m512i codes =
-        _mm512_permutexvar_epi32(order, q4 ? Codes<true>(row, i) : Codes<false>(row, i));
-    const __m512 d = PairScales(scales, i);  // lanes alternate d0, d1
-    const __m512 m = q4 ? _mm512_cvtph_ps(_mm256_set1_epi32([&] {
-      int32_t two;
-      std::memcpy(&two, w.mins(r) + 2 * i, sizeof two);
-      return two;
-    }()))
-                        : _mm512_mul_ps(d, _mm512_set1_ps(-128.0f));
-    const int64_t k0 = i * kPair;
-    float* dst = k0 + kPair <= cols ? out + k0 : tail;
-    for (int q = 0; q < 4; ++q) {  // 16 values; the first two quarters are block 0
-      const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(Quarter(codes, q)));
-      const int lane = q / 2;  // block of this quarter: lane 0 holds d0 / m0, lane 1 d1 / m1
-      const __m512 dq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), d);
-      const __m512 mq = _mm512_permutexvar_ps(_mm512_set1_epi32(lane), m);
-      _mm512_storeu_ps(dst + 16 * q, _mm512_fmadd_ps(v, dq, mq));
+    const int64_t k0 = i * kPair, kn = std::min(kPair, cols - k0);
+    for (int h = 0; h < 2; ++h) {
+      for (int c = 0; c < 32; ++c) {
+        float* dst = buf + c * kPair;
+        if (h * 32 + c < rows) {
+          DequantizePair(w, r0 + h * 32 + c, i, dst);
+        } else {
+          std::memset(dst, 0, kPair * sizeof(float));
+        }
+      }
+      for (int64_t kk = 0; kk < kn; ++kk) {
+        const __m512 a = _mm512_i32gather_ps(idx_lo, buf + kk, 4);  // slots 0..15
+        const __m512 b = _mm512_i32gather_ps(idx_hi, buf + kk, 4);  // slots 16..31
+        uint16_t* out = panel + (k0 + kk) * 64 + 32 * h;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), ToBf16(a));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), ToBf16(b));
+      }
     }
-    if (dst == tail) std::memcpy(out + k0, tail, static_cast<size_t>(cols - k0) * sizeof(float));
   }
 }
 

@@ -47,8 +47,9 @@ void RowsAvx2(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
               float* c);
 void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
                     const float* bias, float* c);
-// Matrix::DequantizeRow's values, vectorized.  out: [w.cols()]
-void DequantizeRowAvx512(const Matrix& w, int64_t r, float* out);
+// Rows [r0, r0 + rows) of W (rows <= 64; zeros after them) as one 64-column
+// panel of small_gemm's bfloat16 layout.  panel: [w.cols()][64]
+void DequantizePanelAvx512(const Matrix& w, int64_t r0, int64_t rows, uint16_t* panel);
 #endif
 
 }  // namespace gritserve::quant::detail
