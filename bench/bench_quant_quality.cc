@@ -42,9 +42,12 @@ std::unique_ptr<Decoder> LoadBf16Products(const std::string& dir) {
 }
 
 nlohmann::json ToJson(const quant_quality::Report& r) {
-  return {{"max_abs_dlogit", r.max_abs_dlogit},     {"max_abs_logit", r.max_abs_logit},
-          {"top1_agreement", r.top1_agreement},     {"greedy_steps", r.steps},
-          {"min_embed_cosine", r.min_embed_cosine}, {"mean_embed_cosine", r.mean_embed_cosine},
+  return {{"max_abs_dlogit", r.max_abs_dlogit},
+          {"max_abs_logit", r.max_abs_logit},
+          {"top1_agreement", r.top1_agreement},
+          {"greedy_steps", r.steps},
+          {"min_embed_cosine", r.min_embed_cosine},
+          {"mean_embed_cosine", r.mean_embed_cosine},
           {"rerank_pair_agreement", r.rerank_pair_agreement},
           {"rerank_top1_agreement", r.rerank_top1_agreement},
           {"rerank_pairs", r.rerank_pairs}};

@@ -28,8 +28,6 @@ struct Report {
   int64_t rerank_pairs = 0;
 };
 
-
-
 // ids: [T] -> one sequence at positions 0.. with `attention`
 inline ForwardInput Sequence(const at::Tensor& ids, AttentionSpec attention) {
   const int64_t t = ids.size(0);
@@ -98,8 +96,7 @@ constexpr int64_t kRerankDocuments = 8;
 
 // One query's rerank: counts (in r, as sums) the document pairs both models
 // order alike and whether their best documents agree.
-inline void AddRerank(const Decoder& ref, const Decoder& test, const at::Tensor& query,
-                      Report* r) {
+inline void AddRerank(const Decoder& ref, const Decoder& test, const at::Tensor& query, Report* r) {
   const auto docs = RerankDocuments(query, kRerankDocuments, ref.config().vocab_size);
   const at::Tensor sr = RerankScores(ref, query, docs), st = RerankScores(test, query, docs);
   for (int64_t a = 0; a < kRerankDocuments; ++a) {

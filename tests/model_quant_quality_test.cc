@@ -47,8 +47,8 @@ struct Bounds {
 };
 
 void Print(const char* what, const quant_quality::Report& r) {
-  std::cout << what << ": max |dlogit| " << r.max_abs_dlogit << " (max |logit| "
-            << r.max_abs_logit << "), top-1 agreement " << r.top1_agreement << " over " << r.steps
+  std::cout << what << ": max |dlogit| " << r.max_abs_dlogit << " (max |logit| " << r.max_abs_logit
+            << "), top-1 agreement " << r.top1_agreement << " over " << r.steps
             << " steps, embedding cosine min " << r.min_embed_cosine << " mean "
             << r.mean_embed_cosine << ", rerank pair agreement " << r.rerank_pair_agreement
             << " over " << r.rerank_pairs << " pairs, best document agreement "

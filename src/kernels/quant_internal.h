@@ -17,7 +17,9 @@ constexpr int64_t kPair = 2 * kBlock;  // values per interleaved pair of blocks
 // sequence decodes markedly faster, eight together too (bench_engine).
 // Prefetches never fault, so running past a matrix's end is harmless.
 constexpr int64_t kPrefetchAhead = 4096;
-inline void PrefetchAhead(const uint8_t* codes) { __builtin_prefetch(codes + kPrefetchAhead, 0, 3); }
+inline void PrefetchAhead(const uint8_t* codes) {
+  __builtin_prefetch(codes + kPrefetchAhead, 0, 3);
+}
 
 // Where element e of block `half` (0, 1) of a pair sits among the pair's 64
 // codes: four at a time, alternating between the two blocks.
