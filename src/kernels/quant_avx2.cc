@@ -69,7 +69,9 @@ GRITSERVE_AVX2 void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
       hi[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair + 32));
       sv[j] = _mm256_loadu_ps(xs + j * x.sx_stride + i * 16);  // the first 8 lanes alternate too
     }
-    for (int rr = 0; rr < R; ++rr) PrefetchAhead(w.row(r + rr) + i * (kQ4 ? kBlock : kPair));
+    for (int rr = 0; rr < R; ++rr) {
+      PrefetchNextTile(w.row(r + rr) + i * (kQ4 ? kBlock : kPair), R * w.stride());
+    }
     for (int rr = 0; rr < R; ++rr) {
       const uint8_t* row = w.row(r + rr);
       const __m256 d = PairScales(w.scales(r + rr), i);

@@ -83,7 +83,8 @@ GRITSERVE_VNNI void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
       xv[j] = _mm512_load_si512(xq + j * x.kp + i * kPair);
       sv[j] = _mm512_loadu_ps(xs + j * x.sx_stride + i * 16);
     }
-    for (int rr = 0; rr < R; ++rr) PrefetchAhead(rows[rr] + i * (kQ4 ? kBlock : kPair));
+    for (int rr = 0; rr < R; ++rr)
+      PrefetchNextTile(rows[rr] + i * (kQ4 ? kBlock : kPair), R * w.stride());
     for (int rr = 0; rr < R; ++rr) {
       const __m512i wv = Codes<kQ4>(rows[rr], i);
       const __m512 d = PairScales(scales[rr], i);

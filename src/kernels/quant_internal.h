@@ -10,15 +10,15 @@ namespace gritserve::quant::detail {
 
 constexpr int64_t kPair = 2 * kBlock;  // values per interleaved pair of blocks
 
-// How far past the codes they read now the row kernels ask for the codes to
-// come (for each weight row of a tile; about the next tile's rows at the
-// 0.5B shape's 960-byte rows). The hardware prefetcher alone left the
-// weights' stream well short of the memory's bandwidth: with it, one
-// sequence decodes markedly faster, eight together too (bench_engine).
+// The row kernels ask for the codes of the next tile's rows (R rows on, at
+// the position they read now) while they multiply this tile's: with the
+// hardware prefetcher alone the weights streamed well short of the memory's
+// bandwidth (bench_engine: one sequence, eight together, the 0.5B and 7B
+// shapes). A fixed distance within the row did as well only where it
+// happened to match a tile's span (4 KB and the 0.5B shape's 960-byte rows).
 // Prefetches never fault, so running past a matrix's end is harmless.
-constexpr int64_t kPrefetchAhead = 4096;
-inline void PrefetchAhead(const uint8_t* codes) {
-  __builtin_prefetch(codes + kPrefetchAhead, 0, 3);
+inline void PrefetchNextTile(const uint8_t* codes, int64_t tile_bytes) {
+  __builtin_prefetch(codes + tile_bytes, 0, 3);
 }
 
 // Where element e of block `half` (0, 1) of a pair sits among the pair's 64
