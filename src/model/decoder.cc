@@ -589,7 +589,7 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
   }
   const int64_t h = config_.hidden_size;
   std::vector<Segment> segments;
-  std::vector<at::Tensor> ids, positions, valid;
+  std::vector<at::Tensor> ids, positions;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const ForwardInput& in = inputs[i];
     KvCache* cache = caches[i];
@@ -599,8 +599,9 @@ at::Tensor Decoder::ForwardMany(const std::vector<ForwardInput>& inputs,
       throw Error(ErrorKind::kInternal, "ForwardMany: one causal, unpadded sequence per cache");
     }
     const int64_t t = in.ids.size(1);
-    valid.push_back(at::ones({1, t}, at::TensorOptions().dtype(at::kBool).device(device_)));
-    at::Tensor key_valid = cache->KeyValidWith(valid.back());  // [1, S]
+    // Every token real: the flags are recorded here and committed after the layers.
+    at::Tensor key_valid = cache->KeyValidWith(
+        at::ones({1, t}, at::TensorOptions().dtype(at::kBool).device(device_)));  // [1, S]
     segments.push_back(MakeSegment(in, cache->length(), key_valid, cache));
     ids.push_back(in.ids.to(device_));
     positions.push_back(in.positions.to(device_));
