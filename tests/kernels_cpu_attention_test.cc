@@ -1,12 +1,18 @@
 // cpu_attention: the fused grouped-query attention pass against a float64
 // softmax(q k^T + mask) v, over key counts that do and do not fill its 64-key
 // panels and 256-key softmax chunks, strided K/V views, several batches and
-// query-head groups, and masks that hide whole chunks or whole rows.
+// query-head groups, and masks that hide whole chunks or whole rows; on every
+// ISA path this CPU runs (AVX-512 and AVX2, each forced with a ScopedIsa).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "gritserve/kernels/cpu_attention.h"
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "attention_reference.h"
+#include "gritserve/kernels/cpu_attention.h"
+#include "gritserve/kernels/cpu_kernels.h"
 
 namespace gritserve {
 namespace {
@@ -15,6 +21,33 @@ constexpr float kMasked = -1e30f;  // what the decoder's masks hold
 
 using testing::MaxDiff;
 constexpr auto& Reference = testing::AttentionReference;
+using cpu_kernels::Isa;
+
+// Each test runs once per ISA the CPU has; baseline (no vector path) checks
+// that the kernel refuses, so the decoder keeps its other path.
+class CpuAttention : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override { isa_.emplace(GetParam()); }
+  void TearDown() override { isa_.reset(); }
+  std::optional<cpu_kernels::ScopedIsa> isa_;
+};
+
+std::vector<Isa> IsasThisCpuRuns() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
+    if (cpu_kernels::IsaAvailable(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, CpuAttention, ::testing::ValuesIn(IsasThisCpuRuns()),
+                         [](const ::testing::TestParamInfo<Isa>& info) {
+                           return std::string(cpu_kernels::IsaName(info.param));
+                         });
+
+TEST_P(CpuAttention, IsAvailableExactlyOnTheVectorPaths) {
+  EXPECT_EQ(cpu_attention::Available(), GetParam() != Isa::kBaseline);
+}
 
 struct Shape {
   int64_t b, hkv, g, t, s, d;
@@ -33,9 +66,9 @@ at::Tensor Mask(const Shape& sh, int64_t hidden) {
   return mask;
 }
 
-TEST(CpuAttention, MatchesFloat64AttentionAcrossShapes) {
+TEST_P(CpuAttention, MatchesFloat64AttentionAcrossShapes) {
   if (!cpu_attention::Available()) {
-    // Not an AVX-512 machine: Suits must refuse so the decoder keeps its other path.
+    // No vector path: Suits must refuse so the decoder keeps its other path.
     at::Tensor q = at::randn({1, 1, 4, 64}), kv = at::randn({1, 1, 8, 64});
     EXPECT_FALSE(cpu_attention::Suits(q, kv, kv, at::zeros({1, 4, 8}), 1));
     return;
@@ -63,7 +96,7 @@ TEST(CpuAttention, MatchesFloat64AttentionAcrossShapes) {
   }
 }
 
-TEST(CpuAttention, FullyMaskedRowsAverageAllValuesAsTheSoftmaxDoes) {
+TEST_P(CpuAttention, FullyMaskedRowsAverageAllValuesAsTheSoftmaxDoes) {
   // A padded query row sees no key: the decoder's masks make that a uniform
   // softmax (finite mask value), never NaN.
   const at::Tensor q = at::randn({1, 1, 2 * 3, 64});
@@ -82,7 +115,7 @@ TEST(CpuAttention, FullyMaskedRowsAverageAllValuesAsTheSoftmaxDoes) {
   EXPECT_LT(MaxDiff(out[1].narrow(0, 64, 64), mean), 1e-5);
 }
 
-TEST(CpuAttention, RefusesOperandsItCannotRead) {
+TEST_P(CpuAttention, RefusesOperandsItCannotRead) {
   const at::Tensor q = at::randn({1, 2, 8, 64}), kv = at::randn({1, 2, 10, 64});
   const at::Tensor mask = at::zeros({1, 4, 10});
   EXPECT_EQ(cpu_attention::Suits(q, kv, kv, mask, 2), cpu_attention::Available());

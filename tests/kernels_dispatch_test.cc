@@ -65,14 +65,14 @@ TEST(KernelDispatch, EachSwitchIsRead) {
     ScopedEnv env("GRITSERVE_CPU_ISA", "avx2");
     EXPECT_FALSE(kernels::Dispatch::Current().avx512);
     EXPECT_FALSE(small_gemm::Available());
-    EXPECT_FALSE(cpu_attention::Available());
-    // The bfloat16 panels have an AVX2 sibling.
+    // The one-pass attention and the bfloat16 panels have AVX2 siblings.
+    EXPECT_EQ(cpu_attention::Available(), kernels::CpuHasAvx2());
     EXPECT_EQ(Linear::Bfloat16PanelsAvailable(), kernels::CpuHasAvx2());
     EXPECT_EQ(small_gemm::Bf16PanelIsa(),
               kernels::CpuHasAvx2() ? small_gemm::PanelIsa::kAvx2 : small_gemm::PanelIsa::kNone);
     const auto backend = kernels::AttentionBackend::For(at::Device(at::kCPU), at::kFloat);
     EXPECT_TRUE(backend.fused);
-    EXPECT_FALSE(backend.one_pass);
+    EXPECT_EQ(backend.one_pass, kernels::CpuHasAvx2());
   }
   // Nothing is cached: the defaults are back.
   EXPECT_EQ(kernels::Dispatch::Current().avx512, kernels::CpuHasAvx512());

@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "gritserve/common/error.h"
-#include "gritserve/kernels/dispatch.h"
+#include "gritserve/kernels/cpu_kernels.h"
 #include "gritserve/kernels/work_steal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -16,6 +16,7 @@
 #endif
 #include <immintrin.h>
 
+#include "avx2_tile.h"
 #include "avx512_tile.h"
 #define GRITSERVE_CPU_ATTENTION 1
 #endif
@@ -32,32 +33,6 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // keys per online-softmax step: 4 panels
 constexpr int64_t kRows = 32;    // query rows per work item
-
-// e^x, the same reduction and polynomial as cpu_kernels' scalar Exp (so the
-// two softmaxes agree to rounding); 0 below -87.
-__attribute__((target("avx512f"))) inline __m512 ExpVec(__m512 x) {
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 big = _mm512_set1_ps(12582912.0f);
-  const __m512 n =
-      _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), big), big);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f),
-                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc));
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-  const __m512 scaled = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(y), e));
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-  return _mm512_mask_blend_ps(under, scaled, _mm512_setzero_ps());
-}
-
-inline __mmask16 Lanes(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-}
 
 // Keys [p*64, p*64 + 64) of one KV head, transposed: kt[d][j] = k[p*64 + j][d],
 // zero past the last key.
@@ -83,94 +58,115 @@ struct Operands {
   int64_t t0, tn;
 };
 
-// Query rows [r0, r0 + rows) of KV head h in batch b.
-__attribute__((target("avx512f"))) void Block(const Operands& o, int64_t b, int64_t h, int64_t r0,
-                                              int64_t rows) {
-  alignas(64) float sc[kRows * kChunk];  // [rows][chunk]: scores, then probabilities
-  alignas(64) float acc[kRows * kMaxD];  // [rows][D]: unnormalised output
-  float mx[kRows], sum[kRows];
-  const int64_t d = o.d, bh = b * o.hkv + h;
-  const float* q = o.q + (bh * o.rows + r0) * d;
-  const float* v = o.v + b * o.vb + h * o.vh;
-  std::fill(acc, acc + rows * d, 0.0f);
-  std::fill(mx, mx + rows, -std::numeric_limits<float>::infinity());
-  std::fill(sum, sum + rows, 0.0f);
-  for (int64_t j0 = 0; j0 < o.s; j0 += kChunk) {
-    const int64_t cn = std::min(kChunk, o.s - j0);
-    for (int64_t pp = 0; pp * kPanel < cn; ++pp) {
-      const float* kt = o.kt + ((bh * o.panels + j0 / kPanel + pp) * d) * kPanel;  // [D][64]
-      avx512_tile::Rows(rows, q, d, kt, kPanel, d, sc + pp * kPanel, kChunk, false);
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t row = r0 + r, ti = row % o.t;
-      float* p = sc + r * kChunk;
-      const float* m = o.mask + (b * o.tn + ti - o.t0) * o.s + j0;
-      // Masked loads only for the last partial vector: on the AMD cores
-      // measured, masked loads in a main loop ran it at three quarters speed.
-      __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      int64_t j = 0;
-      for (; j + 16 <= cn; j += 16) {
-        const __m512 x = _mm512_add_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(m + j));
-        _mm512_storeu_ps(p + j, x);
-        vmax = _mm512_max_ps(vmax, x);
-      }
-      if (j < cn) {
-        const __mmask16 lanes = Lanes(cn - j);
-        const __m512 x =
-            _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, p + j), _mm512_maskz_loadu_ps(lanes, m + j));
-        _mm512_mask_storeu_ps(p + j, lanes, x);
-        vmax = _mm512_mask_max_ps(vmax, lanes, vmax, x);
-      }
-      const float new_max = std::max(mx[r], _mm512_reduce_max_ps(vmax));
-      const __m512 nm = _mm512_set1_ps(new_max);
-      __m512 vsum = _mm512_setzero_ps();
-      for (j = 0; j + 16 <= cn; j += 16) {
-        const __m512 e = ExpVec(_mm512_sub_ps(_mm512_loadu_ps(p + j), nm));
-        _mm512_storeu_ps(p + j, e);
-        vsum = _mm512_add_ps(vsum, e);
-      }
-      if (j < cn) {
-        const __mmask16 lanes = Lanes(cn - j);
-        const __m512 e = ExpVec(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), nm));
-        _mm512_mask_storeu_ps(p + j, lanes, e);
-        vsum = _mm512_mask_add_ps(vsum, lanes, vsum, e);
-      }
-      // The output so far was weighted against the old maximum.
-      if (mx[r] != new_max) {
-        const float alpha = std::isinf(mx[r]) ? 0.0f : std::exp(mx[r] - new_max);
-        const __m512 va = _mm512_set1_ps(alpha);
-        for (int64_t i = 0; i < d; i += 16) {
-          _mm512_storeu_ps(acc + r * d + i, _mm512_mul_ps(_mm512_loadu_ps(acc + r * d + i), va));
-        }
-        sum[r] *= alpha;
-        mx[r] = new_max;
-      }
-      sum[r] += _mm512_reduce_add_ps(vsum);
-    }
-    for (int64_t c = 0; c < d; c += kPanel) {
-      avx512_tile::Rows(rows, sc, kChunk, v + j0 * o.vs + c, o.vs, cn, acc + c, d, true);
-    }
-  }
-  const int64_t width = o.hkv * o.g * d;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t row = r0 + r, gi = row / o.t, ti = row % o.t;
-    float* dst = o.out + (b * o.t + ti) * width + (h * o.g + gi) * d;
-    const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
-    for (int64_t i = 0; i < d; i += 16) {
-      _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(acc + r * d + i), inv));
-    }
-  }
+// The vector operations Block is written in, once per ISA (namespaces avx512
+// and avx2 below), each function compiled for its ISA through GRITSERVE_ATTN.
+namespace avx512 {
+#define GRITSERVE_ATTN __attribute__((target("avx512f"), always_inline)) inline
+using V = __m512;
+constexpr int64_t kLanes = 16;
+GRITSERVE_ATTN V Set(float x) { return _mm512_set1_ps(x); }
+GRITSERVE_ATTN V Add(V a, V b) { return _mm512_add_ps(a, b); }
+GRITSERVE_ATTN V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+GRITSERVE_ATTN V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+GRITSERVE_ATTN V Min(V a, V b) { return _mm512_min_ps(a, b); }
+GRITSERVE_ATTN V Max(V a, V b) { return _mm512_max_ps(a, b); }
+GRITSERVE_ATTN V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+GRITSERVE_ATTN V Fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+// y 2^n for whole-numbered n, through the exponent bits.
+GRITSERVE_ATTN V ScaleByPow2(V y, V n) {
+  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(y), e));
 }
+// y, with 0 in the lanes where x < lo.
+GRITSERVE_ATTN V ZeroWhereBelow(V y, V x, float lo) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, Set(lo), _CMP_LT_OQ), y, _mm512_setzero_ps());
+}
+GRITSERVE_ATTN V Load(const float* p) { return _mm512_loadu_ps(p); }
+GRITSERVE_ATTN void Store(float* p, V x) { _mm512_storeu_ps(p, x); }
+GRITSERVE_ATTN __mmask16 Part(int64_t left) { return static_cast<__mmask16>((1u << left) - 1); }
+// The first `left` (< kLanes) values; the other lanes read as `fill`.
+GRITSERVE_ATTN V LoadPart(const float* p, int64_t left, float fill) {
+  return _mm512_mask_loadu_ps(Set(fill), Part(left), p);
+}
+GRITSERVE_ATTN void StorePart(float* p, int64_t left, V x) {
+  _mm512_mask_storeu_ps(p, Part(left), x);
+}
+GRITSERVE_ATTN float ReduceMax(V x) { return _mm512_reduce_max_ps(x); }
+GRITSERVE_ATTN float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
+inline void Rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kn,
+                 float* c, int64_t ldc, bool accumulate) {
+  avx512_tile::Rows(rows, a, lda, b, ldb, kn, c, ldc, accumulate);
+}
+#define GRITSERVE_ATTN_BLOCK __attribute__((target("avx512f")))
+#include "cpu_attention_block.inc"
+#undef GRITSERVE_ATTN_BLOCK
+#undef GRITSERVE_ATTN
+}  // namespace avx512
+
+namespace avx2 {
+#define GRITSERVE_ATTN __attribute__((target("avx2,fma"), always_inline)) inline
+using V = __m256;
+constexpr int64_t kLanes = 8;
+GRITSERVE_ATTN V Set(float x) { return _mm256_set1_ps(x); }
+GRITSERVE_ATTN V Add(V a, V b) { return _mm256_add_ps(a, b); }
+GRITSERVE_ATTN V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+GRITSERVE_ATTN V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+GRITSERVE_ATTN V Min(V a, V b) { return _mm256_min_ps(a, b); }
+GRITSERVE_ATTN V Max(V a, V b) { return _mm256_max_ps(a, b); }
+GRITSERVE_ATTN V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+GRITSERVE_ATTN V Fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+GRITSERVE_ATTN V ScaleByPow2(V y, V n) {
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
+}
+GRITSERVE_ATTN V ZeroWhereBelow(V y, V x, float lo) {
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, Set(lo), _CMP_LT_OQ));
+}
+GRITSERVE_ATTN V Load(const float* p) { return _mm256_loadu_ps(p); }
+GRITSERVE_ATTN void Store(float* p, V x) { _mm256_storeu_ps(p, x); }
+// All ones in lanes [0, left): AVX2's masked moves take a vector mask.
+GRITSERVE_ATTN __m256i Part(int64_t left) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+GRITSERVE_ATTN V LoadPart(const float* p, int64_t left, float fill) {
+  const __m256i lanes = Part(left);
+  return _mm256_blendv_ps(Set(fill), _mm256_maskload_ps(p, lanes), _mm256_castsi256_ps(lanes));
+}
+GRITSERVE_ATTN void StorePart(float* p, int64_t left, V x) {
+  _mm256_maskstore_ps(p, Part(left), x);
+}
+GRITSERVE_ATTN float ReduceMax(V x) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+GRITSERVE_ATTN float ReduceAdd(V x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline void Rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kn,
+                 float* c, int64_t ldc, bool accumulate) {
+  avx2_tile::Rows(rows, a, lda, b, ldb, kn, c, ldc, accumulate);
+}
+#define GRITSERVE_ATTN_BLOCK __attribute__((target("avx2,fma")))
+#include "cpu_attention_block.inc"
+#undef GRITSERVE_ATTN_BLOCK
+#undef GRITSERVE_ATTN
+}  // namespace avx2
 
 }  // namespace
 
-bool Available() { return kernels::Dispatch::Current().avx512; }
+// The ISA cpu_kernels runs (GRITSERVE_CPU_ISA, or a test's ScopedIsa).
+bool Available() { return cpu_kernels::ActiveIsa() != cpu_kernels::Isa::kBaseline; }
 
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const MaskRows& mask_rows, int64_t block, int64_t g) {
   if (!Suits(q, k, v, g) || block < 1) {
     throw Error(ErrorKind::kInternal, "cpu_attention::Attend called outside its operands");
   }
+  const bool avx512 = cpu_kernels::ActiveIsa() == cpu_kernels::Isa::kAvx512;
   Operands o{};
   const int64_t b = q.size(0);
   o.hkv = q.size(1), o.rows = q.size(2), o.d = q.size(3), o.s = k.size(2), o.g = g;
@@ -200,6 +196,7 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     // Rows of one KV head that run: all G T of them for a single block (one
     // range), else each query head's tn rows of this block (G ranges).
     const bool whole = o.tn == o.t;
+    const auto block_fn = avx512 ? &avx512::Block : &avx2::Block;
     const int64_t ranges = whole ? 1 : g, length = whole ? o.rows : o.tn;
     const int64_t blocks = (length + kRows - 1) / kRows;
     work_steal::ParallelFor(b * o.hkv * ranges * blocks, [&](int64_t i, int64_t) {
@@ -207,7 +204,7 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       // Even block sizes: 224 rows are 7 blocks of 32, 40 rows 2 of 20.
       const int64_t first = whole ? 0 : range * o.t + o.t0;
       const int64_t r0 = length * blk / blocks, r1 = length * (blk + 1) / blocks;
-      Block(o, bh / o.hkv, bh % o.hkv, first + r0, r1 - r0);
+      block_fn(o, bh / o.hkv, bh % o.hkv, first + r0, r1 - r0);
     });
   }
   return out;
@@ -238,7 +235,7 @@ bool Suits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_
   auto cpu_f32 = [](const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
   };
-  if (!kernels::CpuHasAvx512() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v)) return false;
+  if (!Available() || !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v)) return false;
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || g < 1) return false;
   const int64_t b = q.size(0), hkv = q.size(1), rows = q.size(2), d = q.size(3), s = k.size(2);
   return q.is_contiguous() && k.sizes() == v.sizes() && k.size(0) == b && k.size(1) == hkv &&

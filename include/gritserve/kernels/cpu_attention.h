@@ -1,6 +1,6 @@
-// Grouped-query attention for prompt-sized float32 inputs on AVX-512 CPUs, in
-// one pass per block of query rows: scores, masked softmax and the product
-// with V stay in L1/L2 instead of a [G T, S] score matrix per KV head going
+// Grouped-query attention for prompt-sized float32 inputs on AVX-512 and AVX2
+// CPUs, in one pass per block of query rows: scores, masked softmax and the
+// product with V stay in L1/L2 instead of a [G T, S] score matrix per KV head going
 // out to memory and back between three separate steps.
 //
 // A question over cached documents (32 tokens against 1312 keys in
@@ -13,7 +13,9 @@
 // works with fixed scratch. Results equal the three-step formulation up to
 // summation order. Alternating the two per request in one process, the cached
 // request's median time to first token fell 2-4%; prefill and embedding
-// throughput stayed within noise.
+// throughput stayed within noise. The pass is written once
+// (cpu_attention_block.inc) over each ISA's vector operations and register
+// tile (avx512_tile.h, avx2_tile.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,8 +25,9 @@
 
 namespace gritserve::cpu_attention {
 
-// Whether this CPU and build run the kernel (x86-64 with AVX-512F) and
-// GRITSERVE_CPU_ISA allows it; read by AttentionBackend::For at load.
+// Whether this CPU and build run the kernel: x86-64 with AVX-512F or AVX2 and
+// FMA, whichever cpu_kernels::ActiveIsa() picks (GRITSERVE_CPU_ISA, or a
+// test's ScopedIsa); read by AttentionBackend::For at load.
 bool Available();
 
 // Whether Attend takes these operands: CPU float32, D a multiple of 64 up to
