@@ -125,9 +125,9 @@ nlohmann::json CpuJson() {
           {"has_avx512_vnni", kernels::CpuHasAvx512Vnni()},
           {"bf16_products", Linear::CpuBf16Available()},
           {"dispatch", kernels::Dispatch::Current().Describe()},
-          {"fused_kernels", cpu_kernels::IsaName(cpu_kernels::ActiveIsa())},
-          {"bf16_panels", small_gemm::PanelIsaName(small_gemm::Bf16PanelIsa())},
-          {"quantized_rows", quant::IsaName(quant::DispatchedIsa())}};
+          {"fused_kernels", kernels::IsaName(kernels::ActiveIsa())},
+          {"bf16_panels", kernels::IsaName(small_gemm::Bf16PanelIsa())},
+          {"quantized_rows", kernels::IsaName(quant::DispatchedIsa())}};
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     const at::Tensor w = (at::randn({s.out, s.in}) * 0.02).to(at::kBFloat16);  // [out, in]
     const auto* bits = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
     std::vector<uint16_t> panels;
-    if (small_gemm::Bf16PanelIsa() != small_gemm::PanelIsa::kNone) {
+    if (small_gemm::Bf16PanelIsa() != kernels::Isa::kBaseline) {
       panels.resize(static_cast<size_t>(small_gemm::Bf16PanelElements(s.in, s.out)));
       small_gemm::PackBf16(bits, /*out_in=*/true, s.in, s.out, panels.data());
     }
@@ -68,21 +68,19 @@ int main(int argc, char** argv) {
       const at::Tensor x = at::randn({m, s.in});
       at::Tensor y = at::empty({m, s.out});
       nlohmann::json& o = out[s.name][std::to_string(m) + "_rows"];
-      for (small_gemm::PanelIsa isa :
-           {small_gemm::PanelIsa::kAvx512, small_gemm::PanelIsa::kAvx2}) {
+      for (kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
         if (panels.empty() || !small_gemm::PanelIsaAvailable(isa)) continue;
-        o[std::string("bf16_panels_") + small_gemm::PanelIsaName(isa) + "_ms"] =
-            BestMs(repeats, [&] {
-              small_gemm::RunBf16(x.data_ptr<float>(), m, s.in, panels.data(), s.out, nullptr,
-                                  y.data_ptr<float>(), isa);
-            });
+        o[std::string("bf16_panels_") + kernels::IsaName(isa) + "_ms"] = BestMs(repeats, [&] {
+          small_gemm::RunBf16(x.data_ptr<float>(), m, s.in, panels.data(), s.out, nullptr,
+                              y.data_ptr<float>(), isa);
+        });
       }
-      for (quant::Isa isa : {quant::Isa::kAvx512Vnni, quant::Isa::kAvx2}) {
+      for (quant::Isa isa : {quant::Isa::kAvx512, quant::Isa::kAvx2}) {
         if (!quant::IsaAvailable(isa)) continue;
         for (const quant::Matrix* q : {&q8, &q4}) {
           for (quant::Path p : {quant::Path::kInt8Rows, quant::Path::kFloatPanels}) {
             const std::string key =
-                std::string(quant::FormatName(q->format())) + "_" + quant::IsaName(isa) +
+                std::string(quant::FormatName(q->format())) + "_" + kernels::IsaName(isa) +
                 (p == quant::Path::kInt8Rows ? "_int8_rows" : "_float_panels") + "_ms";
             o[key] = BestMs(repeats, [&] {
               quant::Multiply(*q, x.data_ptr<float>(), m, nullptr, y.data_ptr<float>(), isa, p);

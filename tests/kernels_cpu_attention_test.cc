@@ -12,7 +12,7 @@
 
 #include "attention_reference.h"
 #include "gritserve/kernels/cpu_attention.h"
-#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
 
 namespace gritserve {
 namespace {
@@ -21,7 +21,7 @@ constexpr float kMasked = -1e30f;  // what the decoder's masks hold
 
 using testing::MaxDiff;
 constexpr auto& Reference = testing::AttentionReference;
-using cpu_kernels::Isa;
+using kernels::Isa;
 
 // Each test runs once per ISA the CPU has; baseline (no vector path) checks
 // that the kernel refuses, so the decoder keeps its other path.
@@ -29,20 +29,20 @@ class CpuAttention : public ::testing::TestWithParam<Isa> {
  protected:
   void SetUp() override { isa_.emplace(GetParam()); }
   void TearDown() override { isa_.reset(); }
-  std::optional<cpu_kernels::ScopedIsa> isa_;
+  std::optional<kernels::ScopedIsa> isa_;
 };
 
 std::vector<Isa> IsasThisCpuRuns() {
   std::vector<Isa> isas;
   for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
-    if (cpu_kernels::IsaAvailable(isa)) isas.push_back(isa);
+    if (kernels::CpuHas(isa)) isas.push_back(isa);
   }
   return isas;
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, CpuAttention, ::testing::ValuesIn(IsasThisCpuRuns()),
                          [](const ::testing::TestParamInfo<Isa>& info) {
-                           return std::string(cpu_kernels::IsaName(info.param));
+                           return std::string(kernels::IsaName(info.param));
                          });
 
 TEST_P(CpuAttention, IsAvailableExactlyOnTheVectorPaths) {

@@ -30,7 +30,7 @@ at::Tensor RopeReference(const at::Tensor& x, const at::Tensor& cos, const at::T
   return x * c + rotated * s;
 }
 
-using cpu_kernels::Isa;
+using kernels::Isa;
 
 class CpuKernels : public ::testing::TestWithParam<Isa> {
  protected:
@@ -38,34 +38,32 @@ class CpuKernels : public ::testing::TestWithParam<Isa> {
   void TearDown() override { isa_.reset(); }
 
  private:
-  std::optional<cpu_kernels::ScopedIsa> isa_;
+  std::optional<kernels::ScopedIsa> isa_;
 };
 
 std::vector<Isa> IsasThisCpuRuns() {
   std::vector<Isa> isas;
   for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
-    if (cpu_kernels::IsaAvailable(isa)) isas.push_back(isa);
+    if (kernels::CpuHas(isa)) isas.push_back(isa);
   }
   return isas;
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, CpuKernels, ::testing::ValuesIn(IsasThisCpuRuns()),
                          [](const ::testing::TestParamInfo<Isa>& info) {
-                           return std::string(cpu_kernels::IsaName(info.param));
+                           return std::string(kernels::IsaName(info.param));
                          });
 
 TEST(CpuKernelsIsa, ScopedIsaSelectsAndRestores) {
-  const Isa before = cpu_kernels::ActiveIsa();
-  EXPECT_EQ(before, kernels::Dispatch::Current().avx512 ? Isa::kAvx512
-                    : kernels::CpuHasAvx2()             ? Isa::kAvx2
-                                                        : Isa::kBaseline);
+  const Isa before = kernels::ActiveIsa();
+  EXPECT_EQ(before, kernels::Dispatch::Current().isa);
   {
-    cpu_kernels::ScopedIsa scoped(Isa::kBaseline);
-    EXPECT_EQ(cpu_kernels::ActiveIsa(), Isa::kBaseline);
+    kernels::ScopedIsa scoped(Isa::kBaseline);
+    EXPECT_EQ(kernels::ActiveIsa(), Isa::kBaseline);
   }
-  EXPECT_EQ(cpu_kernels::ActiveIsa(), before);
+  EXPECT_EQ(kernels::ActiveIsa(), before);
   std::cout << "CPU kernel copies run by this suite:";
-  for (Isa isa : IsasThisCpuRuns()) std::cout << " " << cpu_kernels::IsaName(isa);
+  for (Isa isa : IsasThisCpuRuns()) std::cout << " " << kernels::IsaName(isa);
   std::cout << "\n";
 }
 

@@ -34,8 +34,10 @@ TEST(KernelDispatch, DefaultsFollowTheCpu) {
   EXPECT_TRUE(d.fused);
   EXPECT_EQ(d.gemm, kernels::Gemm::kAuto);
   EXPECT_TRUE(d.huge_pages);
-  EXPECT_EQ(d.avx512, kernels::CpuHasAvx512());
-  EXPECT_EQ(d.Describe(), d.avx512 ? "avx512" : "avx2");
+  EXPECT_EQ(d.isa, kernels::CpuHas(kernels::Isa::kAvx512) ? kernels::Isa::kAvx512
+                   : kernels::CpuHas(kernels::Isa::kAvx2) ? kernels::Isa::kAvx2
+                                                          : kernels::Isa::kBaseline);
+  EXPECT_EQ(d.Describe(), kernels::IsaName(d.isa));
   std::cout << "kernel paths on this CPU: " << d.Describe() << "\n";
 }
 
@@ -63,19 +65,20 @@ TEST(KernelDispatch, EachSwitchIsRead) {
   }
   {
     ScopedEnv env("GRITSERVE_CPU_ISA", "avx2");
-    EXPECT_FALSE(kernels::Dispatch::Current().avx512);
+    EXPECT_NE(kernels::Dispatch::Current().isa, kernels::Isa::kAvx512);
     EXPECT_FALSE(small_gemm::Available());
     // The one-pass attention and the bfloat16 panels have AVX2 siblings.
     EXPECT_EQ(cpu_attention::Available(), kernels::CpuHasAvx2());
     EXPECT_EQ(Linear::Bfloat16PanelsAvailable(), kernels::CpuHasAvx2());
     EXPECT_EQ(small_gemm::Bf16PanelIsa(),
-              kernels::CpuHasAvx2() ? small_gemm::PanelIsa::kAvx2 : small_gemm::PanelIsa::kNone);
+              kernels::CpuHasAvx2() ? kernels::Isa::kAvx2 : kernels::Isa::kBaseline);
     const auto backend = kernels::AttentionBackend::For(at::Device(at::kCPU), at::kFloat);
     EXPECT_TRUE(backend.fused);
     EXPECT_EQ(backend.one_pass, kernels::CpuHasAvx2());
   }
   // Nothing is cached: the defaults are back.
-  EXPECT_EQ(kernels::Dispatch::Current().avx512, kernels::CpuHasAvx512());
+  EXPECT_EQ(kernels::Dispatch::Current().isa == kernels::Isa::kAvx512,
+            kernels::CpuHas(kernels::Isa::kAvx512));
 }
 
 // Linear layers and attention built with AVX-512 turned off equal a float64

@@ -28,7 +28,7 @@ using quant::Path;
 
 std::vector<Isa> AvailableIsas() {
   std::vector<Isa> isas;
-  for (Isa isa : {Isa::kAvx512Vnni, Isa::kAvx2, Isa::kScalar}) {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kBaseline}) {
     if (quant::IsaAvailable(isa)) isas.push_back(isa);
   }
   return isas;
@@ -76,7 +76,7 @@ at::Tensor ActivationError(const at::Tensor& a) {
 void CheckProduct(const quant::Matrix& q, const at::Tensor& w_orig, const at::Tensor& a,
                   const at::Tensor& bias, Isa isa, Path path, const std::string& what) {
   const int64_t m = a.size(0), n = q.rows();
-  const bool bf16 = path == Path::kFloatPanels && isa != Isa::kScalar;
+  const bool bf16 = path == Path::kFloatPanels && isa != Isa::kBaseline;
   const Dequantized dq = Dequantize(q, bf16);
   at::Tensor c = at::full({m, n}, std::numeric_limits<float>::quiet_NaN());  // all written?
   quant::Multiply(q, a.data_ptr<float>(), m, bias.defined() ? bias.data_ptr<float>() : nullptr,
@@ -92,7 +92,7 @@ void CheckProduct(const quant::Matrix& q, const at::Tensor& w_orig, const at::Te
 }
 
 std::string Name(Format f, Isa isa, Path p) {
-  return std::string(quant::FormatName(f)) + " " + quant::IsaName(isa) +
+  return std::string(quant::FormatName(f)) + " " + kernels::IsaName(isa) +
          (p == Path::kInt8Rows ? " int8 rows" : " float panels");
 }
 
@@ -242,11 +242,11 @@ class ScopedEnv {
 TEST(Quant, DispatchFollowsTheCpuAndTheIsaSwitch) {
   const Isa best = quant::DispatchedIsa();
   EXPECT_TRUE(quant::IsaAvailable(best));
-  if (quant::IsaAvailable(Isa::kAvx512Vnni)) {
-    EXPECT_EQ(best, Isa::kAvx512Vnni);
+  if (quant::IsaAvailable(Isa::kAvx512)) {
+    EXPECT_EQ(best, Isa::kAvx512);
   }
   ScopedEnv env("GRITSERVE_CPU_ISA", "avx2");
-  EXPECT_NE(quant::DispatchedIsa(), Isa::kAvx512Vnni);
+  EXPECT_NE(quant::DispatchedIsa(), Isa::kAvx512);
 }
 
 TEST(Quant, LinearLayerQuantizesAndMultipliesWithItsBias) {

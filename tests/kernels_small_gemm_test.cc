@@ -62,13 +62,12 @@ at::Tensor Bf16Valued(at::IntArrayRef shape) {
 // machine); one it lacks must refuse, never compute.
 TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCountOnEveryIsa) {
   std::string covered;
-  for (const small_gemm::PanelIsa isa :
-       {small_gemm::PanelIsa::kAvx512, small_gemm::PanelIsa::kAvx2}) {
+  for (const kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
     if (!small_gemm::PanelIsaAvailable(isa)) {
       EXPECT_ANY_THROW(small_gemm::RunBf16(nullptr, 1, 1, nullptr, 1, nullptr, nullptr, isa));
       continue;
     }
-    covered += std::string(covered.empty() ? "" : ", ") + small_gemm::PanelIsaName(isa);
+    covered += std::string(covered.empty() ? "" : ", ") + kernels::IsaName(isa);
     struct Shape {
       int64_t k, n;
     };
@@ -101,7 +100,7 @@ TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCountOnEveryIsa) {
             at::Tensor ref = at::matmul(a.to(at::kDouble), w.to(at::kDouble).t());
             if (with_bias) ref = ref + bias.to(at::kDouble);
             EXPECT_LT((c.to(at::kDouble) - ref).abs().max().item<double>(), 1e-4)
-                << small_gemm::PanelIsaName(isa) << " k " << s.k << " n " << s.n << " rows " << m
+                << kernels::IsaName(isa) << " k " << s.k << " n " << s.n << " rows " << m
                 << " bias " << with_bias << " out_in " << out_in;
           }
         }
@@ -113,16 +112,16 @@ TEST(SmallGemm, Bfloat16PanelsMatchFloat64ProductForAnyRowCountOnEveryIsa) {
 }
 
 TEST(SmallGemm, PanelIsaFollowsTheCpuAndTheAvx2Switch) {
-  const small_gemm::PanelIsa widest = small_gemm::Bf16PanelIsa();
-  if (small_gemm::PanelIsaAvailable(small_gemm::PanelIsa::kAvx512)) {
-    EXPECT_EQ(widest, small_gemm::PanelIsa::kAvx512);
+  const kernels::Isa widest = small_gemm::Bf16PanelIsa();
+  if (small_gemm::PanelIsaAvailable(kernels::Isa::kAvx512)) {
+    EXPECT_EQ(widest, kernels::Isa::kAvx512);
     ASSERT_EQ(::setenv("GRITSERVE_CPU_ISA", "avx2", 1), 0);
-    EXPECT_EQ(small_gemm::Bf16PanelIsa(), small_gemm::PanelIsa::kAvx2);
+    EXPECT_EQ(small_gemm::Bf16PanelIsa(), kernels::Isa::kAvx2);
     ASSERT_EQ(::unsetenv("GRITSERVE_CPU_ISA"), 0);
-  } else if (small_gemm::PanelIsaAvailable(small_gemm::PanelIsa::kAvx2)) {
-    EXPECT_EQ(widest, small_gemm::PanelIsa::kAvx2);
+  } else if (small_gemm::PanelIsaAvailable(kernels::Isa::kAvx2)) {
+    EXPECT_EQ(widest, kernels::Isa::kAvx2);
   } else {
-    EXPECT_EQ(widest, small_gemm::PanelIsa::kNone);
+    EXPECT_EQ(widest, kernels::Isa::kBaseline);
   }
 }
 

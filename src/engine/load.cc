@@ -182,7 +182,7 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
         "weights {}: linear layers and LM head quantized at load in blocks of {} ({:.1f} MB), "
         "{} kernels; embeddings and norms unquantized",
         quant::FormatName(*q), quant::kBlock, decoder.quantized_bytes() / 1e6,
-        quant::IsaName(quant::DispatchedIsa()));
+        kernels::IsaName(quant::DispatchedIsa()));
   }
   if (decoder.lm_head_in_bfloat16()) {
     spdlog::info(
@@ -198,7 +198,7 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
         "{} of {} layer weight matrices held as bfloat16 panels: their values are bfloat16 "
         "numbers, widened exactly for float32 products (half the weight memory and bytes "
         "streamed), {} kernel",
-        held, all, small_gemm::PanelIsaName(small_gemm::Bf16PanelIsa()));
+        held, all, kernels::IsaName(small_gemm::Bf16PanelIsa()));
   }
 }
 

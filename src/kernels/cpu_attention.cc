@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "gritserve/common/error.h"
-#include "gritserve/kernels/cpu_kernels.h"
+#include "gritserve/kernels/dispatch.h"
 #include "gritserve/kernels/work_steal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -158,15 +158,14 @@ inline void Rows(int64_t rows, const float* a, int64_t lda, const float* b, int6
 
 }  // namespace
 
-// The ISA cpu_kernels runs (GRITSERVE_CPU_ISA, or a test's ScopedIsa).
-bool Available() { return cpu_kernels::ActiveIsa() != cpu_kernels::Isa::kBaseline; }
+bool Available() { return kernels::ActiveIsa() != kernels::Isa::kBaseline; }
 
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const MaskRows& mask_rows, int64_t block, int64_t g) {
   if (!Suits(q, k, v, g) || block < 1) {
     throw Error(ErrorKind::kInternal, "cpu_attention::Attend called outside its operands");
   }
-  const bool avx512 = cpu_kernels::ActiveIsa() == cpu_kernels::Isa::kAvx512;
+  const bool avx512 = kernels::ActiveIsa() == kernels::Isa::kAvx512;
   Operands o{};
   const int64_t b = q.size(0);
   o.hkv = q.size(1), o.rows = q.size(2), o.d = q.size(3), o.s = k.size(2), o.g = g;

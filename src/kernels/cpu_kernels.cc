@@ -60,55 +60,9 @@
   }
 
 namespace gritserve::cpu_kernels {
-namespace {
 
-// -1: none forced (ScopedIsa), else an Isa.
-std::atomic<int> forced_isa{-1};
-
-}  // namespace
-
-bool IsaAvailable(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return kernels::CpuHasAvx512();
-    case Isa::kAvx2:
-      return kernels::CpuHasAvx2();
-    case Isa::kBaseline:
-      return true;
-  }
-  return false;
-}
-
-Isa ActiveIsa() {
-  const int forced = forced_isa.load(std::memory_order_relaxed);
-  if (forced >= 0) return static_cast<Isa>(forced);
-  // GRITSERVE_CPU_ISA is read once per process here.
-  static const Isa chosen = kernels::Dispatch::Current().avx512 ? Isa::kAvx512
-                            : kernels::CpuHasAvx2()             ? Isa::kAvx2
-                                                                : Isa::kBaseline;
-  return chosen;
-}
-
-const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kBaseline:
-      return "baseline";
-  }
-  return "?";
-}
-
-ScopedIsa::ScopedIsa(Isa isa) : previous_(forced_isa.load()) {
-  if (!IsaAvailable(isa)) {
-    throw Error(ErrorKind::kInternal, std::string("cpu kernels: this CPU has no ") + IsaName(isa));
-  }
-  forced_isa.store(static_cast<int>(isa));
-}
-
-ScopedIsa::~ScopedIsa() { forced_isa.store(previous_); }
+using kernels::ActiveIsa;
+using kernels::Isa;
 
 namespace {
 

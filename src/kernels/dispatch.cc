@@ -1,7 +1,11 @@
 #include "gritserve/kernels/dispatch.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "gritserve/common/error.h"
 
 namespace gritserve::kernels {
 namespace {
@@ -11,7 +15,60 @@ bool EnvIs(const char* name, const char* value) {
   return v != nullptr && std::strcmp(v, value) == 0;
 }
 
+// -1: none forced (ScopedIsa), else an Isa.
+std::atomic<int> forced_isa{-1};
+
+// The widest the CPU has and GRITSERVE_CPU_ISA allows.
+Isa WidestAllowed() {
+  if (CpuHas(Isa::kAvx512) && !EnvIs("GRITSERVE_CPU_ISA", "avx2")) return Isa::kAvx512;
+  return CpuHas(Isa::kAvx2) ? Isa::kAvx2 : Isa::kBaseline;
+}
+
 }  // namespace
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kBaseline:
+      break;
+  }
+  return "baseline";
+}
+
+bool CpuHas(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: {
+      static const bool has =
+          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && CpuHasAvx2();
+      return has;
+    }
+    case Isa::kAvx2:
+      return CpuHasAvx2();
+    case Isa::kBaseline:
+      break;
+  }
+  return true;
+}
+
+Isa ActiveIsa() {
+  const int forced = forced_isa.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  static const Isa chosen = WidestAllowed();
+  return chosen;
+}
+
+ScopedIsa::ScopedIsa(Isa isa) : previous_(forced_isa.load()) {
+  if (!CpuHas(isa)) {
+    throw Error(ErrorKind::kInternal, std::string("this CPU has no ") + IsaName(isa));
+  }
+  forced_isa.store(static_cast<int>(isa));
+}
+
+ScopedIsa::~ScopedIsa() { forced_isa.store(previous_); }
 
 bool CpuHasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
@@ -37,13 +94,14 @@ Dispatch Dispatch::Current() {
   d.gemm = EnvIs("GRITSERVE_CPU_GEMM", "blas")     ? Gemm::kBlas
            : EnvIs("GRITSERVE_CPU_GEMM", "onednn") ? Gemm::kOneDnn
                                                    : Gemm::kAuto;
-  d.avx512 = CpuHasAvx512() && !EnvIs("GRITSERVE_CPU_ISA", "avx2");
+  const int forced = forced_isa.load(std::memory_order_relaxed);
+  d.isa = forced >= 0 ? static_cast<Isa>(forced) : WidestAllowed();
   d.huge_pages = !EnvIs("GRITSERVE_HUGE_PAGES", "0");
   return d;
 }
 
 std::string Dispatch::Describe() const {
-  std::string s = avx512 ? "avx512" : "avx2";
+  std::string s = IsaName(isa);
   if (!fused) s += ", GRITSERVE_CPU_KERNELS=aten";
   if (gemm == Gemm::kBlas) s += ", GRITSERVE_CPU_GEMM=blas";
   if (gemm == Gemm::kOneDnn) s += ", GRITSERVE_CPU_GEMM=onednn";

@@ -271,7 +271,7 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
 }
 
 bool Linear::Bfloat16PanelsAvailable() {
-  return small_gemm::Bf16PanelIsa() != small_gemm::PanelIsa::kNone &&
+  return small_gemm::Bf16PanelIsa() != kernels::Isa::kBaseline &&
          kernels::Dispatch::Current().fused &&
          kernels::Dispatch::Current().gemm == kernels::Gemm::kAuto;
 }

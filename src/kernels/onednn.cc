@@ -67,7 +67,7 @@ namespace {
 // own AVX-512 kernels either. oneDNN takes the cap only before its first
 // primitive, so the first engine decides for the process.
 dnnl::engine MakeCpuEngine() {
-  if (!kernels::Dispatch::Current().avx512 && kernels::CpuHasAvx512()) {
+  if (kernels::Dispatch::Current().isa != kernels::Isa::kAvx512 && kernels::CpuHasAvx512()) {
     try {
       dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
     } catch (const dnnl::error&) {

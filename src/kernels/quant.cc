@@ -193,10 +193,11 @@ Acts QuantizeActs(const float* a, int64_t m, int64_t cols, int64_t pairs) {
 
 detail::RowsKernel RowsFor(Isa isa) {
   if (!IsaAvailable(isa)) {
-    throw Error(ErrorKind::kInternal, std::string("quant: ") + IsaName(isa) + " not on this CPU");
+    throw Error(ErrorKind::kInternal,
+                std::string("quant: ") + kernels::IsaName(isa) + " not on this CPU");
   }
 #ifdef GRITSERVE_QUANT_X86
-  if (isa == Isa::kAvx512Vnni) return detail::RowsAvx512Vnni;
+  if (isa == Isa::kAvx512) return detail::RowsAvx512Vnni;
   if (isa == Isa::kAvx2) return detail::RowsAvx2;
 #endif
   return detail::RowsScalar;
@@ -230,7 +231,7 @@ void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst
     uint16_t* panel = dst + p * k * 64;
     const int64_t rows = std::min<int64_t>(64, nc - p * 64);
 #ifdef GRITSERVE_QUANT_X86
-    if (isa == Isa::kAvx512Vnni) {
+    if (isa == Isa::kAvx512) {
       detail::DequantizePanelAvx512(w, n0 + p * 64, rows, panel);
       return;
     }
@@ -258,10 +259,8 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
   const int64_t n = w.rows(), k = w.cols(), chunk = ChunkRows(w);
   // small_gemm's bfloat16 panels on either vector ISA; the portable path
   // multiplies a float32 copy with LibTorch.
-  const bool panels = isa != Isa::kScalar;
+  const bool panels = isa != Isa::kBaseline;
   if (panels && !IsaAvailable(isa)) RowsFor(isa);  // throws: not on this CPU
-  const small_gemm::PanelIsa panel_isa =
-      isa == Isa::kAvx512Vnni ? small_gemm::PanelIsa::kAvx512 : small_gemm::PanelIsa::kAvx2;
   thread_local std::vector<uint16_t> bf16;
   thread_local std::vector<float> f32;
   std::vector<float> out;  // [m, nc] when W comes in several chunks
@@ -272,7 +271,7 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
     if (panels) {
       bf16.resize(static_cast<size_t>(small_gemm::Bf16PanelElements(k, nc)));
       DequantizeBf16Panels(w, n0, nc, bf16.data(), isa);
-      small_gemm::RunBf16(a, m, k, bf16.data(), nc, b, dst, panel_isa);
+      small_gemm::RunBf16(a, m, k, bf16.data(), nc, b, dst, isa);
     } else {
       f32.resize(static_cast<size_t>(nc * k));
       float* deq = f32.data();  // taken here: the workers have thread_locals of their own
@@ -323,35 +322,15 @@ float HalfToFloat(uint16_t h) {
 
 const char* FormatName(Format f) { return f == Format::kQ8 ? "q8" : "q4"; }
 
-const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512Vnni:
-      return "avx512-vnni";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kScalar:
-      break;
-  }
-  return "scalar";
-}
-
 bool IsaAvailable(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512Vnni:
-      return kernels::CpuHasAvx512Vnni();
-    case Isa::kAvx2:
-      return kernels::CpuHasAvx2();
-    case Isa::kScalar:
-      break;
-  }
-  return true;
+  return isa == Isa::kAvx512 ? kernels::CpuHasAvx512Vnni() && kernels::CpuHas(Isa::kAvx512)
+                             : kernels::CpuHas(isa);
 }
 
 Isa DispatchedIsa() {
-  const kernels::Dispatch d = kernels::Dispatch::Current();
-  if (d.avx512 && kernels::CpuHasAvx512Vnni()) return Isa::kAvx512Vnni;
-  if (kernels::CpuHasAvx2()) return Isa::kAvx2;
-  return Isa::kScalar;
+  const Isa allowed = kernels::Dispatch::Current().isa;
+  if (allowed == Isa::kAvx512 && IsaAvailable(Isa::kAvx512)) return Isa::kAvx512;
+  return allowed == Isa::kBaseline ? Isa::kBaseline : Isa::kAvx2;
 }
 
 Path PathFor(int64_t rows) { return rows <= kMaxInt8Rows ? Path::kInt8Rows : Path::kFloatPanels; }

@@ -85,11 +85,11 @@ __attribute__((target("avx512f"))) void PanelRows(const float* a, int64_t m0, in
 
 }  // namespace
 
-bool Available() { return kernels::Dispatch::Current().avx512; }
+bool Available() { return kernels::Dispatch::Current().isa == kernels::Isa::kAvx512; }
 
 void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const float* bias,
          float* c) {
-  if (m < 1 || m > kMaxRows || !kernels::CpuHasAvx512()) {
+  if (m < 1 || m > kMaxRows || !kernels::CpuHas(kernels::Isa::kAvx512)) {
     throw Error(ErrorKind::kInternal, "small_gemm::Run called outside its row range or ISA");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
@@ -100,31 +100,23 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
   });
 }
 
-bool PanelIsaAvailable(PanelIsa isa) {
-  switch (isa) {
-    case PanelIsa::kAvx512:
-      return kernels::CpuHasAvx512();
-    case PanelIsa::kAvx2:
-      return kernels::CpuHasAvx2();
-    case PanelIsa::kNone:
-      break;
-  }
-  return false;
+bool PanelIsaAvailable(kernels::Isa isa) {
+  return isa != kernels::Isa::kBaseline && kernels::CpuHas(isa);
 }
 
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
-             float* c, PanelIsa isa) {
-  if (m < 1 || k < 1 || n < 1 || isa == PanelIsa::kNone || !PanelIsaAvailable(isa)) {
+             float* c, kernels::Isa isa) {
+  if (m < 1 || k < 1 || n < 1 || !PanelIsaAvailable(isa)) {
     throw Error(ErrorKind::kInternal, std::string("small_gemm::RunBf16 called with an empty "
                                                   "shape or off its ISA (") +
-                                          PanelIsaName(isa) + ")");
+                                          kernels::IsaName(isa) + ")");
   }
   const int64_t panels = (n + kPanel - 1) / kPanel;
   // Items are (row block, panel), panel fastest: a thread's share walks the
   // weights in memory order against one block of rows held in L2.
   const int64_t blocks = (m + kMaxBf16Rows - 1) / kMaxBf16Rows;
   auto first_row = [&](int64_t b) { return m * b / blocks; };  // even split
-  const bool avx512 = isa == PanelIsa::kAvx512;
+  const bool avx512 = isa == kernels::Isa::kAvx512;
   work_steal::ParallelFor(blocks * panels, [&](int64_t item, int64_t next) {
     const int64_t b = item / panels, p = item % panels;
     const uint16_t* next_panel = next < 0 ? nullptr : w + (next % panels) * k * kPanel;
@@ -150,10 +142,10 @@ void Run(const float*, int64_t, int64_t, const float*, int64_t, const float*, fl
   throw Error(ErrorKind::kInternal, "small_gemm is not built for this CPU");
 }
 
-bool PanelIsaAvailable(PanelIsa) { return false; }
+bool PanelIsaAvailable(kernels::Isa) { return false; }
 
 void RunBf16(const float*, int64_t, int64_t, const uint16_t*, int64_t, const float*, float*,
-             PanelIsa) {
+             kernels::Isa) {
   throw Error(ErrorKind::kInternal, "small_gemm is not built for this CPU");
 }
 
@@ -161,21 +153,9 @@ void RunBf16(const float*, int64_t, int64_t, const uint16_t*, int64_t, const flo
 
 bool Suits(int64_t rows) { return rows >= 24 && rows <= 64; }
 
-const char* PanelIsaName(PanelIsa isa) {
-  switch (isa) {
-    case PanelIsa::kAvx512:
-      return "avx512";
-    case PanelIsa::kAvx2:
-      return "avx2";
-    case PanelIsa::kNone:
-      break;
-  }
-  return "none";
-}
-
-PanelIsa Bf16PanelIsa() {
-  if (Available()) return PanelIsa::kAvx512;  // kernels::Dispatch: AVX-512 and allowed
-  return PanelIsaAvailable(PanelIsa::kAvx2) ? PanelIsa::kAvx2 : PanelIsa::kNone;
+kernels::Isa Bf16PanelIsa() {
+  const kernels::Isa isa = kernels::Dispatch::Current().isa;
+  return PanelIsaAvailable(isa) ? isa : kernels::Isa::kBaseline;
 }
 
 int64_t Bf16PanelElements(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * kPanel * k; }

@@ -33,8 +33,8 @@ __attribute__((target("avx2,fma"))) float DotF32Avx2(const float* a, const float
 float DotF32Plain(const float* a, const float* b, size_t n) { return DotLanes(a, b, n); }
 
 DotF32Fn SelectDotF32(const Dispatch& dispatch) {
-  if (dispatch.avx512) return DotF32Avx512;
-  if (CpuHasAvx2()) return DotF32Avx2;
+  if (dispatch.isa == Isa::kAvx512) return DotF32Avx512;
+  if (dispatch.isa == Isa::kAvx2) return DotF32Avx2;
   return DotF32Plain;
 }
 

@@ -26,8 +26,8 @@
 namespace gritserve::cpu_attention {
 
 // Whether this CPU and build run the kernel: x86-64 with AVX-512F or AVX2 and
-// FMA, whichever cpu_kernels::ActiveIsa() picks (GRITSERVE_CPU_ISA, or a
-// test's ScopedIsa); read by AttentionBackend::For at load.
+// FMA, whichever kernels::ActiveIsa() picks (GRITSERVE_CPU_ISA, or a test's
+// ScopedIsa); read by AttentionBackend::For at load.
 bool Available();
 
 // Whether Attend takes these operands: CPU float32, D a multiple of 64 up to

@@ -18,26 +18,7 @@
 
 namespace gritserve::cpu_kernels {
 
-// Which compiled copy of the loops runs.
-enum class Isa { kBaseline, kAvx2, kAvx512 };
-// The widest the CPU has and GRITSERVE_CPU_ISA (read once) allows, unless a
-// ScopedIsa is alive.
-Isa ActiveIsa();
-bool IsaAvailable(Isa isa);  // whether this CPU can run it
-const char* IsaName(Isa isa);
-
-// For tests, process-wide: the kernels run `isa` while this lives. Throws if
-// the CPU lacks it.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa);
-  ~ScopedIsa();
-  ScopedIsa(const ScopedIsa&) = delete;
-  ScopedIsa& operator=(const ScopedIsa&) = delete;
-
- private:
-  int previous_;
-};
+// Which compiled copy of the loops runs: kernels::ActiveIsa() (dispatch.h).
 
 // How many threads the kernels split their rows over: LibTorch's intra-op
 // thread count when this file was built with OpenMP, 1 when it was not (then

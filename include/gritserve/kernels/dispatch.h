@@ -16,6 +16,16 @@
 
 namespace gritserve::kernels {
 
+// The instruction sets the hand-written CPU kernels come in, narrowest first:
+// one enum for every family (the fused loops, the one-pass attention, the
+// bfloat16 panels, the quantized products, the dot products), so one switch
+// and one name covers them all.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+const char* IsaName(Isa isa);  // "baseline", "avx2", "avx512"
+// Whether the CPU runs `isa`: AVX2 with FMA and F16C; AVX-512 F, BW, VL and
+// DQ. (The quantized products' AVX-512 copy also needs VNNI: quant::IsaAvailable.)
+bool CpuHas(Isa isa);
+
 enum class Gemm {
   kAuto,    // oneDNN where it has fast kernels, the small-row kernel for a few rows
   kBlas,    // LibTorch's BLAS only
@@ -25,19 +35,39 @@ enum class Gemm {
 struct Dispatch {
   bool fused = true;  // the fused CPU kernels (else LibTorch's ops)
   Gemm gemm = Gemm::kAuto;
-  bool avx512 = false;     // AVX-512F paths: the CPU has them and GRITSERVE_CPU_ISA allows
+  // The widest ISA the CPU has and GRITSERVE_CPU_ISA allows, or a test's
+  // ScopedIsa while one lives.
+  Isa isa = Isa::kBaseline;
   bool huge_pages = true;  // madvise(MADV_HUGEPAGE) for large streamed weights
 
   // Read now from the CPU and the environment (cheap: a few getenv calls).
   static Dispatch Current();
-  // "avx512" or "avx2", and the switches that differ from their defaults.
+  // The ISA's name and the switches that differ from their defaults.
   std::string Describe() const;
+};
+
+// Dispatch::Current().isa for kernels that choose per call (the fused loops,
+// the one-pass attention): GRITSERVE_CPU_ISA is read once per process here,
+// a ScopedIsa still applies.
+Isa ActiveIsa();
+
+// For tests, process-wide: every family runs `isa` while this lives (layers
+// built meanwhile keep it). Throws if the CPU lacks it.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa);
+  ~ScopedIsa();
+  ScopedIsa(const ScopedIsa&) = delete;
+  ScopedIsa& operator=(const ScopedIsa&) = delete;
+
+ private:
+  int previous_;
 };
 
 // Whether the CPU itself has AVX-512F (whatever GRITSERVE_CPU_ISA says).
 bool CpuHasAvx512();
 // AVX-512 F, BW, VL and VNNI (the int8 products of quantized weights), and
-// AVX2 with FMA and F16C (their AVX2 siblings), likewise.
+// AVX2 with FMA and F16C, likewise.
 bool CpuHasAvx512Vnni();
 bool CpuHasAvx2();
 

@@ -91,9 +91,9 @@ class Linear {
   std::shared_ptr<const Packed> packed_;  // oneDNN state, when used
   at::Tensor gemv_weight_;                // [out, in] float32 CPU, read in place for one-row inputs
   at::Tensor bf16_panels_;  // [Bf16PanelElements(in, out)] bfloat16, small_gemm::PackBf16's layout
-  small_gemm::PanelIsa panel_isa_ = small_gemm::PanelIsa::kNone;  // chosen with bf16_panels_
-  std::shared_ptr<const quant::Matrix> quant_;  // [out, in] in blocks, when quantized
-  quant::Isa quant_isa_ = quant::Isa::kScalar;
+  kernels::Isa panel_isa_ = kernels::Isa::kBaseline;  // chosen with bf16_panels_
+  std::shared_ptr<const quant::Matrix> quant_;        // [out, in] in blocks, when quantized
+  kernels::Isa quant_isa_ = kernels::Isa::kBaseline;
 };
 
 }  // namespace gritserve

@@ -33,18 +33,18 @@
 #include <memory>
 #include <string>
 
+#include "gritserve/kernels/dispatch.h"
+
 namespace gritserve::quant {
 
 constexpr int64_t kBlock = 32;
 
 enum class Format { kQ8, kQ4 };
 
-// Kernel families. Each is chosen at load from kernels::Dispatch; tests name them.
-enum class Isa {
-  kScalar,      // portable C++
-  kAvx2,        // AVX2 + FMA + F16C
-  kAvx512Vnni,  // AVX-512 F/BW/VL + VNNI (+ the AVX-512 float32 panel kernel)
-};
+// Kernel families are kernels::Isa's: kBaseline (portable C++), kAvx2 (AVX2 +
+// FMA + F16C) and kAvx512 (AVX-512 F/BW/VL + VNNI, with the AVX-512 panel
+// kernel). Each is chosen at load from kernels::Dispatch; tests name them.
+using kernels::Isa;
 
 // How a product runs (see above); chosen by row count, or named by tests.
 enum class Path {
@@ -53,11 +53,11 @@ enum class Path {
 };
 
 const char* FormatName(Format f);  // "q8", "q4"
-const char* IsaName(Isa isa);      // "avx512-vnni", "avx2", "scalar"
-// Whether this CPU and build can run `isa` (GRITSERVE_CPU_ISA aside).
+// Whether this CPU and build can run `isa` (GRITSERVE_CPU_ISA aside): as
+// kernels::CpuHas, and VNNI for kAvx512.
 bool IsaAvailable(Isa isa);
 // The widest family kernels::Dispatch::Current() allows (GRITSERVE_CPU_ISA=avx2
-// stops at kAvx2).
+// stops at kAvx2; an AVX-512 CPU without VNNI runs kAvx2).
 Isa DispatchedIsa();
 // The path Multiply takes for `rows` activation rows.
 Path PathFor(int64_t rows);

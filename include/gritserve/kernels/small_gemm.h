@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "gritserve/kernels/dispatch.h"
+
 namespace gritserve::small_gemm {
 
 // Whether this CPU and build run the kernel (x86-64 with AVX-512F).
@@ -41,13 +43,13 @@ void Run(const float* a, int64_t m, int64_t k, const float* w, int64_t n, const 
 // copy for oneDNN would cost the memory saved. On AVX-512F, and on AVX2 + FMA
 // (its own, narrower register tiles over the same panels).
 
-enum class PanelIsa { kNone, kAvx2, kAvx512 };
-const char* PanelIsaName(PanelIsa isa);  // "avx512", "avx2", "none"
-// The widest the CPU and build run, within what GRITSERVE_CPU_ISA allows
-// (kernels::Dispatch); read at load by the layers that hold panels.
-PanelIsa Bf16PanelIsa();
-// Whether this CPU and build can run `isa` (GRITSERVE_CPU_ISA aside).
-bool PanelIsaAvailable(PanelIsa isa);
+// The widest the CPU and build run, within what kernels::Dispatch allows
+// (GRITSERVE_CPU_ISA, a test's ScopedIsa); kBaseline: none. Read at load by
+// the layers that hold panels.
+kernels::Isa Bf16PanelIsa();
+// Whether this CPU and build can run `isa`'s panels (GRITSERVE_CPU_ISA aside):
+// AVX2 or AVX-512, never kBaseline.
+bool PanelIsaAvailable(kernels::Isa isa);
 
 // Elements of the packed form of a [k, n] matrix.
 int64_t Bf16PanelElements(int64_t k, int64_t n);
@@ -60,10 +62,10 @@ int64_t Bf16PanelElements(int64_t k, int64_t n);
 void PackBf16(const float* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
 void PackBf16(const uint16_t* w, bool out_in, int64_t k, int64_t n, uint16_t* dst);
 
-// c = a w + bias on `isa` (which must be available; not kNone).
+// c = a w + bias on `isa` (which must be available; not kBaseline).
 // a: [m, k] row-major float32; w: PackBf16's output; bias: [n] or null;
 // c: [m, n] row-major. Needs m, k, n >= 1.
 void RunBf16(const float* a, int64_t m, int64_t k, const uint16_t* w, int64_t n, const float* bias,
-             float* c, PanelIsa isa);
+             float* c, kernels::Isa isa);
 
 }  // namespace gritserve::small_gemm
