@@ -291,40 +291,51 @@ TEST_F(DecoderTest, FusedAttentionMatchesLibTorchAtHeadDim64) {
   options.init_std = 0.1f;  // peaked attention: the softmax's maximum matters
   WriteRandomCheckpoint(dir, config, options);
   auto load = [&] { return LoadWeights(dir, config, at::kFloat, at::kCPU); };
-  const Decoder fused(config, load());
   EXPECT_EQ(::setenv("GRITSERVE_CPU_KERNELS", "aten", 1), 0);
   const Decoder plain(config, load());
   EXPECT_EQ(::unsetenv("GRITSERVE_CPU_KERNELS"), 0);
-
-  at::manual_seed(13);
-  const int64_t b = 2, past = 300, t = 12;
-  CachedBatch batch{at::randint(3, 97, {b, past}, at::kLong), at::randint(3, 97, {b, t}, at::kLong),
-                    at::ones({b, t}, at::kBool)};
-  batch.valid[1].narrow(0, 7, t - 7).fill_(false);
-  for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
-    KvCache c1 = fused.NewCache(b), c2 = plain.NewCache(b);
-    const ForwardInput first = BatchInput(batch.prefix, 0, spec);
+  // The checks, for one fused decoder.
+  auto expect_matches_plain = [&](const Decoder& fused) {
+    at::manual_seed(13);
+    const int64_t b = 2, past = 300, t = 12;
+    CachedBatch batch{at::randint(3, 97, {b, past}, at::kLong),
+                      at::randint(3, 97, {b, t}, at::kLong), at::ones({b, t}, at::kBool)};
+    batch.valid[1].narrow(0, 7, t - 7).fill_(false);
+    for (AttentionSpec spec : {AttentionSpec::Causal(), AttentionSpec::Bidirectional()}) {
+      KvCache c1 = fused.NewCache(b), c2 = plain.NewCache(b);
+      const ForwardInput first = BatchInput(batch.prefix, 0, spec);
+      EXPECT_LT(MaxDiff(fused.Forward(first, &c1), plain.Forward(first, &c2)), 1e-4);
+      const ForwardInput next = BatchInput(batch.ids, past, spec, batch.valid);
+      const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [B, T, H]
+      EXPECT_LT(MaxDiff(x.index({batch.valid}), y.index({batch.valid})), 1e-4)
+          << "mode " << static_cast<int>(spec.mode);
+      EXPECT_LT(
+          MaxDiff(fused.Logits(x[0].narrow(0, t - 1, 1)), plain.Logits(y[0].narrow(0, t - 1, 1))),
+          1e-4);
+    }
+    // Two documents (bidirectional blocks) cached, then a prompt over both.
+    const AttentionSpec docs = AttentionSpec::Blocks({{180, true, false}, {120, true, false}});
+    const AttentionSpec prompt =
+        AttentionSpec::Blocks({{180, true, false}, {120, true, false}, {t, false, true}});
+    KvCache c1 = fused.NewCache(1), c2 = plain.NewCache(1);
+    const ForwardInput first = BatchInput(batch.prefix.narrow(0, 0, 1), 0, docs);
     EXPECT_LT(MaxDiff(fused.Forward(first, &c1), plain.Forward(first, &c2)), 1e-4);
-    const ForwardInput next = BatchInput(batch.ids, past, spec, batch.valid);
-    const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [B, T, H]
-    EXPECT_LT(MaxDiff(x.index({batch.valid}), y.index({batch.valid})), 1e-4)
-        << "mode " << static_cast<int>(spec.mode);
+    const ForwardInput next = BatchInput(batch.ids.narrow(0, 0, 1), past, prompt);
+    const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [1, T, H]
+    EXPECT_LT(MaxDiff(x, y), 1e-4);
     EXPECT_LT(
         MaxDiff(fused.Logits(x[0].narrow(0, t - 1, 1)), plain.Logits(y[0].narrow(0, t - 1, 1))),
         1e-4);
+  };
+  // The fused decoder on each vector ISA the CPU has (the one-pass attention's
+  // AVX-512 and AVX2 copies), built and run under that ISA.
+  for (const kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
+    if (!kernels::CpuHas(isa)) continue;
+    SCOPED_TRACE(kernels::IsaName(isa));
+    const kernels::ScopedIsa scoped(isa);
+    const Decoder fused(config, load());
+    expect_matches_plain(fused);
   }
-  // Two documents (bidirectional blocks) cached, then a prompt over both.
-  const AttentionSpec docs = AttentionSpec::Blocks({{180, true, false}, {120, true, false}});
-  const AttentionSpec prompt =
-      AttentionSpec::Blocks({{180, true, false}, {120, true, false}, {t, false, true}});
-  KvCache c1 = fused.NewCache(1), c2 = plain.NewCache(1);
-  const ForwardInput first = BatchInput(batch.prefix.narrow(0, 0, 1), 0, docs);
-  EXPECT_LT(MaxDiff(fused.Forward(first, &c1), plain.Forward(first, &c2)), 1e-4);
-  const ForwardInput next = BatchInput(batch.ids.narrow(0, 0, 1), past, prompt);
-  const at::Tensor x = fused.Forward(next, &c1), y = plain.Forward(next, &c2);  // [1, T, H]
-  EXPECT_LT(MaxDiff(x, y), 1e-4);
-  EXPECT_LT(MaxDiff(fused.Logits(x[0].narrow(0, t - 1, 1)), plain.Logits(y[0].narrow(0, t - 1, 1))),
-            1e-4);
 }
 
 // Several sequences through one ForwardMany (shared linear layers, attention
