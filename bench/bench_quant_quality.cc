@@ -24,13 +24,16 @@ using namespace gritserve;
 
 namespace {
 
-std::unique_ptr<Decoder> Load(const std::string& dir, std::optional<quant::Format> format) {
+// matmul kBFloat16 with a format: what --weights q8|q4 loads with dtype auto
+// on a CPU with native bfloat16 products (prompt-sized products in bfloat16).
+std::unique_ptr<Decoder> Load(const std::string& dir, std::optional<quant::Format> format,
+                              at::ScalarType matmul = at::kFloat) {
   const ModelConfig config = ModelConfig::FromDirectory(dir);
   return std::make_unique<Decoder>(
       config,
       LoadWeights(dir, config, at::kFloat, at::kCPU, at::ScalarType::Undefined,
                   /*keep_bfloat16_matrices=*/true),
-      at::kFloat, format);
+      matmul, format);
 }
 
 // What --dtype bfloat16 loads on a CPU with native bfloat16 products.
@@ -83,6 +86,10 @@ int main(int argc, char** argv) {
   if (Linear::CpuBf16Available()) {
     out["bf16_products"] =
         ToJson(quant_quality::Compare(*ref, *LoadBf16Products(model), ids, steps));
+    for (quant::Format f : {quant::Format::kQ8, quant::Format::kQ4}) {
+      out[std::string(quant::FormatName(f)) + "_bf16_products"] =
+          ToJson(quant_quality::Compare(*ref, *Load(model, f, at::kBFloat16), ids, steps));
+    }
   } else {
     out["bf16_products"] = "not measured: this CPU has no native bfloat16 products";
   }

@@ -8,6 +8,7 @@
 
 #include "gritserve/common/error.h"
 #include "gritserve/engine/engine.h"
+#include "gritserve/kernels/linear.h"
 #include "test_util.h"
 
 namespace gritserve {
@@ -33,7 +34,10 @@ TEST(EngineWeights, QuantizedModelsGenerateAndEmbedCloseToTheOriginal) {
   const auto ref_vectors = ref->runner().EmbedTexts(texts, EmbedOptions{});
   for (const char* w : {"q8", "q4"}) {
     const auto e = Engine::Load(Options(w));
-    EXPECT_EQ(e->front().dtype_name(), "Float") << w;
+    // auto: bfloat16 products for prompt-sized products where the CPU has them.
+    EXPECT_EQ(e->front().dtype_name(),
+              Linear::CpuBf16Available() ? "BFloat16 matmul, Float" : "Float")
+        << w;
     SamplingParams p;
     p.max_tokens = 6;
     p.temperature = 0;
@@ -60,8 +64,18 @@ std::string LoadMessage(const EngineOptions& o) {
 
 TEST(EngineWeights, RefusesWhatQuantizedWeightsCannotRun) {
   EngineOptions half = Options("q8");
-  half.dtype = "bfloat16";
+  half.dtype = "float16";
   EXPECT_NE(LoadMessage(half).find("--weights q8"), std::string::npos);
+  // bfloat16 products only where the CPU multiplies bfloat16 natively;
+  // float32 everywhere.
+  EngineOptions bf16 = Options("q8");
+  bf16.dtype = "bfloat16";
+  EXPECT_EQ(LoadMessage(bf16).find("--weights q8") == std::string::npos,
+            Linear::CpuBf16Available());
+  EngineOptions f32 = Options("q8");
+  f32.dtype = "float32";
+  EXPECT_EQ(LoadMessage(f32), "");
+  EXPECT_EQ(Engine::Load(f32)->front().dtype_name(), "Float");
   EXPECT_NE(LoadMessage(Options("q3")).find("unknown --weights 'q3'"), std::string::npos);
 }
 

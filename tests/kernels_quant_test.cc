@@ -272,5 +272,70 @@ TEST(Quant, LinearLayerQuantizesAndMultipliesWithItsBias) {
   }
 }
 
+// Rows as bfloat16 for the native-bfloat16 products: each value the
+// dequantized float32 one rounded to nearest even (as LibTorch rounds), on the
+// AVX-512 copy and the portable one, for depths that end in a partial pair.
+TEST(Quant, Bfloat16RowsAreTheDequantizedValuesRounded) {
+  UseSeveralThreads();
+  for (const int64_t k : {1, 31, 33, 64, 100, 896}) {
+    at::manual_seed(k);
+    const int64_t n = 37;
+    const at::Tensor w = at::randn({n, k}) * 0.05;  // [N, K]
+    for (Format f : {Format::kQ8, Format::kQ4}) {
+      const quant::Matrix q = quant::Matrix::Quantize(w.data_ptr<float>(), n, k, f);
+      at::Tensor want = at::empty({n - 1, k});  // rows 1.. in float32
+      for (int64_t r = 1; r < n; ++r) q.DequantizeRow(r, want.data_ptr<float>() + (r - 1) * k);
+      want = want.to(at::kBFloat16);
+      for (Isa isa : {Isa::kAvx512, Isa::kBaseline}) {
+        if (!quant::IsaAvailable(isa)) continue;
+        at::Tensor got = at::empty({n - 1, k}, at::kBFloat16);
+        quant::DequantizeBf16Rows(q, 1, n - 1, static_cast<uint16_t*>(got.data_ptr()), isa);
+        EXPECT_TRUE(at::equal(got, want)) << Name(f, isa, Path::kFloatPanels) << " k " << k;
+      }
+      EXPECT_ANY_THROW(quant::DequantizeBf16Rows(q, 1, n, nullptr, Isa::kBaseline));
+    }
+  }
+}
+
+// A quantized layer built for bfloat16 products: few rows keep the int8
+// kernels exactly; prompt-sized ones, where the CPU has native bfloat16
+// products, round inputs and weights to bfloat16 and stay within that
+// rounding of the float64 product (elsewhere the flag changes nothing).
+TEST(Quant, LinearLayerWithBfloat16ProductsForPromptRows) {
+  UseSeveralThreads();
+  at::manual_seed(4);
+  const int64_t n = 200, k = 136;
+  const at::Tensor w = at::randn({n, k}) * 0.05;  // [out, in]
+  const at::Tensor bias = at::randn({n});
+  for (Format f : {Format::kQ8, Format::kQ4}) {
+    const Linear lin(w, bias, f, /*bf16_products=*/true);
+    const quant::Matrix& q = *lin.quantized();
+    for (int64_t m : {1, 6, 48, 49, 130}) {
+      const at::Tensor x = at::randn({m, k});  // [M, K]
+      const at::Tensor y = lin(x);             // [M, N]
+      at::Tensor plain = at::empty({m, n});
+      quant::Multiply(q, x.data_ptr<float>(), m, bias.data_ptr<float>(), plain.data_ptr<float>(),
+                      quant::DispatchedIsa());
+      const bool bf16 = Linear::CpuBf16Available() && quant::PathFor(m) == Path::kFloatPanels;
+      const std::string what = std::string(quant::FormatName(f)) + " m " + std::to_string(m);
+      if (!bf16) {
+        EXPECT_TRUE(at::equal(y, plain)) << what;
+        continue;
+      }
+      EXPECT_FALSE(at::equal(y, plain)) << what << ": inputs rounded to bfloat16 change the sums";
+      const Dequantized dq = Dequantize(q, /*bf16_panels=*/true);
+      const at::Tensor xd = x.to(at::kDouble), wq = dq.w.to(at::kDouble).abs();
+      const at::Tensor ref = at::matmul(xd, w.to(at::kDouble).t()) + bias.to(at::kDouble);
+      // The weights' bound (quantization, bfloat16 copy), each input's
+      // bfloat16 rounding (2^-8 relative, times |w'|), float32 sums.
+      const at::Tensor bound = at::matmul(xd.abs(), dq.err.t()) +
+                               std::ldexp(1.0, -8) * at::matmul(xd.abs(), wq.t()) +
+                               1e-5 * at::matmul(xd.abs(), wq.t()) + 1e-5;
+      const at::Tensor excess = (y.to(at::kDouble) - ref).abs() - bound;
+      EXPECT_LE(excess.max().item<double>(), 0.0) << what;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gritserve

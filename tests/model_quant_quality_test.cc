@@ -23,13 +23,17 @@ namespace {
 
 std::string Dir() { return testing::FixturesDir() + "/qwen2-tiny"; }
 
-std::unique_ptr<Decoder> Load(std::optional<quant::Format> format) {
+// matmul kBFloat16 with a format: prompt-sized quantized products in
+// bfloat16 where the CPU has native bfloat16 products (what dtype auto picks
+// there), the int8 and float32 paths elsewhere.
+std::unique_ptr<Decoder> Load(std::optional<quant::Format> format,
+                              at::ScalarType matmul = at::kFloat) {
   const ModelConfig config = ModelConfig::FromDirectory(Dir());
   return std::make_unique<Decoder>(
       config,
       LoadWeights(Dir(), config, at::kFloat, at::kCPU, at::ScalarType::Undefined,
                   /*keep_bfloat16_matrices=*/true),
-      at::kFloat, format);
+      matmul, format);
 }
 
 std::vector<at::Tensor> Prompts() {
@@ -65,10 +69,10 @@ void ExpectWithin(const quant_quality::Report& r, const Bounds& b) {
   EXPECT_GT(r.max_abs_dlogit, 0.0);
 }
 
-void Check(quant::Format format, const Bounds& b) {
+void Check(quant::Format format, const Bounds& b, at::ScalarType matmul = at::kFloat) {
   c10::InferenceMode guard;
   const auto ref = Load(std::nullopt);
-  const auto q = Load(format);
+  const auto q = Load(format, matmul);
   ASSERT_EQ(q->weights_format(), format);
   EXPECT_GT(q->quantized_bytes(), 0);
   const quant_quality::Report r = quant_quality::Compare(*ref, *q, Prompts(), 24);
@@ -86,6 +90,12 @@ TEST(QuantQuality, Q8StaysCloseToFloat32OnTheTinyModel) { Check(quant::Format::k
 
 TEST(QuantQuality, Q4StaysNearFloat32OnTheTinyModel) {
   Check(quant::Format::kQ4, {0.6, 0.4, 0.97, 0.75});
+}
+
+// q8 with its prompt-sized products in bfloat16 (the 61-token prompt and the
+// embeddings take them; fewer rows keep the int8 kernels): still q8's bounds.
+TEST(QuantQuality, Q8WithBfloat16ProductsHoldsQ8sBoundsOnTheTinyModel) {
+  Check(quant::Format::kQ8, kQ8Bounds, at::kBFloat16);
 }
 
 // --dtype bfloat16 on CPU: weights and the products' inputs rounded to

@@ -111,13 +111,19 @@ Precision ChoosePrecision(const EngineOptions& options, const at::Device& device
   std::string dtype_name = options.dtype;
   const std::optional<quant::Format> quantize = ParseWeights(options.weights);
   if (quantize) {
-    // Quantized layers take and give float32; no other precision is offered.
+    // Quantized layers take and give float32. Where the CPU multiplies
+    // bfloat16 natively their prompt-sized products may run in bfloat16, as
+    // unquantized layers' do (auto picks that there too; float32 stays a flag away).
     if (!device.is_cpu()) throw LoadError("--weights " + options.weights + " runs on CPU only");
-    if (dtype_name != "auto" && ParseDtype(dtype_name, device) != at::kFloat) {
-      throw LoadError("--weights " + options.weights + " computes in float32: --dtype " +
-                      dtype_name + " does not apply");
+    if (dtype_name != "auto") {
+      const at::ScalarType t = ParseDtype(dtype_name, device);
+      if (t != at::kFloat && !(t == at::kBFloat16 && Linear::CpuBf16Available())) {
+        throw LoadError("--weights " + options.weights +
+                        " computes in float32, or with bfloat16 matrix products on a CPU that "
+                        "has them: --dtype " +
+                        dtype_name + " does not apply here");
+      }
     }
-    dtype_name = "float32";
   }
   if (device.is_cpu() && dtype_name == "auto") {
     dtype_name = AutoCpuDtype(Linear::CpuBf16Available());

@@ -2,9 +2,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "gritserve/common/error.h"
 #include "gritserve/kernels/cpu_kernels.h"
@@ -100,6 +102,44 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
   return p;
 }
 
+// out = a W^T + bias for a quantized W in native bfloat16 products: W a chunk
+// of rows at a time dequantized to bfloat16 ([nc, in]: oneDNN's [in, nc] in
+// "ba" order), a rounded to bfloat16 once, and oneDNN's bfloat16 matmul
+// writing each chunk's columns of out in place (float32 accumulation).
+//   a: [m, in] float32 contiguous; bias: [out] float32 or undefined; out: [m, out]
+void QuantizedBf16Product(const quant::Matrix& w, const at::Tensor& a, const at::Tensor& bias,
+                          kernels::Isa isa, at::Tensor& out) {
+  const int64_t m = a.size(0), in = w.cols(), n = w.rows();
+  // About 32M values (64 MB) per chunk, as the float panels take them: every
+  // matrix of the 0.5B shape but its LM head in one.
+  const int64_t chunk = std::min(n, std::max<int64_t>(64, (int64_t{32} << 20) / in / 64 * 64));
+  thread_local std::vector<uint16_t> wb;  // [chunk, in] bfloat16, kept between calls
+  wb.resize(static_cast<size_t>(chunk * in));
+  const at::Tensor src = a.to(at::kBFloat16);  // [m, in]
+  const dnnl::memory::desc src_md({m, in}, Dt::bf16, Tag::ab);
+  dnnl::engine& engine = CpuEngine();
+  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
+    const int64_t nc = std::min(chunk, n - n0);
+    quant::DequantizeBf16Rows(w, n0, nc, wb.data(), isa);
+    const dnnl::memory::desc w_md({in, nc}, Dt::bf16, Tag::ba);
+    const dnnl::memory::desc dst_md({m, nc}, Dt::f32, dnnl::memory::dims{n, 1});
+    const dnnl::memory::desc bias_md({1, nc}, Dt::f32, Tag::ab);
+    const bool has_bias = bias.defined();
+    const onednn::Matmul prim = onednn::CachedMatmul({2, m, in, nc, n, has_bias}, [&] {
+      return has_bias ? dnnl::matmul::desc(src_md, w_md, bias_md, dst_md)
+                      : dnnl::matmul::desc(src_md, w_md, dst_md);
+    });
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(src_md, engine, src.data_ptr())},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(w_md, engine, wb.data())},
+        {DNNL_ARG_DST, dnnl::memory(dst_md, engine, out.data_ptr<float>() + n0)}};
+    if (has_bias) {
+      args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, engine, bias.data_ptr<float>() + n0));
+    }
+    onednn::Execute(prim, std::move(args));
+  }
+}
+
 }  // namespace
 #else
 struct Linear::Packed {};
@@ -170,7 +210,7 @@ Linear::Linear(at::Tensor weight, Layout layout, at::Tensor bias, bool pack,
   }
 }
 
-Linear::Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format)
+Linear::Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format, bool bf16_products)
     : bias_(std::move(bias)) {
   if (weight.dim() != 2 || !weight.device().is_cpu() ||
       (weight.scalar_type() != at::kFloat && weight.scalar_type() != at::kBFloat16)) {
@@ -185,6 +225,7 @@ Linear::Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format)
                                         format)
           : quant::Matrix::Quantize(w.data_ptr<float>(), out_, in_, format));
   quant_isa_ = quant::DispatchedIsa();
+  quant_bf16_products_ = bf16_products && CpuBf16Available();
   if (bias_.defined()) bias_ = bias_.to(at::kFloat).contiguous();
 }
 
@@ -194,6 +235,12 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     const at::Tensor a = x.to(at::kFloat).contiguous();  // [N, in]
     const int64_t m = a.size(0);
     at::Tensor out = at::empty({m, out_}, a.options());  // [N, out]
+#ifdef GRITSERVE_HAVE_DNNL
+    if (quant_bf16_products_ && m > 0 && quant::PathFor(m) == quant::Path::kFloatPanels) {
+      QuantizedBf16Product(*quant_, a, bias_, quant_isa_, out);
+      return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+    }
+#endif
     quant::Multiply(*quant_, a.data_ptr<float>(), m,
                     bias_.defined() ? bias_.data_ptr<float>() : nullptr, out.data_ptr<float>(),
                     quant_isa_);

@@ -400,6 +400,30 @@ void Multiply(const Matrix& w, const float* a, int64_t m, const float* bias, flo
   Multiply(w, a, m, bias, c, isa, PathFor(m));
 }
 
+void DequantizeBf16Rows(const Matrix& w, int64_t r0, int64_t n, uint16_t* dst, Isa isa) {
+  if (r0 < 0 || n < 0 || r0 + n > w.rows()) {
+    throw Error(ErrorKind::kInternal, "quant::DequantizeBf16Rows: rows out of range");
+  }
+  if (isa == Isa::kAvx512 && !IsaAvailable(isa)) RowsFor(isa);  // throws: not on this CPU
+  const int64_t k = w.cols();
+  // Pieces of 16 rows: enough of them to balance two threads.
+  work_steal::ParallelFor((n + 15) / 16, [&](int64_t p, int64_t) {
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(k));
+    for (int64_t j = p * 16; j < std::min(n, p * 16 + 16); ++j) {
+      uint16_t* out = dst + j * k;
+#ifdef GRITSERVE_QUANT_X86
+      if (isa == Isa::kAvx512) {
+        detail::DequantizeRowBf16Avx512(w, r0 + j, out);
+        continue;
+      }
+#endif
+      w.DequantizeRow(r0 + j, row.data());
+      for (int64_t kk = 0; kk < k; ++kk) out[kk] = FloatToBf16(row[kk]);
+    }
+  });
+}
+
 void Multiply(const Matrix& w, const float* a, int64_t m, const float* bias, float* c, Isa isa,
               Path path) {
   if (!w.defined()) throw Error(ErrorKind::kInternal, "quant: product with an empty matrix");

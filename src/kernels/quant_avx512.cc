@@ -224,6 +224,28 @@ GRITSERVE_VNNI void DequantizePanelAvx512(const Matrix& w, int64_t r0, int64_t r
   }
 }
 
+GRITSERVE_VNNI void DequantizeRowBf16Avx512(const Matrix& w, int64_t r, uint16_t* dst) {
+  alignas(64) float buf[kPair];
+  const int64_t cols = w.cols();
+  for (int64_t i = 0; i < w.pairs(); ++i) {
+    const int64_t k0 = i * kPair;
+    DequantizePair(w, r, i, buf);
+    if (cols - k0 >= kPair) {
+      for (int q = 0; q < 4; ++q) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k0 + 16 * q),
+                            ToBf16(_mm512_load_ps(buf + 16 * q)));
+      }
+    } else {  // the last, partial pair
+      alignas(32) uint16_t bits[kPair];
+      for (int q = 0; q < 4; ++q) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(bits + 16 * q),
+                           ToBf16(_mm512_load_ps(buf + 16 * q)));
+      }
+      std::memcpy(dst + k0, bits, static_cast<size_t>(cols - k0) * sizeof(uint16_t));
+    }
+  }
+}
+
 void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
                     const float* bias, float* c) {
   if (w.format() == Format::kQ4) {

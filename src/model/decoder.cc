@@ -121,7 +121,7 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
   if (weights_) {
     // The head gets its own quantized copy; a tied embedding table stays
     // unquantized (held in bfloat16 where that is exact).
-    lm_head_ = Linear(head, at::Tensor(), *weights_);
+    lm_head_ = Linear(head, at::Tensor(), *weights_, bf16);
     if (config.tie_word_embeddings && bf16_valued && head.scalar_type() != at::kBFloat16) {
       embed_tokens_ = StreamedWeightCopy(head, at::kBFloat16);
     }
@@ -162,7 +162,7 @@ Decoder::Decoder(const ModelConfig& config, WeightSource& weights, at::ScalarTyp
 
   // [out, in] weight and [out] (or no) bias -> a packed or quantized layer.
   auto linear = [&](const at::Tensor& w, at::Tensor b) {
-    return weights_ ? Linear(w, std::move(b), *weights_)
+    return weights_ ? Linear(w, std::move(b), *weights_, bf16)
                     : Linear(w, Linear::Layout::kOutIn, std::move(b), /*pack=*/true, packed);
   };
   layers_.resize(config.num_hidden_layers);

@@ -53,7 +53,12 @@ class Linear {
 
   // weight: [out, in] CPU float32 or bfloat16, quantized here per `format`
   // (then released); bias: [out] or undefined. Products take and give float32.
-  Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format);
+  // With `bf16_products` (where CpuBf16Available()) prompt-sized products run
+  // in native bfloat16: the weights dequantized to bfloat16 a chunk at a
+  // time, inputs rounded to bfloat16, float32 accumulation, as the packed
+  // bfloat16 layers do; one-row and few-row products keep the int8 kernels.
+  Linear(const at::Tensor& weight, at::Tensor bias, quant::Format format,
+         bool bf16_products = false);
 
   // x: [N, in] -> [N, out]
   at::Tensor operator()(const at::Tensor& x) const;
@@ -94,6 +99,7 @@ class Linear {
   kernels::Isa panel_isa_ = kernels::Isa::kBaseline;  // chosen with bf16_panels_
   std::shared_ptr<const quant::Matrix> quant_;        // [out, in] in blocks, when quantized
   kernels::Isa quant_isa_ = kernels::Isa::kBaseline;
+  bool quant_bf16_products_ = false;  // prompt-sized quantized products in bfloat16
 };
 
 }  // namespace gritserve

@@ -110,6 +110,11 @@ void Multiply(const Matrix& w, const float* a, int64_t m, const float* bias, flo
 void Multiply(const Matrix& w, const float* a, int64_t m, const float* bias, float* c, Isa isa,
               Path path);
 
+// Rows [r0, r0 + n) of W as bfloat16 (each value rounded to nearest even),
+// for a product in native bfloat16 (Linear, with bfloat16 products): the
+// AVX-512 copy on kAvx512, else portable C++.  dst: [n, cols] row-major
+void DequantizeBf16Rows(const Matrix& w, int64_t r0, int64_t n, uint16_t* dst, Isa isa);
+
 // Half precision <-> float32 (round to nearest even), for the layouts and tests.
 uint16_t FloatToHalf(float f);
 float HalfToFloat(uint16_t h);
