@@ -186,9 +186,12 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
   if (const std::optional<quant::Format> q = decoder.weights_format()) {
     spdlog::info(
         "weights {}: linear layers and LM head quantized at load in blocks of {} ({:.1f} MB), "
-        "{} kernels; embeddings and norms unquantized",
+        "{} kernels{}; embeddings and norms unquantized",
         quant::FormatName(*q), quant::kBlock, decoder.quantized_bytes() / 1e6,
-        kernels::IsaName(quant::DispatchedIsa()));
+        kernels::IsaName(quant::DispatchedIsa()),
+        decoder.matmul_dtype() == at::kBFloat16
+            ? ", products past 48 rows in native bfloat16 (--dtype float32 keeps float32)"
+            : "");
   }
   if (decoder.lm_head_in_bfloat16()) {
     spdlog::info(
