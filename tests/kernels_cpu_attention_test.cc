@@ -6,13 +6,13 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "attention_reference.h"
 #include "gritserve/kernels/cpu_attention.h"
 #include "gritserve/kernels/dispatch.h"
+#include "isa_param.h"
 
 namespace gritserve {
 namespace {
@@ -25,25 +25,8 @@ using kernels::Isa;
 
 // Each test runs once per ISA the CPU has; baseline (no vector path) checks
 // that the kernel refuses, so the decoder keeps its other path.
-class CpuAttention : public ::testing::TestWithParam<Isa> {
- protected:
-  void SetUp() override { isa_.emplace(GetParam()); }
-  void TearDown() override { isa_.reset(); }
-  std::optional<kernels::ScopedIsa> isa_;
-};
-
-std::vector<Isa> IsasThisCpuRuns() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
-    if (kernels::CpuHas(isa)) isas.push_back(isa);
-  }
-  return isas;
-}
-
-INSTANTIATE_TEST_SUITE_P(Isa, CpuAttention, ::testing::ValuesIn(IsasThisCpuRuns()),
-                         [](const ::testing::TestParamInfo<Isa>& info) {
-                           return std::string(kernels::IsaName(info.param));
-                         });
+class CpuAttention : public testing::IsaTest {};
+GRITSERVE_INSTANTIATE_ISA_TESTS(CpuAttention);
 
 TEST_P(CpuAttention, IsAvailableExactlyOnTheVectorPaths) {
   EXPECT_EQ(cpu_attention::Available(), GetParam() != Isa::kBaseline);

@@ -9,11 +9,11 @@
 #include <array>
 #include <cmath>
 #include <iostream>
-#include <optional>
 #include <vector>
 
 #include "gritserve/kernels/cpu_kernels.h"
 #include "gritserve/kernels/dispatch.h"
+#include "isa_param.h"
 
 namespace gritserve {
 namespace {
@@ -32,27 +32,10 @@ at::Tensor RopeReference(const at::Tensor& x, const at::Tensor& cos, const at::T
 
 using kernels::Isa;
 
-class CpuKernels : public ::testing::TestWithParam<Isa> {
- protected:
-  void SetUp() override { isa_.emplace(GetParam()); }
-  void TearDown() override { isa_.reset(); }
+using testing::IsasThisCpuRuns;
 
- private:
-  std::optional<kernels::ScopedIsa> isa_;
-};
-
-std::vector<Isa> IsasThisCpuRuns() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
-    if (kernels::CpuHas(isa)) isas.push_back(isa);
-  }
-  return isas;
-}
-
-INSTANTIATE_TEST_SUITE_P(Isa, CpuKernels, ::testing::ValuesIn(IsasThisCpuRuns()),
-                         [](const ::testing::TestParamInfo<Isa>& info) {
-                           return std::string(kernels::IsaName(info.param));
-                         });
+class CpuKernels : public testing::IsaTest {};
+GRITSERVE_INSTANTIATE_ISA_TESTS(CpuKernels);
 
 TEST(CpuKernelsIsa, ScopedIsaSelectsAndRestores) {
   const Isa before = kernels::ActiveIsa();
