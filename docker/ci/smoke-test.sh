@@ -25,6 +25,21 @@ post() {
     -d "$body" "$base$path"
 }
 upstream() { tr -d '\r' < "$hdr" | sed -n 's/^[Xx]-[Gg]ritserve-[Uu]pstream: //p'; }
+# A replica's /cache, asked inside its container (the replicas publish no port).
+cache_stats() {
+  podman exec "$1" bash -c \
+    'exec 3<>/dev/tcp/127.0.0.1/8080; printf "GET /cache HTTP/1.0\r\n\r\n" >&3; cat <&3' |
+    sed -n '/^{/p'
+}
+# FIELD of the replicas' Redis tiers, summed (writes, write_drops, hits, ...).
+redis_sum() {
+  local total=0 v r
+  for r in $replicas; do
+    v=$(cache_stats "$r" | jq ".tiers.redis.$1" || true)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
 status() { tr -d '\r' < "$hdr" | sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p'; }
 
 # Both replicas load the demo checkpoint; wait until each container's own
@@ -98,10 +113,21 @@ pass "$distinct replicas answered 8 unsessioned requests"
 # them, without a session, reuse their K/V whichever replica answers.
 docs='"The ferry leaves the harbour at dawn and returns when the tide turns.",
   "Copper conducts heat well, which is why old kettles were made of it."'
+writes=$(redis_sum writes) drops=$(redis_sum write_drops)
 out=$(post /embed "{\"inputs\": [$docs], \"ids\": [\"shared-1\", \"shared-2\"]}")
 [ "$(status)" = 200 ] || fail "/embed of shared documents: $(status) $out"
 embedded_on=$(upstream)
-sleep 1  # the replica's background writer stores them in Redis
+# The replica's background writer stores each document's K/V and its id in
+# Redis after answering: wait for those four writes (at most 30 s), and say
+# so if the tier dropped any (it does while it takes Redis to be down).
+for _ in $(seq 1 60); do
+  [ "$(redis_sum writes)" -ge $((writes + 4)) ] && break
+  sleep 0.5
+done
+[ "$(redis_sum write_drops)" = "$drops" ] ||
+  fail "Redis writes dropped after /embed: $(for r in $replicas; do cache_stats "$r" | jq -c .tiers.redis; done)"
+[ "$(redis_sum writes)" -ge $((writes + 4)) ] ||
+  fail "the shared documents did not reach Redis in 30 s: $(redis_sum writes) writes, $writes before"
 seen=""
 for i in $(seq 1 6); do
   out=$(post /generate '{"prompt": "What leaves at dawn?", "documents": ["shared-1", "shared-2"],
@@ -115,13 +141,7 @@ for i in $(seq 1 6); do
 done
 distinct=$(printf '%s' "$seen" | sort -u | grep -c .)
 [ "$distinct" -ge 2 ] || fail "one replica answered every shared-document request: $seen"
-shared=0
-for r in $replicas; do
-  hits=$(podman exec "$r" bash -c \
-    'exec 3<>/dev/tcp/127.0.0.1/8080; printf "GET /cache HTTP/1.0\r\n\r\n" >&3; cat <&3' |
-    sed -n '/^{/p' | jq '.tiers.redis.hits' || true)
-  shared=$((shared + ${hits:-0}))
-done
+shared=$(redis_sum hits)
 [ "$shared" -ge 1 ] || fail "no replica read a document from Redis"
 pass "documents embedded on $embedded_on reused by $distinct replicas: cached_tokens $want, $shared Redis hits"
 

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <csignal>
 #include <stdexcept>
+#include <thread>
 
 namespace gritserve {
 namespace {
@@ -24,6 +25,13 @@ constexpr size_t kMaxIdle = 8;
 // The writer's reconnection delays, and how often it checks an idle Redis:
 // without that, /info would call the tier up until a request found it down.
 constexpr std::chrono::milliseconds kFirstBackoff{100}, kMaxBackoff{5000}, kHeartbeat{1000};
+// The writer's tries before it calls Redis down, kRetryPause times the try
+// number apart: a name lookup or connection that fails once (a container
+// network's DNS answers "no address" now and then) would otherwise mark the
+// tier down and drop every queued write, so documents embedded in that
+// instant never reached the other replicas.
+constexpr int kWriterTries = 3;
+constexpr std::chrono::milliseconds kRetryPause{100};
 
 int ParseInt(const std::string& s, int lo, int hi, const std::string& what) {
   if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos) {
@@ -496,7 +504,9 @@ void RedisTier::Probe(Conn* conn) {
 void RedisTier::Heartbeat(Conn* conn) {
   std::string error = "no answer to PING";
   bool ok = *conn && Ping(conn->get());
-  if (!ok) {  // a connection from before a restart: try a fresh one
+  // A connection from before a restart, or a lookup that failed once: fresh ones.
+  for (int attempt = 1; attempt < kWriterTries && !ok; ++attempt) {
+    if (attempt > 1) std::this_thread::sleep_for(kRetryPause * (attempt - 1));
     *conn = Connect(&error);
     ok = *conn && Ping(conn->get());
   }
@@ -506,9 +516,10 @@ void RedisTier::Heartbeat(Conn* conn) {
 bool RedisTier::WriteNow(Conn* conn, const Write& w) {
   std::string error = "not connected";
   bool ok = false;
-  for (int attempt = 0; attempt < 2 && !ok; ++attempt) {  // once more on a fresh connection
+  for (int attempt = 0; attempt < kWriterTries && !ok; ++attempt) {  // on a fresh connection
+    if (attempt > 0) std::this_thread::sleep_for(kRetryPause * attempt);
     if (!*conn) *conn = Connect(&error);
-    if (!*conn) break;
+    if (!*conn) continue;
     try {
       ok = Execute(conn->get(), w);
     } catch (const std::exception& e) {  // the value could not be made: nothing to send
