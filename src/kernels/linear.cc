@@ -110,9 +110,7 @@ std::shared_ptr<const Linear::Packed> MakePacked(const at::Tensor& weight, Linea
 void QuantizedBf16Product(const quant::Matrix& w, const at::Tensor& a, const at::Tensor& bias,
                           kernels::Isa isa, at::Tensor& out) {
   const int64_t m = a.size(0), in = w.cols(), n = w.rows();
-  // About 32M values (64 MB) per chunk, as the float panels take them: every
-  // matrix of the 0.5B shape but its LM head in one.
-  const int64_t chunk = std::min(n, std::max<int64_t>(64, (int64_t{32} << 20) / in / 64 * 64));
+  const int64_t chunk = std::min(n, quant::ChunkRows(w));  // the float panels' chunk
   thread_local std::vector<uint16_t> wb;  // [chunk, in] bfloat16, kept between calls
   wb.resize(static_cast<size_t>(chunk * in));
   const at::Tensor src = a.to(at::kBFloat16);  // [m, in]

@@ -216,13 +216,6 @@ void MultiplyInt8Rows(const Matrix& w, const float* a, int64_t m, const float* b
   });
 }
 
-// Weight rows per dequantized chunk: about 32M values (64 MB in bfloat16),
-// which holds every matrix of the 0.5B shape but its LM head whole.
-int64_t ChunkRows(const Matrix& w) {
-  const int64_t rows = std::max<int64_t>(64, (int64_t{32} << 20) / w.cols() / 64 * 64);
-  return std::min(rows, (w.rows() + 63) / 64 * 64);
-}
-
 // Rows [n0, n0 + nc) of W as small_gemm's bfloat16 panels (columns past nc
 // zero). Called on AVX-512 VNNI or AVX2 CPUs only, per `isa`.
 void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst, Isa isa) {
@@ -293,6 +286,11 @@ void MultiplyFloatPanels(const Matrix& w, const float* a, int64_t m, const float
 }
 
 }  // namespace
+
+int64_t ChunkRows(const Matrix& w) {
+  const int64_t rows = std::max<int64_t>(64, (int64_t{32} << 20) / w.cols() / 64 * 64);
+  return std::min(rows, (w.rows() + 63) / 64 * 64);
+}
 
 uint16_t FloatToHalf(float f) {
   const uint32_t x = FloatToBits(f);

@@ -114,6 +114,10 @@ void Multiply(const Matrix& w, const float* a, int64_t m, const float* bias, flo
 // for a product in native bfloat16 (Linear, with bfloat16 products): the
 // AVX-512 copy on kAvx512, else portable C++.  dst: [n, cols] row-major
 void DequantizeBf16Rows(const Matrix& w, int64_t r0, int64_t n, uint16_t* dst, Isa isa);
+// Weight rows a product dequantizes at a time (a multiple of 64): about 32M
+// values, 64 MB in bfloat16, which holds every matrix of the 0.5B shape but
+// its LM head whole, and bounds the buffer on any shape.
+int64_t ChunkRows(const Matrix& w);
 
 // Half precision <-> float32 (round to nearest even), for the layouts and tests.
 uint16_t FloatToHalf(float f);
