@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> rows = {1, 2, 4, 8, 16, 32, 128};
   app.add_option("--threads", threads, "compute threads (0: all cores)");
   app.add_option("--repeats", repeats, "runs per measurement (best is reported)");
-  app.add_option("--rows", rows, "activation row counts");
+  app.add_option("--rows", rows, "activation row counts")->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(threads > 0 ? threads
                                   : static_cast<int>(std::thread::hardware_concurrency()));
