@@ -123,11 +123,12 @@ nlohmann::json CpuJson() {
   return {{"has_avx2", kernels::CpuHasAvx2()},
           {"has_avx512", kernels::CpuHasAvx512()},
           {"has_avx512_vnni", kernels::CpuHasAvx512Vnni()},
+          {"has_avx_vnni", kernels::CpuHasAvxVnni()},
           {"bf16_products", Linear::CpuBf16Available()},
           {"dispatch", kernels::Dispatch::Current().Describe()},
           {"fused_kernels", kernels::IsaName(kernels::ActiveIsa())},
           {"bf16_panels", kernels::IsaName(small_gemm::Bf16PanelIsa())},
-          {"quantized_rows", kernels::IsaName(quant::DispatchedIsa())}};
+          {"quantized_rows", quant::Int8RowsName(quant::DispatchedIsa())}};
 }
 
 }  // namespace

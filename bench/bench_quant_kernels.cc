@@ -12,6 +12,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gritserve/kernels/quant.h"
@@ -75,12 +76,20 @@ int main(int argc, char** argv) {
                               y.data_ptr<float>(), isa);
         });
       }
-      for (quant::Isa isa : {quant::Isa::kAvx512, quant::Isa::kAvx2}) {
-        if (!quant::IsaAvailable(isa)) continue;
+      // AVX2's int8 rows with and without AVX-VNNI where the CPU has it (the
+      // float panels do not use it: measured once).
+      for (const auto& [family, vnni] : {std::pair{quant::Isa::kAvx512, false},
+                                        std::pair{quant::Isa::kAvx2, false},
+                                        std::pair{quant::Isa::kAvx2, true}}) {
+        const quant::Isa isa = family;  // (a lambda cannot capture a structured binding in C++17)
+        if (!quant::IsaAvailable(isa) || (vnni && !kernels::CpuHasAvxVnni())) continue;
+        const kernels::ScopedAvxVnni scoped(vnni);
         for (const quant::Matrix* q : {&q8, &q4}) {
           for (quant::Path p : {quant::Path::kInt8Rows, quant::Path::kFloatPanels}) {
+            if (vnni && p == quant::Path::kFloatPanels) continue;
             const std::string key =
-                std::string(quant::FormatName(q->format())) + "_" + kernels::IsaName(isa) +
+                std::string(quant::FormatName(q->format())) + "_" +
+                (p == quant::Path::kInt8Rows ? quant::Int8RowsName(isa) : kernels::IsaName(isa)) +
                 (p == quant::Path::kInt8Rows ? "_int8_rows" : "_float_panels") + "_ms";
             o[key] = BestMs(repeats, [&] {
               quant::Multiply(*q, x.data_ptr<float>(), m, nullptr, y.data_ptr<float>(), isa, p);

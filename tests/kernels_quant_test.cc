@@ -26,12 +26,22 @@ using quant::Format;
 using quant::Isa;
 using quant::Path;
 
-std::vector<Isa> AvailableIsas() {
-  std::vector<Isa> isas;
+// A kernel family this CPU runs: an ISA, and for AVX2 whether its int8
+// products take AVX-VNNI (the float panels ignore that switch).
+struct Kernel {
+  Isa isa;
+  bool avx_vnni;
+};
+
+// Every one: the AVX2 family both with and without AVX-VNNI where the CPU has it.
+std::vector<Kernel> AvailableKernels() {
+  std::vector<Kernel> kernels;
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kBaseline}) {
-    if (quant::IsaAvailable(isa)) isas.push_back(isa);
+    if (!quant::IsaAvailable(isa)) continue;
+    kernels.push_back({isa, false});
+    if (isa == Isa::kAvx2 && kernels::CpuHasAvxVnni()) kernels.push_back({isa, true});
   }
-  return isas;
+  return kernels;
 }
 
 // Dequantized weights [N, K] and the bound on each one's error [N, K].
@@ -91,9 +101,9 @@ void CheckProduct(const quant::Matrix& q, const at::Tensor& w_orig, const at::Te
   EXPECT_LE(excess.max().item<double>(), 0.0) << what;
 }
 
-std::string Name(Format f, Isa isa, Path p) {
-  return std::string(quant::FormatName(f)) + " " + kernels::IsaName(isa) +
-         (p == Path::kInt8Rows ? " int8 rows" : " float panels");
+std::string Name(Format f, Kernel k, Path p) {
+  return std::string(quant::FormatName(f)) + " " + kernels::IsaName(k.isa) +
+         (k.avx_vnni ? "-vnni" : "") + (p == Path::kInt8Rows ? " int8 rows" : " float panels");
 }
 
 // Products split rows over LibTorch's threads; LibTorch starts with one per
@@ -117,10 +127,11 @@ TEST(Quant, ProductsMatchFloat64WithinTheQuantizationBoundOnEveryPath) {
       for (int64_t m : {1, 2, 3, 4, 5, 8, 33, 300}) {
         if (m == 300 && s.n * s.k > 300 * 300) continue;
         const at::Tensor a = at::randn({m, s.k});  // [M, K]
-        for (Isa isa : AvailableIsas()) {
+        for (Kernel kn : AvailableKernels()) {
+          const kernels::ScopedAvxVnni vnni(kn.avx_vnni);
           for (Path p : {Path::kInt8Rows, Path::kFloatPanels}) {
-            CheckProduct(q, w, a, m % 2 ? bias : at::Tensor(), isa, p,
-                         Name(f, isa, p) + " n " + std::to_string(s.n) + " k " +
+            CheckProduct(q, w, a, m % 2 ? bias : at::Tensor(), kn.isa, p,
+                         Name(f, kn, p) + " n " + std::to_string(s.n) + " k " +
                              std::to_string(s.k) + " m " + std::to_string(m));
           }
         }
@@ -148,13 +159,14 @@ TEST(Quant, ActivationCodesRoundHalfwayValuesToEven) {
   }
   for (Format f : {Format::kQ8, Format::kQ4}) {
     const quant::Matrix q = quant::Matrix::Quantize(w.data_ptr<float>(), n, k, f);
-    for (Isa isa : AvailableIsas()) {
+    for (Kernel kn : AvailableKernels()) {
+      const kernels::ScopedAvxVnni vnni(kn.avx_vnni);
       at::Tensor c_half = at::empty({1, n}), c_even = at::empty({1, n});
-      quant::Multiply(q, a_half.data_ptr<float>(), 1, nullptr, c_half.data_ptr<float>(), isa,
+      quant::Multiply(q, a_half.data_ptr<float>(), 1, nullptr, c_half.data_ptr<float>(), kn.isa,
                       Path::kInt8Rows);
-      quant::Multiply(q, a_even.data_ptr<float>(), 1, nullptr, c_even.data_ptr<float>(), isa,
+      quant::Multiply(q, a_even.data_ptr<float>(), 1, nullptr, c_even.data_ptr<float>(), kn.isa,
                       Path::kInt8Rows);
-      EXPECT_TRUE(at::equal(c_half, c_even)) << Name(f, isa, Path::kInt8Rows);
+      EXPECT_TRUE(at::equal(c_half, c_even)) << Name(f, kn, Path::kInt8Rows);
     }
   }
 }
@@ -187,10 +199,11 @@ TEST(Quant, EdgeBlocksAndBfloat16Source) {
     }
     for (int64_t m : {1, 4, 9}) {
       const at::Tensor a = at::randn({m, k});
-      for (Isa isa : AvailableIsas()) {
+      for (Kernel kn : AvailableKernels()) {
+        const kernels::ScopedAvxVnni vnni(kn.avx_vnni);
         for (Path p : {Path::kInt8Rows, Path::kFloatPanels}) {
-          CheckProduct(q, wf, a, at::Tensor(), isa, p,
-                       Name(f, isa, p) + " edge m " + std::to_string(m));
+          CheckProduct(q, wf, a, at::Tensor(), kn.isa, p,
+                       Name(f, kn, p) + " edge m " + std::to_string(m));
         }
       }
     }
@@ -249,6 +262,28 @@ TEST(Quant, DispatchFollowsTheCpuAndTheIsaSwitch) {
   EXPECT_NE(quant::DispatchedIsa(), Isa::kAvx512);
 }
 
+// The AVX2 family takes AVX-VNNI by default exactly where the CPU has it (CI
+// runs with GRITSERVE_CPU_AVXVNNI unset), a test can turn it off, and only
+// a CPU with it lets a test turn it on; logs and benchmarks name the copy.
+TEST(Quant, AvxVnniFollowsTheCpuAndItsSwitch) {
+  if (std::getenv("GRITSERVE_CPU_AVXVNNI") == nullptr) {
+    EXPECT_EQ(kernels::AvxVnniActive(), kernels::CpuHasAvxVnni());
+  }
+  {
+    const kernels::ScopedAvxVnni off(false);
+    EXPECT_FALSE(kernels::AvxVnniActive());
+    EXPECT_STREQ(quant::Int8RowsName(Isa::kAvx2), "avx2");
+  }
+  if (kernels::CpuHasAvxVnni()) {
+    const kernels::ScopedAvxVnni on(true);
+    EXPECT_TRUE(kernels::AvxVnniActive());
+    EXPECT_STREQ(quant::Int8RowsName(Isa::kAvx2), "avx2-vnni");
+    EXPECT_STREQ(quant::Int8RowsName(Isa::kAvx512), "avx512");
+  } else {
+    EXPECT_THROW(kernels::ScopedAvxVnni(true), Error);
+  }
+}
+
 TEST(Quant, LinearLayerQuantizesAndMultipliesWithItsBias) {
   UseSeveralThreads();
   at::manual_seed(3);
@@ -290,7 +325,7 @@ TEST(Quant, Bfloat16RowsAreTheDequantizedValuesRounded) {
         if (!quant::IsaAvailable(isa)) continue;
         at::Tensor got = at::empty({n - 1, k}, at::kBFloat16);
         quant::DequantizeBf16Rows(q, 1, n - 1, static_cast<uint16_t*>(got.data_ptr()), isa);
-        EXPECT_TRUE(at::equal(got, want)) << Name(f, isa, Path::kFloatPanels) << " k " << k;
+        EXPECT_TRUE(at::equal(got, want)) << Name(f, {isa, false}, Path::kFloatPanels) << " k " << k;
       }
       EXPECT_ANY_THROW(quant::DequantizeBf16Rows(q, 1, n, nullptr, Isa::kBaseline));
     }

@@ -188,7 +188,7 @@ void LogCpuKernels(const Decoder& decoder, bool cpu_bf16_matmul, int threads) {
         "weights {}: linear layers and LM head quantized at load in blocks of {} ({:.1f} MB), "
         "{} kernels{}; embeddings and norms unquantized",
         quant::FormatName(*q), quant::kBlock, decoder.quantized_bytes() / 1e6,
-        kernels::IsaName(quant::DispatchedIsa()),
+        quant::Int8RowsName(quant::DispatchedIsa()),
         decoder.matmul_dtype() == at::kBFloat16
             ? ", products past 48 rows in native bfloat16 (--dtype float32 keeps float32)"
             : "");

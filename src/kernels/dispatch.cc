@@ -1,5 +1,7 @@
 #include "gritserve/kernels/dispatch.h"
 
+#include <cpuid.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +19,8 @@ bool EnvIs(const char* name, const char* value) {
 
 // -1: none forced (ScopedIsa), else an Isa.
 std::atomic<int> forced_isa{-1};
+// -1: none forced (ScopedAvxVnni), else 0 or 1.
+std::atomic<int> forced_avx_vnni{-1};
 
 // The widest the CPU has and GRITSERVE_CPU_ISA allows.
 Isa WidestAllowed() {
@@ -88,6 +92,30 @@ bool CpuHasAvx2() {
   return has;
 }
 
+bool CpuHasAvxVnni() {
+  // CPUID leaf 7, subleaf 1, EAX bit 4; GCC 12 and clang 14 differ on a
+  // __builtin_cpu_supports name for it.
+  static const bool has = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return CpuHasAvx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a & (1u << 4)) != 0;
+  }();
+  return has;
+}
+
+bool AvxVnniActive() {
+  const int forced = forced_avx_vnni.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced == 1;
+  static const bool chosen = CpuHasAvxVnni() && !EnvIs("GRITSERVE_CPU_AVXVNNI", "0");
+  return chosen;
+}
+
+ScopedAvxVnni::ScopedAvxVnni(bool on) : previous_(forced_avx_vnni.load()) {
+  if (on && !CpuHasAvxVnni()) throw Error(ErrorKind::kInternal, "this CPU has no AVX-VNNI");
+  forced_avx_vnni.store(on ? 1 : 0);
+}
+
+ScopedAvxVnni::~ScopedAvxVnni() { forced_avx_vnni.store(previous_); }
+
 Dispatch Dispatch::Current() {
   Dispatch d;
   d.fused = !EnvIs("GRITSERVE_CPU_KERNELS", "aten");
@@ -102,6 +130,8 @@ Dispatch Dispatch::Current() {
 
 std::string Dispatch::Describe() const {
   std::string s = IsaName(isa);
+  if (isa == Isa::kAvx2 && AvxVnniActive()) s += " with AVX-VNNI";
+  if (isa == Isa::kAvx2 && CpuHasAvxVnni() && !AvxVnniActive()) s += ", GRITSERVE_CPU_AVXVNNI=0";
   if (!fused) s += ", GRITSERVE_CPU_KERNELS=aten";
   if (gemm == Gemm::kBlas) s += ", GRITSERVE_CPU_GEMM=blas";
   if (gemm == Gemm::kOneDnn) s += ", GRITSERVE_CPU_GEMM=onednn";

@@ -198,7 +198,9 @@ detail::RowsKernel RowsFor(Isa isa) {
   }
 #ifdef GRITSERVE_QUANT_X86
   if (isa == Isa::kAvx512) return detail::RowsAvx512Vnni;
-  if (isa == Isa::kAvx2) return detail::RowsAvx2;
+  if (isa == Isa::kAvx2) {
+    return kernels::AvxVnniActive() ? detail::RowsAvxVnni : detail::RowsAvx2;
+  }
 #endif
   return detail::RowsScalar;
 }
@@ -329,6 +331,10 @@ Isa DispatchedIsa() {
   const Isa allowed = kernels::Dispatch::Current().isa;
   if (allowed == Isa::kAvx512 && IsaAvailable(Isa::kAvx512)) return Isa::kAvx512;
   return allowed == Isa::kBaseline ? Isa::kBaseline : Isa::kAvx2;
+}
+
+const char* Int8RowsName(Isa isa) {
+  return isa == Isa::kAvx2 && kernels::AvxVnniActive() ? "avx2-vnni" : kernels::IsaName(isa);
 }
 
 Path PathFor(int64_t rows) { return rows <= kMaxInt8Rows ? Path::kInt8Rows : Path::kFloatPanels; }

@@ -48,10 +48,9 @@ GRITSERVE_VNNI inline __m512 PairScales(const uint16_t* scales, int64_t i) {
   return _mm512_cvtph_ps(_mm256_set1_epi32(two));
 }
 
-// factor x sum over blocks of v[b] xc[b], v in half precision (xc is zero
-// past the last block, up to a multiple of 16).
-GRITSERVE_VNNI inline float MinTerm(const uint16_t* v, float factor, const float* xc,
-                                    int64_t blocks) {
+// Sum over blocks of v[b] xc[b], v in half precision (xc is zero past the
+// last block, up to a multiple of 16): q4's minimums' term.
+GRITSERVE_VNNI inline float MinTerm(const uint16_t* v, const float* xc, int64_t blocks) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; b += 16) {
     const auto lanes =
@@ -59,7 +58,7 @@ GRITSERVE_VNNI inline float MinTerm(const uint16_t* v, float factor, const float
     const __m256i h = _mm256_maskz_loadu_epi16(lanes, v + b);
     acc = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xc + b), acc);
   }
-  return factor * _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_ps(acc);
 }
 
 // Weight rows [r, r + R) against activation rows [j0, j0 + M).
@@ -76,12 +75,26 @@ GRITSERVE_VNNI void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
   }
   const int8_t* xq = x.q + j0 * x.kp;
   const float* xs = x.sx + j0 * x.sx_stride;
+  const float* xc = x.xc + j0 * x.xc_stride;
+  const __m512 minus128 = _mm512_set1_ps(-128.0f);
   for (int64_t i = 0; i < pairs; ++i) {
     __m512i xv[M];
-    __m512 sv[M];
+    __m512 sv[M], xo[M];
     for (int j = 0; j < M; ++j) {
       xv[j] = _mm512_load_si512(xq + j * x.kp + i * kPair);
       sv[j] = _mm512_loadu_ps(xs + j * x.sx_stride + i * 16);
+      // q8's offset, -128 d times each block's activation sum, rides in the
+      // scaling step, acc += d (dot sx + xo): xo holds blocks 2i and 2i + 1's
+      // terms in lanes 0 and 1 (a lane of each block), zeros elsewhere, and
+      // costs no instruction per weight row. (A pass over the blocks after the
+      // loop had cost a fifth of a batched step on 896-wide rows.) q4's
+      // minimums take that pass: in the loop they would add a conversion per
+      // row and pair, which one sequence's decode felt.
+      if constexpr (!kQ4) {
+        xo[j] = _mm512_mul_ps(_mm512_zextps128_ps512(_mm_castpd_ps(_mm_load_sd(
+                                  reinterpret_cast<const double*>(xc + j * x.xc_stride + 2 * i)))),
+                              minus128);
+      }
     }
     for (int rr = 0; rr < R; ++rr)
       PrefetchNextTile(rows[rr] + i * (kQ4 ? kBlock : kPair), R * w.stride());
@@ -89,19 +102,22 @@ GRITSERVE_VNNI void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, 
       const __m512i wv = Codes<kQ4>(rows[rr], i);
       const __m512 d = PairScales(scales[rr], i);
       for (int j = 0; j < M; ++j) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]);
-        acc[rr][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv[j]), acc[rr][j]);
+        const __m512 dot =
+            _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]));
+        if constexpr (kQ4) {
+          acc[rr][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d, sv[j]), acc[rr][j]);
+        } else {
+          acc[rr][j] = _mm512_fmadd_ps(d, _mm512_fmadd_ps(dot, sv[j], xo[j]), acc[rr][j]);
+        }
       }
     }
   }
-  const int64_t blocks = 2 * pairs;
   for (int rr = 0; rr < R; ++rr) {
     for (int j = 0; j < M; ++j) {
-      const float* xc = x.xc + (j0 + j) * x.xc_stride;
-      const float offset = kQ4 ? MinTerm(w.mins(r + rr), 1.0f, xc, blocks)
-                               : MinTerm(scales[rr], -128.0f, xc, blocks);
+      const float min_term =
+          kQ4 ? MinTerm(w.mins(r + rr), x.xc + (j0 + j) * x.xc_stride, 2 * pairs) : 0.0f;
       c[(j0 + j) * n + r + rr] =
-          _mm512_reduce_add_ps(acc[rr][j]) + offset + (bias != nullptr ? bias[r + rr] : 0.0f);
+          _mm512_reduce_add_ps(acc[rr][j]) + min_term + (bias != nullptr ? bias[r + rr] : 0.0f);
     }
   }
 }

@@ -47,6 +47,9 @@ void RowsScalar(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r
 #define GRITSERVE_QUANT_X86 1
 void RowsAvx2(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1, const float* bias,
               float* c);
+// RowsAvx2's tiles with AVX-VNNI's vpdpbusd, where the CPU has it.
+void RowsAvxVnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
+                 const float* bias, float* c);
 void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
                     const float* bias, float* c);
 // Rows [r0, r0 + rows) of W (rows <= 64; zeros after them) as one 64-column

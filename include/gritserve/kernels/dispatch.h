@@ -6,9 +6,10 @@
 //   GRITSERVE_CPU_GEMM=blas      LibTorch's BLAS for linear layers (no oneDNN)
 //   GRITSERVE_CPU_GEMM=onednn    oneDNN at every row count (no small-row kernel)
 //   GRITSERVE_CPU_ISA=avx2       no AVX-512 paths even where the CPU has them
+//   GRITSERVE_CPU_AVXVNNI=0      the AVX2 int8 products without AVX-VNNI
 //   GRITSERVE_HUGE_PAGES=0       no transparent huge pages for streamed weights
 //
-// The first four are for side-by-side comparisons, tests of every path the
+// The first five are for side-by-side comparisons, tests of every path the
 // machine has, and as escape hatches.
 #pragma once
 
@@ -70,5 +71,27 @@ bool CpuHasAvx512();
 // AVX2 with FMA and F16C, likewise.
 bool CpuHasAvx512Vnni();
 bool CpuHasAvx2();
+// AVX-VNNI: vpdpbusd on 8 lanes without AVX-512 (Alder Lake on, Sierra
+// Forest, Zen 5), which the AVX2 family's int8 products use where present.
+bool CpuHasAvxVnni();
+
+// Whether the AVX2 int8 products use AVX-VNNI: the CPU has it and
+// GRITSERVE_CPU_AVXVNNI is not 0 (read once per process), or a test's
+// ScopedAvxVnni says so while it lives.
+bool AvxVnniActive();
+
+// For tests, process-wide, like ScopedIsa: the AVX2 int8 products run with
+// (`on`) or without AVX-VNNI while this lives. Throws if `on` and the CPU
+// lacks it.
+class ScopedAvxVnni {
+ public:
+  explicit ScopedAvxVnni(bool on);
+  ~ScopedAvxVnni();
+  ScopedAvxVnni(const ScopedAvxVnni&) = delete;
+  ScopedAvxVnni& operator=(const ScopedAvxVnni&) = delete;
+
+ private:
+  int previous_;
+};
 
 }  // namespace gritserve::kernels

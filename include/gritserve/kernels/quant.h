@@ -20,8 +20,9 @@
 // Products, by row count of the activations:
 //  - a few rows (decode, batched decode): each activation row is quantized
 //    per 32-block to int8 with a float scale and multiplied block by block in
-//    integers (VNNI's vpdpbusd on AVX-512, maddubs on AVX2, plain loops in the
-//    portable path); the weights stream once at their packed size.
+//    integers (VNNI's vpdpbusd on AVX-512 and on AVX2 CPUs with AVX-VNNI,
+//    maddubs on other AVX2 CPUs, plain loops in the portable path); the
+//    weights stream once at their packed size.
 //  - many rows (prompts, embedding batches): blocks of the weights are
 //    dequantized into the panel layout of the float32 product kernel
 //    (small_gemm's bfloat16 panels on AVX-512 and AVX2, plain float32 for
@@ -42,8 +43,10 @@ constexpr int64_t kBlock = 32;
 enum class Format { kQ8, kQ4 };
 
 // Kernel families are kernels::Isa's: kBaseline (portable C++), kAvx2 (AVX2 +
-// FMA + F16C) and kAvx512 (AVX-512 F/BW/VL + VNNI, with the AVX-512 panel
-// kernel). Each is chosen at load from kernels::Dispatch; tests name them.
+// FMA + F16C; its int8 products take AVX-VNNI's vpdpbusd where
+// kernels::AvxVnniActive()) and kAvx512 (AVX-512 F/BW/VL + VNNI, with the
+// AVX-512 panel kernel). Each is chosen at load from kernels::Dispatch; tests
+// name them.
 using kernels::Isa;
 
 // How a product runs (see above); chosen by row count, or named by tests.
@@ -59,6 +62,9 @@ bool IsaAvailable(Isa isa);
 // The widest family kernels::Dispatch::Current() allows (GRITSERVE_CPU_ISA=avx2
 // stops at kAvx2; an AVX-512 CPU without VNNI runs kAvx2).
 Isa DispatchedIsa();
+// The int8 rows kernel `isa` runs now, for logs and benchmarks: IsaName's,
+// or "avx2-vnni".
+const char* Int8RowsName(Isa isa);
 // The path Multiply takes for `rows` activation rows.
 Path PathFor(int64_t rows);
 
