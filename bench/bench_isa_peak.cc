@@ -159,7 +159,8 @@ AVX2_FN double Q8MaddubsAvx2(int64_t calls) {
           const __m256i p1 = _mm256_maddubs_epi16(ax[j][1], _mm256_sign_epi8(w[r][1], x[j][1]));
           const __m256i dot =
               _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
-          acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[r], s[j]), acc[r][j]);
+          acc[r][j] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[r], s[j]), acc[r][j]);
         }
       }
     }

@@ -78,9 +78,9 @@ int main(int argc, char** argv) {
       }
       // AVX2's int8 rows with and without AVX-VNNI where the CPU has it (the
       // float panels do not use it: measured once).
-      for (const auto& [family, vnni] : {std::pair{quant::Isa::kAvx512, false},
-                                        std::pair{quant::Isa::kAvx2, false},
-                                        std::pair{quant::Isa::kAvx2, true}}) {
+      for (const auto& [family, vnni] :
+           {std::pair{quant::Isa::kAvx512, false}, std::pair{quant::Isa::kAvx2, false},
+            std::pair{quant::Isa::kAvx2, true}}) {
         const quant::Isa isa = family;  // (a lambda cannot capture a structured binding in C++17)
         if (!quant::IsaAvailable(isa) || (vnni && !kernels::CpuHasAvxVnni())) continue;
         const kernels::ScopedAvxVnni scoped(vnni);

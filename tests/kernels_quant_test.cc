@@ -325,7 +325,8 @@ TEST(Quant, Bfloat16RowsAreTheDequantizedValuesRounded) {
         if (!quant::IsaAvailable(isa)) continue;
         at::Tensor got = at::empty({n - 1, k}, at::kBFloat16);
         quant::DequantizeBf16Rows(q, 1, n - 1, static_cast<uint16_t*>(got.data_ptr()), isa);
-        EXPECT_TRUE(at::equal(got, want)) << Name(f, {isa, false}, Path::kFloatPanels) << " k " << k;
+        EXPECT_TRUE(at::equal(got, want))
+            << Name(f, {isa, false}, Path::kFloatPanels) << " k " << k;
       }
       EXPECT_ANY_THROW(quant::DequantizeBf16Rows(q, 1, n, nullptr, Isa::kBaseline));
     }

@@ -60,64 +60,87 @@ GRITSERVE_AVX2 inline void Store(const __m256 (&acc)[R][M], int64_t r, int64_t j
   }
 }
 
+// Pair i of activation rows [j0, j0 + M), as both tiles read it: the codes'
+// two 32-byte halves, the blocks' scales (8 lanes alternating, like the
+// weights'), and with kSums the blocks' sums times `factor` (PairSums).
+template <int M>
+struct ActPair {
+  __m256i lo[M], hi[M];
+  __m256 sv[M], xo[M];
+};
+
+template <int M, bool kSums>
+GRITSERVE_AVX2 inline void LoadActs(const Acts& x, int64_t j0, int64_t i, float factor,
+                                    ActPair<M>& a) {
+  for (int j = 0; j < M; ++j) {
+    const int8_t* q = x.q + (j0 + j) * x.kp + i * kPair;
+    a.lo[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q));
+    a.hi[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32));
+    a.sv[j] = _mm256_loadu_ps(x.sx + (j0 + j) * x.sx_stride + i * 16);
+    if constexpr (kSums) {
+      a.xo[j] = _mm256_mul_ps(PairSums(x.xc + (j0 + j) * x.xc_stride, i), _mm256_set1_ps(factor));
+    }
+  }
+}
+
+// Pair i of a weight row's codes as two 32-byte halves of unsigned bytes
+// (q4: its nibbles; q8: as stored, c = w / d + 128).
+template <bool kQ4>
+GRITSERVE_AVX2 inline void LoadCodes(const uint8_t* row, int64_t i, __m256i& lo, __m256i& hi) {
+  if constexpr (kQ4) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * 32));
+    lo = _mm256_and_si256(packed, nibble);
+    hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+  } else {
+    lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * kPair));
+    hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * kPair + 32));
+  }
+}
+
 // Weight rows [r, r + R) against activation rows [j0, j0 + M).
 template <int R, int M, bool kQ4>
 GRITSERVE_AVX2 void Tile(const Matrix& w, const Acts& x, int64_t r, int64_t j0, const float* bias,
                          float* c) {
   const int64_t pairs = w.pairs(), n = w.rows();
   const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i offset = _mm256_set1_epi8(static_cast<char>(0x80));
   __m256 acc[R][M];
   for (int rr = 0; rr < R; ++rr) {
     for (int j = 0; j < M; ++j) acc[rr][j] = _mm256_setzero_ps();
   }
-  const int8_t* xq = x.q + j0 * x.kp;
-  const float* xs = x.sx + j0 * x.sx_stride;
-  const float* xc = x.xc + j0 * x.xc_stride;
   for (int64_t i = 0; i < pairs; ++i) {
-    __m256i lo[M], hi[M];
-    __m256 sv[M], xo[M];
-    for (int j = 0; j < M; ++j) {
-      lo[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair));
-      hi[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair + 32));
-      sv[j] = _mm256_loadu_ps(xs + j * x.sx_stride + i * 16);  // the first 8 lanes alternate too
-      if constexpr (kQ4) xo[j] = PairSums(xc + j * x.xc_stride, i);
-    }
+    ActPair<M> a;
+    LoadActs<M, kQ4>(x, j0, i, 1.0f, a);
     for (int rr = 0; rr < R; ++rr) {
       PrefetchNextTile(w.row(r + rr) + i * (kQ4 ? kBlock : kPair), R * w.stride());
     }
     for (int rr = 0; rr < R; ++rr) {
-      const uint8_t* row = w.row(r + rr);
       const __m256 d = PairScales(w.scales(r + rr), i);
+      const __m256 mins = kQ4 ? PairScales(w.mins(r + rr), i) : d;
       __m256i wlo, whi;
-      __m256 mins = d;
-      if constexpr (kQ4) {
-        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * 32));
-        wlo = _mm256_and_si256(packed, nibble);
-        whi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-        mins = PairScales(w.mins(r + rr), i);
-      } else {
-        const auto* codes = reinterpret_cast<const __m256i*>(row + i * kPair);
-        wlo = _mm256_xor_si256(_mm256_loadu_si256(codes), offset);
-        whi = _mm256_xor_si256(_mm256_loadu_si256(codes + 1), offset);
+      LoadCodes<kQ4>(w.row(r + rr), i, wlo, whi);
+      if constexpr (!kQ4) {  // signed, for the sign trick
+        wlo = _mm256_xor_si256(wlo, offset);
+        whi = _mm256_xor_si256(whi, offset);
       }
       for (int j = 0; j < M; ++j) {
         __m256i dot;
         if constexpr (kQ4) {
           // 2 x 2 x 15 x 127 fits in 16 bits: add before widening.
-          const __m256i p =
-              _mm256_add_epi16(_mm256_maddubs_epi16(wlo, lo[j]), _mm256_maddubs_epi16(whi, hi[j]));
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wlo, a.lo[j]),
+                                             _mm256_maddubs_epi16(whi, a.hi[j]));
           dot = _mm256_madd_epi16(p, ones);
         } else {
           const __m256i p0 =
-              _mm256_maddubs_epi16(_mm256_abs_epi8(lo[j]), _mm256_sign_epi8(wlo, lo[j]));
+              _mm256_maddubs_epi16(_mm256_abs_epi8(a.lo[j]), _mm256_sign_epi8(wlo, a.lo[j]));
           const __m256i p1 =
-              _mm256_maddubs_epi16(_mm256_abs_epi8(hi[j]), _mm256_sign_epi8(whi, hi[j]));
+              _mm256_maddubs_epi16(_mm256_abs_epi8(a.hi[j]), _mm256_sign_epi8(whi, a.hi[j]));
           dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
         }
-        acc[rr][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, sv[j]), acc[rr][j]);
-        if constexpr (kQ4) acc[rr][j] = _mm256_fmadd_ps(mins, xo[j], acc[rr][j]);
+        acc[rr][j] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, a.sv[j]), acc[rr][j]);
+        if constexpr (kQ4) acc[rr][j] = _mm256_fmadd_ps(mins, a.xo[j], acc[rr][j]);
       }
     }
   }
@@ -135,50 +158,29 @@ template <int R, int M, bool kQ4>
 GRITSERVE_AVXVNNI void TileVnni(const Matrix& w, const Acts& x, int64_t r, int64_t j0,
                                 const float* bias, float* c) {
   const int64_t pairs = w.pairs(), n = w.rows();
-  const __m256i nibble = _mm256_set1_epi8(0x0F);
-  const __m256 minus128 = _mm256_set1_ps(-128.0f);
   __m256 acc[R][M];
   for (int rr = 0; rr < R; ++rr) {
     for (int j = 0; j < M; ++j) acc[rr][j] = _mm256_setzero_ps();
   }
-  const int8_t* xq = x.q + j0 * x.kp;
-  const float* xs = x.sx + j0 * x.sx_stride;
-  const float* xc = x.xc + j0 * x.xc_stride;
   for (int64_t i = 0; i < pairs; ++i) {
-    __m256i lo[M], hi[M];
-    __m256 sv[M], xo[M];
-    for (int j = 0; j < M; ++j) {
-      lo[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair));
-      hi[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + j * x.kp + i * kPair + 32));
-      sv[j] = _mm256_loadu_ps(xs + j * x.sx_stride + i * 16);
-      const __m256 two = PairSums(xc + j * x.xc_stride, i);
-      xo[j] = kQ4 ? two : _mm256_mul_ps(two, minus128);
-    }
+    ActPair<M> a;
+    LoadActs<M, true>(x, j0, i, kQ4 ? 1.0f : -128.0f, a);
     for (int rr = 0; rr < R; ++rr) {
       PrefetchNextTile(w.row(r + rr) + i * (kQ4 ? kBlock : kPair), R * w.stride());
     }
     for (int rr = 0; rr < R; ++rr) {
-      const uint8_t* row = w.row(r + rr);
       const __m256 d = PairScales(w.scales(r + rr), i);
+      const __m256 mins = kQ4 ? PairScales(w.mins(r + rr), i) : d;
       __m256i wlo, whi;
-      __m256 mins = d;
-      if constexpr (kQ4) {
-        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * 32));
-        wlo = _mm256_and_si256(packed, nibble);
-        whi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-        mins = PairScales(w.mins(r + rr), i);
-      } else {
-        wlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * kPair));
-        whi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i * kPair + 32));
-      }
+      LoadCodes<kQ4>(w.row(r + rr), i, wlo, whi);
       for (int j = 0; j < M; ++j) {
         const __m256 dot = _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(
-            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), wlo, lo[j]), whi, hi[j]));
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), wlo, a.lo[j]), whi, a.hi[j]));
         if constexpr (kQ4) {
-          acc[rr][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, sv[j]), acc[rr][j]);
-          acc[rr][j] = _mm256_fmadd_ps(mins, xo[j], acc[rr][j]);
+          acc[rr][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, a.sv[j]), acc[rr][j]);
+          acc[rr][j] = _mm256_fmadd_ps(mins, a.xo[j], acc[rr][j]);
         } else {
-          acc[rr][j] = _mm256_fmadd_ps(d, _mm256_fmadd_ps(dot, sv[j], xo[j]), acc[rr][j]);
+          acc[rr][j] = _mm256_fmadd_ps(d, _mm256_fmadd_ps(dot, a.sv[j], a.xo[j]), acc[rr][j]);
         }
       }
     }
