@@ -30,7 +30,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <CLI/CLI.hpp>
@@ -40,6 +39,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "gritserve/kernels/dispatch.h"
+
+namespace kernels = gritserve::kernels;
 
 namespace {
 
@@ -265,13 +268,6 @@ VNNI512_FN double Q8VnniAvx512(int64_t calls) {
   return 8.0 * 64 * kSteps * calls;
 }
 
-// AVX-VNNI (CPUID leaf 7, subleaf 1, EAX bit 4), by hand: clang 14's
-// __builtin_cpu_supports does not know it.
-bool CpuHasAvxVnni() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a & (1u << 4)) != 0;
-}
-
 struct Pattern {
   const char* name;
   bool available;
@@ -302,18 +298,16 @@ int main(int argc, char** argv) {
   double seconds = 1.0;
   app.add_option("--seconds", seconds, "time per pattern");
   CLI11_PARSE(app, argc, argv);
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx2 = kernels::CpuHasAvx2();
+  const bool avx512 = kernels::CpuHas(kernels::Isa::kAvx512);
   const std::vector<Pattern> patterns = {
       {"fp32_fma_avx2", avx2, Fp32Avx2},
       {"fp32_fma_avx512", avx512, Fp32Avx512},
       {"bf16_dot_avx512", avx512 && __builtin_cpu_supports("avx512bf16"), Bf16Avx512},
       {"q8_maddubs_avx2", avx2, Q8MaddubsAvx2},
-      {"q8_vnni_avx2", avx2 && CpuHasAvxVnni(), Q8VnniAvx2<false>},
-      {"q8_vnni_avx2_row", avx2 && CpuHasAvxVnni(), Q8VnniAvx2<true>},
-      {"q8_vnni_avx512", avx512 && __builtin_cpu_supports("avx512vnni"), Q8VnniAvx512},
+      {"q8_vnni_avx2", kernels::CpuHasAvxVnni(), Q8VnniAvx2<false>},
+      {"q8_vnni_avx2_row", kernels::CpuHasAvxVnni(), Q8VnniAvx2<true>},
+      {"q8_vnni_avx512", avx512 && kernels::CpuHasAvx512Vnni(), Q8VnniAvx512},
   };
   nlohmann::json out, gmacs;
   for (const Pattern& p : patterns) {
