@@ -230,6 +230,10 @@ void DequantizeBf16Panels(const Matrix& w, int64_t n0, int64_t nc, uint16_t* dst
       detail::DequantizePanelAvx512(w, n0 + p * 64, rows, panel);
       return;
     }
+    if (isa == Isa::kAvx2) {
+      detail::DequantizePanelAvx2(w, n0 + p * 64, rows, panel);
+      return;
+    }
 #endif
     thread_local std::vector<float> row;
     thread_local std::vector<uint16_t> bits;

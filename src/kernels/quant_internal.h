@@ -53,8 +53,9 @@ void RowsAvxVnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t 
 void RowsAvx512Vnni(const Matrix& w, const Acts& x, int64_t m, int64_t r0, int64_t r1,
                     const float* bias, float* c);
 // Rows [r0, r0 + rows) of W (rows <= 64; zeros after them) as one 64-column
-// panel of small_gemm's bfloat16 layout.  panel: [w.cols()][64]
+// panel of small_gemm's bfloat16 layout, on each vector ISA.  panel: [w.cols()][64]
 void DequantizePanelAvx512(const Matrix& w, int64_t r0, int64_t rows, uint16_t* panel);
+void DequantizePanelAvx2(const Matrix& w, int64_t r0, int64_t rows, uint16_t* panel);
 // Row r's values as bfloat16 (rounded to nearest even).  dst: [cols]
 void DequantizeRowBf16Avx512(const Matrix& w, int64_t r, uint16_t* dst);
 #endif
