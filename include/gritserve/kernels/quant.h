@@ -27,7 +27,9 @@
 //    dequantized into the panel layout of the float32 product kernel
 //    (small_gemm's bfloat16 panels on AVX-512 and AVX2, plain float32 for
 //    LibTorch's product in the portable path) and the activations stay in
-//    float32.
+//    float32. Where the layer was built for native bfloat16 products (see
+//    Linear), chunks of rows are dequantized to bfloat16 instead
+//    (DequantizeBf16Rows) for oneDNN's bfloat16 matmul.
 #pragma once
 
 #include <cstdint>
